@@ -1,0 +1,186 @@
+//! The shim's settings: environment variables first, then the TOML file named by
+//! `FFCLUSTER_CONFIG` (or `/etc/ffcluster/shim.toml` when that exists).
+//!
+//! Reading is cheap on purpose: the shim starts for every probe Jellyfin makes,
+//! so the file is only opened when it exists and nothing is resolved eagerly.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default config file, used when `FFCLUSTER_CONFIG` is not set.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ffcluster/shim.toml";
+
+/// What `FFCLUSTER_MODE` (or `mode` in the file) asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Let the classifier decide.
+    #[default]
+    Auto,
+    /// Always run the real ffmpeg here.
+    Local,
+    /// Offload whole jobs to one node where the job can run remotely at all.
+    Whole,
+    /// Split across nodes where possible.
+    Split,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(Mode::Auto),
+            "local" => Some(Mode::Local),
+            "whole" => Some(Mode::Whole),
+            "split" => Some(Mode::Split),
+            _ => None,
+        }
+    }
+}
+
+/// The file's keys. Every key has an environment variable of the same meaning.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Path of the real ffmpeg (`FFCLUSTER_FFMPEG`).
+    pub ffmpeg: Option<PathBuf>,
+    /// Path of the real ffprobe (`FFCLUSTER_FFPROBE`).
+    pub ffprobe: Option<PathBuf>,
+    /// Controller base URL, e.g. `http://10.0.0.2:9470` (`FFCLUSTER_CONTROLLER`).
+    pub controller: Option<String>,
+    /// Shared secret (`FFCLUSTER_TOKEN`).
+    pub token: Option<String>,
+    /// `auto`, `local`, `whole` or `split` (`FFCLUSTER_MODE`).
+    pub mode: Option<String>,
+    /// Directory of cached probe answers (`FFCLUSTER_PROBE_CACHE`); `"off"` disables it.
+    pub probe_cache: Option<String>,
+    /// File the shim appends its own log lines to (`FFCLUSTER_LOG`).
+    pub log: Option<PathBuf>,
+}
+
+/// Errors reading the config file. The shim reports them on stderr and carries on
+/// with the environment alone, as a missing file must never stop a transcode.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+}
+
+/// Resolved settings.
+#[derive(Debug, Default)]
+pub struct Config {
+    pub ffmpeg: Option<PathBuf>,
+    pub ffprobe: Option<PathBuf>,
+    pub controller: Option<String>,
+    pub token: Option<String>,
+    pub mode: Mode,
+    /// The raw mode string when it was not understood (logged, then treated as auto).
+    pub bad_mode: Option<String>,
+    pub probe_cache: Option<PathBuf>,
+    pub log: Option<PathBuf>,
+    pub file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads the environment and the config file.
+    pub fn load() -> (Config, Option<ConfigError>) {
+        Self::load_from(|k| std::env::var_os(k).filter(|v| !v.is_empty()).and_then(|v| v.into_string().ok()))
+    }
+
+    /// `load`, with the environment given as a function (for tests).
+    pub fn load_from(env: impl Fn(&str) -> Option<String>) -> (Config, Option<ConfigError>) {
+        let path = env("FFCLUSTER_CONFIG").map(PathBuf::from).or_else(|| {
+            let p = Path::new(DEFAULT_CONFIG_PATH);
+            p.exists().then(|| p.to_path_buf())
+        });
+        let (file, err) = match &path {
+            Some(p) => match read_file(p) {
+                Ok(f) => (f, None),
+                Err(e) => (FileConfig::default(), Some(e)),
+            },
+            None => (FileConfig::default(), None),
+        };
+        let mode_str = env("FFCLUSTER_MODE").or(file.mode);
+        let mode = mode_str.as_deref().map(Mode::parse);
+        let probe_cache = match env("FFCLUSTER_PROBE_CACHE").or(file.probe_cache) {
+            Some(s) if s == "off" => None,
+            Some(s) => Some(PathBuf::from(s)),
+            None => default_cache_dir(&env),
+        };
+        let cfg = Config {
+            ffmpeg: env("FFCLUSTER_FFMPEG").map(PathBuf::from).or(file.ffmpeg),
+            ffprobe: env("FFCLUSTER_FFPROBE").map(PathBuf::from).or(file.ffprobe),
+            controller: env("FFCLUSTER_CONTROLLER").or(file.controller),
+            token: env("FFCLUSTER_TOKEN").or(file.token),
+            mode: mode.flatten().unwrap_or_default(),
+            bad_mode: if mode == Some(None) { mode_str } else { None },
+            probe_cache,
+            log: env("FFCLUSTER_LOG").map(PathBuf::from).or(file.log),
+            file: path,
+        };
+        (cfg, err)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+}
+
+/// `$XDG_CACHE_HOME/ffcluster/probes`, else `$HOME/.cache/ffcluster/probes`.
+fn default_cache_dir(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    env("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|base| base.join("ffcluster").join("probes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shim.toml");
+        std::fs::write(&f, "ffmpeg = \"/from/file/ffmpeg\"\nffprobe = \"/from/file/ffprobe\"\nmode = \"whole\"\n")
+            .unwrap();
+        let (c, err) = Config::load_from(env(&[
+            ("FFCLUSTER_CONFIG", f.to_str().unwrap()),
+            ("FFCLUSTER_FFMPEG", "/from/env/ffmpeg"),
+            ("HOME", "/home/j"),
+        ]));
+        assert!(err.is_none());
+        assert_eq!(c.ffmpeg.as_deref(), Some(Path::new("/from/env/ffmpeg")));
+        assert_eq!(c.ffprobe.as_deref(), Some(Path::new("/from/file/ffprobe")));
+        assert_eq!(c.mode, Mode::Whole);
+        assert_eq!(c.probe_cache.as_deref(), Some(Path::new("/home/j/.cache/ffcluster/probes")));
+    }
+
+    #[test]
+    fn bad_file_and_bad_mode_are_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shim.toml");
+        std::fs::write(&f, "ffmpeg = [").unwrap();
+        let (c, err) = Config::load_from(env(&[("FFCLUSTER_CONFIG", f.to_str().unwrap()), ("FFCLUSTER_MODE", "fast")]));
+        assert!(matches!(err, Some(ConfigError::Parse { .. })));
+        assert_eq!(c.mode, Mode::Auto);
+        assert_eq!(c.bad_mode.as_deref(), Some("fast"));
+        let (_, err) = Config::load_from(env(&[("FFCLUSTER_CONFIG", "/nonexistent/shim.toml")]));
+        assert!(matches!(err, Some(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn probe_cache_can_be_switched_off() {
+        let (c, _) = Config::load_from(env(&[("FFCLUSTER_PROBE_CACHE", "off"), ("HOME", "/h")]));
+        assert_eq!(c.probe_cache, None);
+    }
+}

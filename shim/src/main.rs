@@ -1,0 +1,144 @@
+//! `ffcluster-shim`: a drop-in `ffmpeg` and `ffprobe`.
+//!
+//! Installed as symlinks named `ffmpeg` and `ffprobe` (Jellyfin derives the
+//! ffprobe path from the ffmpeg path). Each invocation is classified by the pure
+//! model in `ffcluster::ffmpeg`; then:
+//!
+//! * capability probes are answered from the probe cache, or by the real binary
+//!   whose answer is recorded for next time;
+//! * everything that runs locally `exec`s the real binary, so the process *is*
+//!   ffmpeg from then on;
+//! * jobs worth a node go to the cluster when one is configured (see `route`).
+//!
+//! The shim writes nothing of its own to stdout, ever.
+
+mod config;
+mod local;
+mod log;
+mod probe_cache;
+mod real;
+mod route;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use ffcluster::ffmpeg::cmdline::shell_join;
+use ffcluster::ffmpeg::{self, Program};
+
+use crate::config::Config;
+use crate::log::Log;
+use crate::probe_cache::{Answer, BinaryId, Key, ProbeCache};
+use crate::route::Route;
+
+/// Exit code when the real binary cannot be found, as a shell reports it.
+const EXIT_NOT_FOUND: u8 = 127;
+/// Exit code when the real binary exists but cannot be executed.
+const EXIT_CANNOT_EXEC: u8 = 126;
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_else(|| OsString::from("ffmpeg"));
+    let args: Vec<OsString> = argv.collect();
+    let program = Program::from_argv0(&argv0.to_string_lossy());
+
+    let (cfg, cfg_err) = Config::load();
+    let log = Log::new(cfg.log.as_deref());
+    match (&cfg_err, &cfg.file) {
+        (Some(e), _) => log.line(format_args!("config: {e}; using the environment only")),
+        (None, Some(file)) => log.line(format_args!("config: {}", file.display())),
+        (None, None) => {}
+    }
+    if let Some(bad) = &cfg.bad_mode {
+        log.line(format_args!("FFCLUSTER_MODE={bad:?} is not one of auto|local|whole|split; using auto"));
+    }
+    let me = real::SelfLocation::detect(&argv0);
+
+    // Arguments that are not UTF-8 cannot be modelled; ffmpeg takes them as bytes.
+    let utf8: Option<Vec<String>> = args.iter().map(|a| a.to_str().map(str::to_owned)).collect();
+    let route = match &utf8 {
+        Some(a) => {
+            let verdict = ffmpeg::classify(program, a);
+            let route = route::choose(&verdict, a, &cfg);
+            log.line(format_args!(
+                "{} {}: {} ({}) -> {}",
+                program.as_str(),
+                shell_join(a),
+                verdict.decision.as_str(),
+                verdict.reason.as_str(),
+                route.describe()
+            ));
+            route
+        }
+        None => {
+            log.line(format_args!("{}: argument list is not UTF-8; running locally", program.as_str()));
+            Route::Local
+        }
+    };
+
+    if let (Route::CachedProbe, Some(a)) = (&route, &utf8)
+        && let Some(code) = answer_probe(program, &argv0, a, &cfg, &me, &log)
+    {
+        return ExitCode::from(code);
+    }
+    exec_local(program, &argv0, &args, &cfg, &me, &log)
+}
+
+/// Answers a cacheable probe. `None` means "just run it for real".
+fn answer_probe(
+    program: Program,
+    argv0: &OsString,
+    args: &[String],
+    cfg: &Config,
+    me: &real::SelfLocation,
+    log: &Log,
+) -> Option<u8> {
+    let dir = cfg.probe_cache.as_ref()?;
+    // Interactive use gets colours and the real thing; caching is for Jellyfin's pipes.
+    if std::io::stderr().is_terminal() || std::io::stdout().is_terminal() || std::env::var_os("FFREPORT").is_some() {
+        return None;
+    }
+    let cache = ProbeCache::new(dir);
+    let real = real::find(program, cfg, me);
+    let key = Key::new(program.as_str(), args, real.as_ref().ok().and_then(|p| BinaryId::of(p)));
+    let answer: Answer = match &real {
+        Ok(path) => match cache.get(&key) {
+            Some(a) => a,
+            None => {
+                let a = probe_cache::capture(path, argv0, args).ok()?;
+                if let Err(e) = cache.put(&key, &a) {
+                    log.line(format_args!("{e}"));
+                }
+                a
+            }
+        },
+        Err(e) => {
+            let a = cache.get_any_binary(&key)?;
+            log.line(format_args!("{e}; answering {} from the probe cache", shell_join(args)));
+            a
+        }
+    };
+    Some(probe_cache::replay(&answer).clamp(0, 255) as u8)
+}
+
+fn exec_local(
+    program: Program,
+    argv0: &OsString,
+    args: &[OsString],
+    cfg: &Config,
+    me: &real::SelfLocation,
+    log: &Log,
+) -> ExitCode {
+    let real = match real::find(program, cfg, me) {
+        Ok(p) => p,
+        Err(e) => {
+            log.line(format_args!("{e}"));
+            eprintln!("ffcluster-shim: {e}");
+            return ExitCode::from(EXIT_NOT_FOUND);
+        }
+    };
+    let err = local::exec(&real, argv0, args);
+    log.line(format_args!("cannot execute {}: {err}", real.display()));
+    eprintln!("ffcluster-shim: cannot execute {}: {err}", real.display());
+    ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_EXEC })
+}
