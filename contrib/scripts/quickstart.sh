@@ -39,11 +39,12 @@ target/release/ffcluster explain -- "${args[@]}" | grep -E '^(output|decision|ne
 echo "==> transcoding through the shim ($work/bin/ffmpeg)"
 start=$(date +%s%N)
 "$work/bin/ffmpeg" -hide_banner -loglevel error -stats "${args[@]}"
+echo
 end=$(date +%s%N)
 
 echo "==> checking the output by decoding it"
 segments=$(ls "$work/transcodes"/$md5*.ts | wc -l)
-frames=$("$work/bin/ffprobe" -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames -of csv=p=0 "$work/transcodes/$md5.m3u8")
+frames=$("$work/bin/ffprobe" -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames -of csv=p=0 "$work/transcodes/$md5.m3u8" | head -n 1)
 errors=$(ffmpeg -v error -i "$work/transcodes/$md5.m3u8" -f null - 2>&1 | wc -l)
 [ "$segments" -eq 4 ] && [ "$frames" -eq 288 ] && [ "$errors" -eq 0 ] || {
   echo "FAILED: $segments segments (want 4), $frames frames (want 288), $errors decode errors" >&2; exit 1; }
