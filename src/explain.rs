@@ -142,19 +142,10 @@ fn target(t: &Target) -> String {
     }
 }
 
+/// The short shape, plus segment length and start number for HLS.
 fn shape(s: &OutputShape) -> String {
     match s {
-        OutputShape::Hls { segment_type, playlist_type, hls_time, start_number, .. } => {
-            format!("hls {segment_type:?} {playlist_type:?}, {hls_time} s segments from #{start_number}").to_lowercase()
-        }
-        OutputShape::Progressive { format } => format!("progressive {format}"),
-        OutputShape::Stream { format } => format!("stream {format}"),
-        OutputShape::ImageSequence { format } => format!("image sequence {format}"),
-        OutputShape::Image { format } => format!("image {format}"),
-        OutputShape::Subtitles { format } => format!("subtitles {format}"),
-        OutputShape::Attachments => "attachment files".into(),
-        OutputShape::Null => "null".into(),
-        OutputShape::SegmentFiles { format } => format!("segment files {format}"),
-        OutputShape::Network { format } => format!("network {format}"),
+        OutputShape::Hls { hls_time, start_number, .. } => format!("{s}, {hls_time} s segments from #{start_number}"),
+        _ => s.to_string(),
     }
 }

@@ -41,23 +41,6 @@ fn table(name: &str) -> BTreeMap<usize, Vec<String>> {
         .collect()
 }
 
-fn shape(s: &OutputShape) -> String {
-    match s {
-        OutputShape::Hls { segment_type, playlist_type, .. } => {
-            format!("hls {segment_type:?} {playlist_type:?}").to_lowercase()
-        }
-        OutputShape::Progressive { format } => format!("progressive {format}"),
-        OutputShape::Stream { format } => format!("stream {format}"),
-        OutputShape::ImageSequence { format } => format!("image-sequence {format}"),
-        OutputShape::Image { format } => format!("image {format}"),
-        OutputShape::Subtitles { format } => format!("subtitles {format}"),
-        OutputShape::Attachments => "attachments".into(),
-        OutputShape::Null => "null".into(),
-        OutputShape::SegmentFiles { format } => format!("segment-files {format}"),
-        OutputShape::Network { format } => format!("network {format}"),
-    }
-}
-
 /// Parses one corpus entry, completing a truncated one as the completions file says.
 fn parse_entry(idx: usize, e: &Entry, completions: &BTreeMap<usize, Vec<String>>) -> (Vec<String>, CommandLine) {
     let mut argv = dotnet_args::split(&e.argv_string);
@@ -92,7 +75,7 @@ fn corpus_parses_round_trips_and_matches_golden_decisions() {
         assert!(!cl.outputs.is_empty(), "#{idx} {}: no output found", e.kind);
 
         let v = classify_cmdline(&cl);
-        let outputs = v.outputs.iter().map(shape).collect::<Vec<_>>().join(", ");
+        let outputs = v.outputs.iter().map(OutputShape::to_string).collect::<Vec<_>>().join(", ");
         let row = vec![e.kind.clone(), v.decision.as_str().to_owned(), v.reason.as_str().to_owned(), outputs];
         let _ = writeln!(actual, "{idx} | {}", row.join(" | "));
         match golden.get(&idx) {

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 contrib/scripts/ensure-deps.sh
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked "$@"
+# Library, binary and integration tests (benches are programs, run separately).
+cargo test --workspace --locked --lib --bins --tests "$@"

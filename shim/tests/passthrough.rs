@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::{Setup, assert_same, real, run};
 
-/// A software encode that the classifier sends to the cluster; with no controller
-/// configured it must run locally and be indistinguishable from ffmpeg.
-fn transcode_args(input: &str, output: &str) -> Vec<String> {
-    [
-        "-hide_banner",
-        "-nostats",
+/// A reproducible software encode (single-threaded, bit-exact) that the classifier
+/// sends to the cluster; with no controller configured it must run locally and be
+/// indistinguishable from ffmpeg. `head` goes first, `tail` last.
+fn encode_args(head: &[&str], input: &str, tail: &[&str]) -> Vec<String> {
+    let middle = [
         "-i",
         input,
         "-map",
@@ -37,12 +36,12 @@ fn transcode_args(input: &str, output: &str) -> Vec<String> {
         "+bitexact",
         "-flags:a",
         "+bitexact",
-        "-y",
-        output,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
+    ];
+    head.iter().chain(&middle).chain(tail).map(|s| (*s).to_owned()).collect()
+}
+
+fn transcode_args(input: &str, output: &str) -> Vec<String> {
+    encode_args(&["-hide_banner", "-nostats"], input, &["-y", output])
 }
 
 #[test]
@@ -69,33 +68,7 @@ fn short_transcode_writes_identical_file() {
 fn stdout_stream_is_byte_identical() {
     let s = Setup::new();
     s.clip("in.mp4", 1);
-    let args: Vec<String> = [
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-i",
-        "in.mp4",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-threads",
-        "1",
-        "-c:a",
-        "aac",
-        "-fflags",
-        "+bitexact",
-        "-flags:v",
-        "+bitexact",
-        "-flags:a",
-        "+bitexact",
-        "-f",
-        "mpegts",
-        "pipe:1",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let args = encode_args(&["-hide_banner", "-loglevel", "error"], "in.mp4", &["-f", "mpegts", "pipe:1"]);
     let direct = run(with(s.direct("ffmpeg"), &args), b"");
     let shim = run(with(s.shim("ffmpeg"), &args), b"");
     assert!(direct.status.success());

@@ -168,6 +168,36 @@ pub enum OutputShape {
     Network { format: String },
 }
 
+/// The short form used in logs, `explain` and the corpus golden file:
+/// `hls fmp4 vod`, `progressive mp4`, `image-sequence image2`, …
+impl std::fmt::Display for OutputShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutputShape::Hls { segment_type, playlist_type, .. } => {
+                let seg = match segment_type {
+                    SegmentType::Mpegts => "mpegts",
+                    SegmentType::Fmp4 => "fmp4",
+                };
+                let pl = match playlist_type {
+                    PlaylistType::Vod => "vod",
+                    PlaylistType::Event => "event",
+                    PlaylistType::Live => "live",
+                };
+                write!(f, "hls {seg} {pl}")
+            }
+            OutputShape::Progressive { format } => write!(f, "progressive {format}"),
+            OutputShape::Stream { format } => write!(f, "stream {format}"),
+            OutputShape::ImageSequence { format } => write!(f, "image-sequence {format}"),
+            OutputShape::Image { format } => write!(f, "image {format}"),
+            OutputShape::Subtitles { format } => write!(f, "subtitles {format}"),
+            OutputShape::Attachments => f.write_str("attachments"),
+            OutputShape::Null => f.write_str("null"),
+            OutputShape::SegmentFiles { format } => write!(f, "segment-files {format}"),
+            OutputShape::Network { format } => write!(f, "network {format}"),
+        }
+    }
+}
+
 /// What a node must have to run the job exactly as asked.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Needs {
