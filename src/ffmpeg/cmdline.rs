@@ -113,16 +113,14 @@ impl Opt {
         self.def
     }
 
-    /// Whether a boolean option is on: `-copyts` yes, `-nocopyts` and `-copyts 0`… no.
+    /// Whether a boolean option is on: `-copyts` yes, `-nocopyts` no. (Booleans take
+    /// no value on the command line: in `-copyts 0` the `0` is an output file.)
     pub fn is_on(&self) -> bool {
         !self.negated
     }
 
-    fn tokens(&self, out: &mut Vec<String>) {
-        out.push(format!("-{}", self.key));
-        if let Some(v) = &self.value {
-            out.push(v.clone());
-        }
+    fn tokens(&self) -> Vec<String> {
+        std::iter::once(format!("-{}", self.key)).chain(self.value.clone()).collect()
     }
 }
 
@@ -274,14 +272,11 @@ impl CommandLine {
             let key = &arg[1..];
 
             if key == "i" || key == "dec" {
-                let Some(&url) = args.get(i) else {
-                    return Err(CmdlineError::MissingArgument(key.to_owned()));
-                };
-                i += 1;
+                let url = take(&args, &mut i).ok_or_else(|| CmdlineError::MissingArgument(key.to_owned()))?;
                 cl.inputs.push(Input {
                     kind: if key == "i" { InputKind::File } else { InputKind::Decoder },
                     opts: std::mem::take(&mut cur),
-                    url: Url::parse(url),
+                    url: Url::parse(&url),
                     pos: Some(pos),
                 });
                 continue;
@@ -294,27 +289,13 @@ impl CommandLine {
                 k => k,
             };
             let value = match kind {
-                Some(ArgKind::Exit) => {
-                    let v = args.get(i).map(|s| (*s).to_owned());
-                    i += v.is_some() as usize;
-                    v
-                }
+                Some(ArgKind::Exit) => take(&args, &mut i),
                 Some(ArgKind::Value) => {
-                    let Some(v) = args.get(i) else {
-                        return Err(CmdlineError::MissingArgument(key.to_owned()));
-                    };
-                    i += 1;
-                    Some((*v).to_owned())
+                    Some(take(&args, &mut i).ok_or_else(|| CmdlineError::MissingArgument(key.to_owned()))?)
                 }
                 Some(_) => None,
-                None => {
-                    // An AVOption: ffmpeg only recognises it if a value follows.
-                    let Some(v) = args.get(i) else {
-                        return Err(CmdlineError::UnrecognizedOption(key.to_owned()));
-                    };
-                    i += 1;
-                    Some((*v).to_owned())
-                }
+                // An AVOption: ffmpeg only recognises it if a value follows.
+                None => Some(take(&args, &mut i).ok_or_else(|| CmdlineError::UnrecognizedOption(key.to_owned()))?),
             };
             let opt = Opt { key: key.to_owned(), value, negated, avoption: def.is_none(), def, pos: Some(pos) };
             match def.map(|d| d.scope) {
@@ -338,19 +319,16 @@ impl CommandLine {
             seq += 1;
             (pos.map_or(fallback, |p| 2 * p as i64), seq)
         };
-        let end = 2 * (self.len_hint() as i64) + 2;
+        // Added groups go after every parsed element (keys are 2 × argv index).
+        let end = i64::MAX / 4;
 
         for o in &self.globals {
-            let mut t = Vec::new();
-            o.tokens(&mut t);
-            units.push((key(o.pos, -1), t));
+            units.push((key(o.pos, -1), o.tokens()));
         }
         let mut group = |opts: &[Opt], sep_pos: Option<usize>, sep: Vec<String>, units: &mut Vec<_>, gi: usize| {
             let sep_key = sep_pos.map_or(end + 2 * gi as i64, |p| 2 * p as i64);
             for o in opts {
-                let mut t = Vec::new();
-                o.tokens(&mut t);
-                units.push((key(o.pos, sep_key - 1), t));
+                units.push((key(o.pos, sep_key - 1), o.tokens()));
             }
             units.push((key(sep_pos, sep_key), sep));
         };
@@ -371,25 +349,13 @@ impl CommandLine {
             group(&out.opts, out.pos, sep, &mut units, n_in + gi);
         }
         for o in &self.trailing {
-            let mut t = Vec::new();
-            o.tokens(&mut t);
-            units.push((key(o.pos, i64::MAX), t));
+            units.push((key(o.pos, i64::MAX), o.tokens()));
         }
         for &p in &self.dashdash {
             units.push((key(Some(p), 0), vec!["--".to_owned()]));
         }
         units.sort_by_key(|(k, _)| *k);
         units.into_iter().flat_map(|(_, t)| t).collect()
-    }
-
-    /// An upper bound of the parsed argument count, used to place added groups last.
-    fn len_hint(&self) -> usize {
-        let opts = |v: &[Opt]| v.iter().map(|o| 1 + o.value.is_some() as usize).sum::<usize>();
-        opts(&self.globals)
-            + self.inputs.iter().map(|g| 2 + opts(&g.opts)).sum::<usize>()
-            + self.outputs.iter().map(|g| 2 + opts(&g.opts)).sum::<usize>()
-            + opts(&self.trailing)
-            + self.dashdash.len()
     }
 
     /// Global options with this name (stream specifiers ignored), in order.
@@ -423,9 +389,29 @@ pub fn shell_quote(arg: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// [`shell_quote`] for a whole argument list, space separated.
-pub fn shell_join<S: AsRef<str>>(args: &[S]) -> String {
-    args.iter().map(|a| shell_quote(a.as_ref())).collect::<Vec<_>>().join(" ")
+/// [`shell_quote`] for a whole argument list, space separated. Formatted only when
+/// displayed, so a log line that is never written costs nothing.
+pub fn shell_join<S: AsRef<str>>(args: &[S]) -> impl std::fmt::Display + '_ {
+    struct Join<'a, S>(&'a [S]);
+    impl<S: AsRef<str>> std::fmt::Display for Join<'_, S> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            for (n, a) in self.0.iter().enumerate() {
+                if n > 0 {
+                    f.write_str(" ")?;
+                }
+                f.write_str(&shell_quote(a.as_ref()))?;
+            }
+            Ok(())
+        }
+    }
+    Join(args)
+}
+
+/// The next argument, if any, advancing past it.
+fn take(args: &[&str], i: &mut usize) -> Option<String> {
+    let v = args.get(*i).map(|s| (*s).to_owned());
+    *i += v.is_some() as usize;
+    v
 }
 
 /// Finds the table entry for `key` (an option as written, without the dash), and

@@ -347,94 +347,99 @@ pub fn classify_cmdline(cl: &CommandLine) -> Verdict {
         })
         .collect();
     let needs = needs(cl);
-    let v = |reason| Verdict::new(reason, shapes.clone(), needs.clone());
+    let reason = reason(cl, &shapes, &needs, dumps_attachments);
+    Verdict::new(reason, shapes, needs)
+}
 
+/// The first rule that applies, in order: probes, then what must stay local, then
+/// what only one node can do, then what splits.
+fn reason(cl: &CommandLine, shapes: &[OutputShape], needs: &Needs, dumps_attachments: bool) -> Reason {
     // ffmpeg runs global options in order; the first one that prints and exits wins.
     if cl.globals.iter().any(|o| matches!(o.def().map(|d| d.kind), Some(super::options::ArgKind::Exit))) {
-        return v(Reason::ProbeInfo);
+        return Reason::ProbeInfo;
     }
     if cl.outputs.is_empty() {
         if cl.inputs.is_empty() && cl.globals_named("init_hw_device").next().is_some() {
-            return v(Reason::ProbeHwDevice);
+            return Reason::ProbeHwDevice;
         }
-        return v(Reason::NoOutput);
+        return Reason::NoOutput;
     }
     let all_null = shapes.iter().all(|s| matches!(s, OutputShape::Null));
     if all_null && !cl.inputs.is_empty() && cl.inputs.iter().all(|i| input_format(i) == Some("lavfi")) {
-        return v(Reason::ProbeRuntime);
+        return Reason::ProbeRuntime;
     }
     if cl.inputs.iter().any(|i| i.url.is_pipe()) {
-        return v(Reason::StdinInput);
+        return Reason::StdinInput;
     }
     if cl.inputs.iter().any(is_capture) {
-        return v(Reason::CaptureDevice);
+        return Reason::CaptureDevice;
     }
     if dumps_attachments {
-        return v(Reason::AttachmentDump);
+        return Reason::AttachmentDump;
     }
     if shapes.iter().all(|s| matches!(s, OutputShape::Subtitles { .. })) {
-        return v(Reason::SubtitleExtract);
+        return Reason::SubtitleExtract;
     }
     if all_null {
-        return v(Reason::NullOutput);
+        return Reason::NullOutput;
     }
     if shapes.iter().any(|s| matches!(s, OutputShape::Network { .. })) {
-        return v(Reason::NetworkOutput);
+        return Reason::NetworkOutput;
     }
     let all_opts = || {
         cl.globals.iter().chain(cl.outputs.iter().flat_map(|o| &o.opts)).chain(cl.inputs.iter().flat_map(|i| &i.opts))
     };
     if all_opts().any(|o| o.name() == "pass") {
-        return v(Reason::TwoPass);
+        return Reason::TwoPass;
     }
     if all_opts().any(|o| SCRIPT_OPTS.contains(&o.name()) || o.key.starts_with('/')) {
-        return v(Reason::ScriptFile);
+        return Reason::ScriptFile;
     }
     if all_opts().any(|o| SIDE_FILE_OPTS.contains(&o.name()))
         || cl.global_value("progress").is_some_and(|p| !matches!(super::url::Url::parse(p).target, Target::Pipe { .. }))
     {
-        return v(Reason::SideFiles);
+        return Reason::SideFiles;
     }
 
-    let video: Vec<VideoUse> = cl.outputs.iter().zip(&shapes).map(|(o, s)| video_use(cl, o, s)).collect();
+    let video: Vec<VideoUse> = cl.outputs.iter().zip(shapes).map(|(o, s)| video_use(cl, o, s)).collect();
     if video.iter().all(|u| *u == VideoUse::None) {
-        return v(Reason::AudioOnly);
+        return Reason::AudioOnly;
     }
     if !video.contains(&VideoUse::Encode) {
         let audio_encoded = cl.outputs.iter().any(encodes_audio);
-        return v(if audio_encoded { Reason::VideoCopy } else { Reason::StreamCopy });
+        return if audio_encoded { Reason::VideoCopy } else { Reason::StreamCopy };
     }
     if shapes.iter().all(|s| matches!(s, OutputShape::Image { .. })) {
-        return v(Reason::SingleFrame);
+        return Reason::SingleFrame;
     }
 
     // From here on the job encodes video: it is worth a node.
     let live = cl.inputs.iter().any(|i| i.url.is_network() || i.flag("re") || i.last_value("readrate").is_some());
     if cl.outputs.len() > 1 {
-        return v(Reason::MultipleOutputs);
+        return Reason::MultipleOutputs;
     }
     let shape = &shapes[0];
     if matches!(shape, OutputShape::ImageSequence { .. }) {
-        return v(Reason::ImageSequence);
+        return Reason::ImageSequence;
     }
     if cl.globals_named("filter_complex").next().is_some() {
-        return v(Reason::FilterComplex);
+        return Reason::FilterComplex;
     }
     if cl.inputs.len() > 1 {
-        return v(Reason::MultipleInputs);
+        return Reason::MultipleInputs;
     }
     if needs.filters.iter().any(|f| FRAME_COUNTING_FILTERS.contains(&f.as_str())) {
-        return v(Reason::FrameCountingFilter);
+        return Reason::FrameCountingFilter;
     }
     match shape {
-        OutputShape::Hls { .. } if live => v(Reason::SplitLive),
-        OutputShape::Hls { .. } => v(Reason::SplitHls),
-        _ if live => v(Reason::LiveInput),
+        OutputShape::Hls { .. } if live => Reason::SplitLive,
+        OutputShape::Hls { .. } => Reason::SplitHls,
+        _ if live => Reason::LiveInput,
         OutputShape::Progressive { format } if SPLITTABLE_PROGRESSIVE.contains(&format.as_str()) => {
-            v(Reason::SplitProgressive)
+            Reason::SplitProgressive
         }
-        OutputShape::Stream { format } if SPLITTABLE_PROGRESSIVE.contains(&format.as_str()) => v(Reason::SplitStream),
-        _ => v(Reason::UnsplittableOutput),
+        OutputShape::Stream { format } if SPLITTABLE_PROGRESSIVE.contains(&format.as_str()) => Reason::SplitStream,
+        _ => Reason::UnsplittableOutput,
     }
 }
 
