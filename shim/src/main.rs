@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 shell_join(a),
                 verdict.decision.as_str(),
                 verdict.reason.as_str(),
-                route.describe()
+                route
             ));
             route
         }

@@ -35,41 +35,37 @@ fn is_executable_file(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Where the shim binary is, and where it was started from.
+/// Where the shim binary is, and what it was started as.
 #[derive(Debug)]
 pub struct SelfLocation {
     exe: Option<FileId>,
-    /// Directory of the path the shim was started as (the symlink's directory, not the
-    /// target's), canonicalised.
-    invoked_dir: Option<PathBuf>,
+    argv0: PathBuf,
 }
 
 impl SelfLocation {
     pub fn detect(argv0: &OsStr) -> SelfLocation {
         let exe = std::env::current_exe().ok().and_then(|p| file_id(&p));
-        let argv0 = Path::new(argv0);
-        let invoked_dir = if argv0.components().count() > 1 {
-            argv0.parent().map(Path::to_path_buf)
-        } else {
-            // Started through PATH: the first PATH entry holding that name is where we were found.
-            std::env::var_os("PATH").and_then(|path| {
-                std::env::split_paths(&path).find(|dir| {
-                    let cand = dir.join(argv0);
-                    is_executable_file(&cand) && file_id(&cand) == exe
-                })
-            })
-        };
-        let invoked_dir = invoked_dir.map(|d| d.canonicalize().unwrap_or(d));
-        SelfLocation { exe, invoked_dir }
+        SelfLocation { exe, argv0: PathBuf::from(argv0) }
     }
 
     fn is_self(&self, path: &Path) -> bool {
         self.exe.is_some() && file_id(path) == self.exe
     }
 
-    fn is_invoked_dir(&self, dir: &Path) -> bool {
-        let Some(own) = &self.invoked_dir else { return false };
-        own == dir || dir.canonicalize().is_ok_and(|d| &d == own)
+    /// The directory of the path the shim was started as (the symlink's directory,
+    /// not the target's), canonicalised. Only the PATH search needs it, so it is
+    /// worked out there and not on every start.
+    fn invoked_dir(&self, path_var: &OsStr) -> Option<PathBuf> {
+        let dir = if self.argv0.components().count() > 1 {
+            self.argv0.parent().map(Path::to_path_buf)
+        } else {
+            // Started through PATH: the first PATH entry holding that name is where we were found.
+            std::env::split_paths(path_var).find(|dir| {
+                let cand = dir.join(&self.argv0);
+                is_executable_file(&cand) && self.is_self(&cand)
+            })
+        };
+        dir.map(|d| d.canonicalize().unwrap_or(d))
     }
 }
 
@@ -89,8 +85,11 @@ pub fn find(program: Program, cfg: &Config, me: &SelfLocation) -> Result<PathBuf
         return Ok(path.clone());
     }
     let path_var = std::env::var_os("PATH").unwrap_or_default();
+    let own = me.invoked_dir(&path_var);
+    let is_own =
+        |dir: &Path| own.as_deref().is_some_and(|own| own == dir || dir.canonicalize().is_ok_and(|d| d == own));
     std::env::split_paths(&path_var)
-        .filter(|dir| !dir.as_os_str().is_empty() && !me.is_invoked_dir(dir))
+        .filter(|dir| !dir.as_os_str().is_empty() && !is_own(dir))
         .map(|dir| dir.join(program.as_str()))
         .find(|cand| is_executable_file(cand) && !me.is_self(cand))
         .ok_or(FindError::NotOnPath { program: program.as_str(), var })

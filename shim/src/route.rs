@@ -15,12 +15,12 @@ pub enum Route {
     Fallback(String),
 }
 
-impl Route {
-    pub fn describe(&self) -> String {
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Route::CachedProbe => "probe cache".into(),
-            Route::Local => "local".into(),
-            Route::Fallback(why) => format!("local fallback: {why}"),
+            Route::CachedProbe => f.write_str("probe cache"),
+            Route::Local => f.write_str("local"),
+            Route::Fallback(why) => write!(f, "local fallback: {why}"),
         }
     }
 }
