@@ -7,8 +7,14 @@
 //!
 //! # Layout
 //! * [`ffmpeg`]: the command-line model and the classifier (pure, no IO).
-//! * `explain` (binary only): `ffcluster explain`.
+//! * [`protocol`]: the messages and binary frames the shim, the controller and the
+//!   nodes exchange (pure data).
+//! * [`remote`]: what a node needs to run a command line: the files it reads, the
+//!   rewritten argument list, and when each output file may be published (pure).
+//! * `controller` (feature `controller`): the daemon behind `ffcluster serve`.
 //!
-//! Dependency direction: `ffmpeg` depends on nothing else in the crate.
+//! Dependency direction: `ffmpeg` ← `protocol` ← `remote` ← `controller`.
 
 pub mod ffmpeg;
+pub mod protocol;
+pub mod remote;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::cmdline::{CommandLine, Input, Opt, Output, Program};
 use super::filtergraph;
@@ -199,7 +199,8 @@ impl std::fmt::Display for OutputShape {
 }
 
 /// What a node must have to run the job exactly as asked.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Needs {
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub encoders: BTreeSet<String>,

@@ -1,0 +1,469 @@
+//! The wire protocol between the shim, the controller and the node agents.
+//!
+//! Everything travels over one WebSocket per peer, opened by the peer towards the
+//! controller (nodes and shims may sit behind NAT or in Docker; only the
+//! controller's port has to be reachable):
+//!
+//! * `GET /api/v1/node`: a node agent, for as long as it runs.
+//! * `GET /api/v1/shim`: one shim, for the life of one job.
+//!
+//! Both authenticate with `Authorization: Bearer <token>` on the upgrade request.
+//! Control messages are JSON in text frames ([`NodeMsg`], [`ToNode`], [`ShimMsg`],
+//! [`ToShim`]); bulk bytes (stderr, output files, stdin, input reads) are binary
+//! frames with a fixed header ([`Frame`]) so that media never goes through JSON.
+//!
+//! Nodes read a job's input files over plain HTTP from the controller at
+//! `GET /api/v1/files/{access}/{file}` with byte ranges: `access` is an
+//! unguessable per-job capability that dies with the job, and the controller
+//! answers each range by asking the shim, which owns the files, for the bytes.
+//!
+//! This module is pure data and encoding: no IO, no async runtime.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ffmpeg::decision::Needs;
+
+/// Bumped on any incompatible change; peers with another version are refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// WebSocket endpoint for node agents.
+pub const NODE_PATH: &str = "/api/v1/node";
+/// WebSocket endpoint for shims (one connection per job).
+pub const SHIM_PATH: &str = "/api/v1/shim";
+/// JSON status document.
+pub const STATUS_PATH: &str = "/api/v1/status";
+/// Prefix of the input relay: `{FILES_PATH}/{access}/{file}`.
+pub const FILES_PATH: &str = "/api/v1/files";
+
+/// How often each side sends a heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Silence after which a peer is declared dead. Well under the 5 s the product
+/// promises for noticing a dead node, with two heartbeats of slack.
+pub const DEAD_AFTER: Duration = Duration::from_millis(3000);
+
+/// Largest payload of one binary frame. Keeps one slow stream from holding a
+/// WebSocket for long and bounds what a peer must buffer per frame.
+pub const MAX_FRAME_PAYLOAD: usize = 256 * 1024;
+
+/// Controller-assigned job number, unique for the controller's lifetime.
+pub type JobId = u64;
+
+/// What a node can run, measured by the node itself at start-up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Capabilities {
+    /// `ffmpeg -version`'s first line, e.g. `ffmpeg version 5.1.9-0+deb12u1`.
+    pub ffmpeg_version: String,
+    pub encoders: BTreeSet<String>,
+    pub decoders: BTreeSet<String>,
+    pub filters: BTreeSet<String>,
+    pub hwaccels: BTreeSet<String>,
+    /// Logical CPUs available to the agent.
+    pub cpus: u32,
+    /// Frames per second of the standard encode (libx264 `veryfast`, 640x360,
+    /// testsrc2): comparable between nodes, higher is faster.
+    pub speed: f64,
+}
+
+impl Capabilities {
+    /// What `needs` asks for that this node does not have, as `kind name` strings
+    /// (`encoder h264_nvenc`); empty when the node can run the job.
+    pub fn missing(&self, needs: &Needs) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |kind: &str, want: &BTreeSet<String>, have: &BTreeSet<String>| {
+            out.extend(want.iter().filter(|w| !have.contains(*w)).map(|w| format!("{kind} {w}")));
+        };
+        check("encoder", &needs.encoders, &self.encoders);
+        check("decoder", &needs.decoders, &self.decoders);
+        check("filter", &needs.filters, &self.filters);
+        check("hwaccel", &needs.hwaccels, &self.hwaccels);
+        // A device type is usable when the node has the hwaccel of the same name.
+        check("hw device", &needs.hw_devices, &self.hwaccels);
+        out
+    }
+}
+
+/// Node agent → controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeMsg {
+    /// First message on every connection.
+    Hello { protocol: u32, agent: String, name: String, slots: u32, caps: Capabilities },
+    /// Sent every [`HEARTBEAT_INTERVAL`]; lists the jobs the node is running.
+    Heartbeat { running: Vec<JobId> },
+    /// A file of the job's output: opened, finished, …
+    Output { job: JobId, event: OutputEvent },
+    /// ffmpeg ended (after all its output was sent).
+    Exited { job: JobId, exit: RemoteExit },
+    /// The node could not run the job at all (nothing was started or published).
+    Refused { job: JobId, reason: String },
+}
+
+/// Controller → node agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToNode {
+    /// Answer to `Hello`.
+    Welcome {
+        node_id: u64,
+        heartbeat_ms: u64,
+    },
+    /// Refusal of `Hello` (wrong protocol version); the node stops.
+    Goodbye {
+        reason: String,
+    },
+    Heartbeat,
+    /// Run this job.
+    Run {
+        job: JobId,
+        spec: JobSpec,
+    },
+    /// Deliver a signal to the job's ffmpeg (the shim got it, or Jellyfin's `q`
+    /// could not be delivered otherwise).
+    Signal {
+        job: JobId,
+        signal: JobSignal,
+    },
+    /// Kill the job's ffmpeg now and throw its scratch away: nobody wants the result.
+    Cancel {
+        job: JobId,
+    },
+}
+
+/// Shim → controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ShimMsg {
+    /// First message: the job.
+    Submit { request: JobRequest },
+    /// The shim could not read a file range it was asked for.
+    ReadFailed { req: u32, error: String },
+    /// The shim received a signal; forward it to ffmpeg.
+    Signal { signal: JobSignal },
+}
+
+/// Controller → shim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToShim {
+    /// The job runs on `node`.
+    Accepted {
+        job: JobId,
+        node: String,
+    },
+    /// The cluster will not run this job (no capable node, all busy…): run it locally.
+    Rejected {
+        reason: String,
+    },
+    /// Send `len` bytes of offered file `file` from `offset` as a
+    /// [`FrameKind::ReadData`] frame with id `req` (fewer bytes only at end of file).
+    Read {
+        req: u32,
+        file: u32,
+        offset: u64,
+        len: u32,
+    },
+    Output {
+        event: OutputEvent,
+    },
+    /// ffmpeg ended; everything it wrote has been sent.
+    Exited {
+        exit: RemoteExit,
+    },
+    /// The cluster lost the job (node died, node refused it). Nothing more follows.
+    Failed {
+        reason: String,
+    },
+}
+
+/// Signals the shim forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobSignal {
+    Interrupt,
+    Terminate,
+    Kill,
+}
+
+/// How ffmpeg ended on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteExit {
+    /// Exit status when it exited.
+    pub code: Option<i32>,
+    /// Signal number when it was killed.
+    pub signal: Option<i32>,
+}
+
+impl RemoteExit {
+    /// The code the shim exits with: ffmpeg's own, or what a shell reports for a
+    /// death by signal (128 + n).
+    pub fn shim_code(self) -> u8 {
+        match (self.code, self.signal) {
+            (Some(c), _) => (c & 0xff) as u8,
+            (None, Some(s)) => (128 + s).clamp(0, 255) as u8,
+            (None, None) => 255,
+        }
+    }
+
+    pub fn success(self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// How the shim must write one output file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Write under a temporary name, rename to the final name on `Done`: HLS
+    /// segments, init segments, playlists, images. Files are opened in the order
+    /// they must become visible.
+    Atomic,
+    /// Create the final name at once and write at the given offsets as data arrives
+    /// (a progressive file that Jellyfin tails while it grows). `Done` gives the
+    /// final size.
+    InPlace,
+    /// Standard output of the shim.
+    Stdout,
+}
+
+/// One step in the life of an output file. File data travels in
+/// [`FrameKind::Output`] frames between `Open` and `Done`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum OutputEvent {
+    /// `path` is as ffmpeg would have opened it on the shim's machine (absolute, or
+    /// relative to the shim's working directory).
+    Open { file: u32, path: String, mode: WriteMode },
+    /// The file is complete with `size` bytes.
+    Done { file: u32, size: u64 },
+}
+
+/// What a shim asks the cluster to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// `ffmpeg` arguments, without `argv[0]`, exactly as the shim received them.
+    pub args: Vec<String>,
+    /// The shim's working directory (relative paths in `args` are relative to it).
+    pub cwd: String,
+    /// Files on the shim's machine the job reads, found by
+    /// [`crate::remote::file_refs`].
+    pub files: Vec<FileOffer>,
+    /// What a node must have.
+    pub needs: Needs,
+    /// Why the shim offloads it (a reason code, for status and logs).
+    pub reason: String,
+}
+
+/// One file the shim can serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOffer {
+    pub id: u32,
+    /// The reference as written in the arguments (after URL parsing: a path).
+    pub reference: String,
+    /// For a directory reference (a fonts directory), the file's name inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    pub size: u64,
+}
+
+/// What the controller tells a node to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub args: Vec<String>,
+    pub cwd: String,
+    pub files: Vec<FileOffer>,
+    /// Capability for `{FILES_PATH}/{access}/{file}`.
+    pub access: String,
+}
+
+/// Binary frame kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// ffmpeg's stderr bytes (node → controller → shim).
+    Stderr = 1,
+    /// Output file bytes at `offset` of file `id` (node → controller → shim).
+    Output = 2,
+    /// Bytes for ffmpeg's stdin (shim → controller → node); empty means EOF.
+    Stdin = 3,
+    /// Answer to [`ToShim::Read`] with request id `id` (shim → controller).
+    ReadData = 4,
+}
+
+impl FrameKind {
+    fn from_u8(b: u8) -> Option<FrameKind> {
+        Some(match b {
+            1 => FrameKind::Stderr,
+            2 => FrameKind::Output,
+            3 => FrameKind::Stdin,
+            4 => FrameKind::ReadData,
+            _ => return None,
+        })
+    }
+}
+
+/// A binary frame: `kind u8 | job u64 | id u32 | offset u64 | payload`, little-endian.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub kind: FrameKind,
+    /// The job (0 on the shim's connection, which carries one job).
+    pub job: JobId,
+    /// File id for `Output`, request id for `ReadData`, 0 otherwise.
+    pub id: u32,
+    pub offset: u64,
+    pub payload: &'a [u8],
+}
+
+/// Size of [`Frame`]'s header.
+pub const FRAME_HEADER: usize = 1 + 8 + 4 + 8;
+
+/// Why a binary frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("binary frame of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown binary frame kind {0}")]
+    Kind(u8),
+    #[error("binary frame payload of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+}
+
+impl<'a> Frame<'a> {
+    pub fn new(kind: FrameKind, job: JobId, id: u32, offset: u64, payload: &'a [u8]) -> Frame<'a> {
+        Frame { kind, job, id, offset, payload }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FRAME_HEADER + self.payload.len());
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.job.to_le_bytes());
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(self.payload);
+        out
+    }
+
+    pub fn decode(buf: &'a [u8]) -> Result<Frame<'a>, FrameError> {
+        if buf.len() < FRAME_HEADER {
+            return Err(FrameError::Short(buf.len()));
+        }
+        if buf.len() - FRAME_HEADER > MAX_FRAME_PAYLOAD {
+            return Err(FrameError::TooLarge(buf.len() - FRAME_HEADER));
+        }
+        let kind = FrameKind::from_u8(buf[0]).ok_or(FrameError::Kind(buf[0]))?;
+        let u64_at = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
+        let id = u32::from_le_bytes(buf[9..13].try_into().expect("4 bytes"));
+        Ok(Frame { kind, job: u64_at(1), id, offset: u64_at(13), payload: &buf[FRAME_HEADER..] })
+    }
+
+    /// The same frame for another job number (the controller renumbers when relaying).
+    pub fn with_job(&self, job: JobId) -> Frame<'a> {
+        Frame { job, ..self.clone() }
+    }
+}
+
+/// Compares two secrets in time that depends only on their lengths, so that a
+/// network peer cannot learn a token byte by byte from response times.
+pub fn secret_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The token from an `Authorization: Bearer …` header value.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// Turns a controller base URL (`http://host:9470`, with or without a trailing
+/// slash) into the WebSocket URL of `path`.
+pub fn ws_url(base: &str, path: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let rest = base
+        .strip_prefix("http://")
+        .map(|r| format!("ws://{r}"))
+        .or_else(|| base.strip_prefix("https://").map(|r| format!("wss://{r}")))
+        .unwrap_or_else(|| if base.contains("://") { base.to_owned() } else { format!("ws://{base}") });
+    format!("{rest}{path}")
+}
+
+/// Turns a controller base URL into the HTTP URL of `path`.
+pub fn http_url(base: &str, path: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if base.contains("://") { format!("{base}{path}") } else { format!("http://{base}{path}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let f = Frame::new(FrameKind::Output, 7, 3, 1 << 40, b"hello");
+        let bytes = f.encode();
+        assert_eq!(bytes.len(), FRAME_HEADER + 5);
+        assert_eq!(Frame::decode(&bytes).unwrap(), f);
+        assert_eq!(Frame::decode(&bytes[..4]), Err(FrameError::Short(4)));
+        let mut bad = bytes.clone();
+        bad[0] = 99;
+        assert_eq!(Frame::decode(&bad), Err(FrameError::Kind(99)));
+        let big = vec![0u8; FRAME_HEADER + MAX_FRAME_PAYLOAD + 1];
+        let mut big = big;
+        big[0] = 1;
+        assert_eq!(Frame::decode(&big), Err(FrameError::TooLarge(MAX_FRAME_PAYLOAD + 1)));
+    }
+
+    #[test]
+    fn messages_are_tagged_json() {
+        let m = ToShim::Read { req: 1, file: 0, offset: 5, len: 10 };
+        let s = serde_json::to_string(&m).unwrap();
+        assert_eq!(s, r#"{"type":"read","req":1,"file":0,"offset":5,"len":10}"#);
+        assert_eq!(serde_json::from_str::<ToShim>(&s).unwrap(), m);
+        let o = NodeMsg::Output {
+            job: 1,
+            event: OutputEvent::Open { file: 2, path: "/t/a0.ts".into(), mode: WriteMode::Atomic },
+        };
+        let s = serde_json::to_string(&o).unwrap();
+        assert_eq!(serde_json::from_str::<NodeMsg>(&s).unwrap(), o);
+    }
+
+    #[test]
+    fn secrets_and_headers() {
+        assert!(secret_eq(b"abc", b"abc"));
+        assert!(!secret_eq(b"abc", b"abd"));
+        assert!(!secret_eq(b"abc", b"abcd"));
+        assert_eq!(bearer("Bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer("bearer  s3cret "), Some("s3cret"));
+        assert_eq!(bearer("Basic abc"), None);
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(ws_url("http://h:9470/", NODE_PATH), "ws://h:9470/api/v1/node");
+        assert_eq!(ws_url("https://h", SHIM_PATH), "wss://h/api/v1/shim");
+        assert_eq!(ws_url("h:1", SHIM_PATH), "ws://h:1/api/v1/shim");
+        assert_eq!(http_url("h:1", STATUS_PATH), "http://h:1/api/v1/status");
+    }
+
+    #[test]
+    fn missing_capabilities() {
+        let caps = Capabilities {
+            encoders: ["libx264".into(), "aac".into()].into(),
+            filters: ["scale".into()].into(),
+            ..Default::default()
+        };
+        let mut needs = Needs::default();
+        needs.encoders.insert("libx264".into());
+        needs.filters.insert("scale".into());
+        assert!(caps.missing(&needs).is_empty());
+        needs.encoders.insert("h264_nvenc".into());
+        needs.hwaccels.insert("cuda".into());
+        assert_eq!(caps.missing(&needs), ["encoder h264_nvenc", "hwaccel cuda"]);
+    }
+}
