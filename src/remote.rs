@@ -337,7 +337,7 @@ pub fn rewrite(cl: &CommandLine, refs: &[FileRef], access: &Access<'_>) -> Resul
         let to = if d.original.is_empty() { String::new() } else { format!("{}/", d.original) };
         replacements.push((format!("{}/", d.scratch), to));
     }
-    replacements.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    replacements.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
     Ok(Rewritten { args: cl.to_args(), plan, replacements })
 }
 
