@@ -54,8 +54,16 @@ pub struct FileRef {
     pub path: String,
     /// A directory whose files are all needed (a fonts directory).
     pub dir: bool,
+    /// Read through the relay like an input rather than copied to the node first:
+    /// inputs, and a filter that opens the same file with libavformat (Jellyfin
+    /// burns in embedded subtitles with `subtitles=f=<the movie itself>:si=N`, and
+    /// copying a whole film before starting would be absurd).
+    pub streamed: bool,
     pub site: Site,
 }
+
+/// Filters that open their file with libavformat, so a relay URL works for them.
+const LAVF_FILTERS: &[&str] = &["subtitles", "ass", "movie", "amovie"];
 
 /// Filter options that name files: (filter, option, positional index, is a directory).
 const FILTER_FILE_OPTS: &[(&str, &str, Option<usize>, bool)] = &[
@@ -87,15 +95,20 @@ pub fn file_refs(cl: &CommandLine) -> Result<Vec<FileRef>, RemoteError> {
             return Err(RemoteError::IndirectInput(input.url.raw.clone()));
         }
         match &input.url.target {
-            Target::File { path } => refs.push(FileRef { path: path.clone(), dir: false, site: Site::Input(n) }),
+            Target::File { path } => {
+                refs.push(FileRef { path: path.clone(), dir: false, streamed: true, site: Site::Input(n) })
+            }
             Target::Network { .. } => {}
             _ => return Err(RemoteError::IndirectInput(input.url.raw.clone())),
         }
     }
     for (group, opt_index, opt) in filter_opts(cl) {
         let value = opt.value.as_deref().unwrap_or("");
-        for (path, dir) in graph_files(value).map_err(|()| RemoteError::Filter(opt.key.clone()))? {
-            refs.push(FileRef { path, dir, site: Site::Filter { group, opt: opt_index } });
+        for (filter, path, dir) in graph_files(value).map_err(|()| RemoteError::Filter(opt.key.clone()))? {
+            let streamed = !dir
+                && LAVF_FILTERS.contains(&filter.as_str())
+                && refs.iter().any(|r| matches!(r.site, Site::Input(_)) && r.path == path);
+            refs.push(FileRef { path, dir, streamed, site: Site::Filter { group, opt: opt_index } });
         }
     }
     Ok(refs)
@@ -232,8 +245,13 @@ pub fn rewrite(cl: &CommandLine, refs: &[FileRef], access: &Access<'_>) -> Resul
         };
         let value = o.value.clone().unwrap_or_default();
         let mut failure = None;
-        let new = rewrite_graph_files(&value, &mut |path, dir| {
-            let target = if dir {
+        let new = rewrite_graph_files(&value, &mut |filter, path, dir| {
+            let streamed = !dir
+                && LAVF_FILTERS.contains(&filter)
+                && refs.iter().any(|r| matches!(r.site, Site::Input(_)) && r.path == path);
+            let target = if streamed {
+                offered(path).map(access.input)
+            } else if dir {
                 let any = access.files.iter().any(|f| f.reference == path);
                 any.then(|| (access.side_dir)(path))
             } else {
@@ -521,8 +539,8 @@ fn file_values(filter: &str, kv: &[(Option<String>, String)]) -> Vec<(usize, boo
     out
 }
 
-/// Files named in a graph: (path, is directory).
-fn graph_files(graph: &str) -> Result<Vec<(String, bool)>, ()> {
+/// Files named in a graph: (filter, path, is directory).
+fn graph_files(graph: &str) -> Result<Vec<(String, String, bool)>, ()> {
     let mut out = Vec::new();
     for f in filters_with_args(graph)? {
         if !FILTER_FILE_OPTS.iter().any(|(name, ..)| *name == f.name) {
@@ -531,14 +549,14 @@ fn graph_files(graph: &str) -> Result<Vec<(String, bool)>, ()> {
         let (args, _) = get_token(&graph[f.span.clone()], &['[', ']', ',', ';']);
         let kv = key_values(&args);
         for (i, dir) in file_values(&f.name, &kv) {
-            out.push((kv[i].1.clone(), dir));
+            out.push((f.name.clone(), kv[i].1.clone(), dir));
         }
     }
     Ok(out)
 }
 
 /// Replaces every file a graph names with `map(path, is_dir)`; `None` keeps it.
-fn rewrite_graph_files(graph: &str, map: &mut dyn FnMut(&str, bool) -> Option<String>) -> Result<String, ()> {
+fn rewrite_graph_files(graph: &str, map: &mut dyn FnMut(&str, &str, bool) -> Option<String>) -> Result<String, ()> {
     let mut out = String::new();
     let mut last = 0;
     for f in filters_with_args(graph)? {
@@ -552,7 +570,7 @@ fn rewrite_graph_files(graph: &str, map: &mut dyn FnMut(&str, bool) -> Option<St
             continue;
         }
         for (i, dir) in hits {
-            if let Some(new) = map(&kv[i].1, dir) {
+            if let Some(new) = map(&f.name, &kv[i].1, dir) {
                 kv[i].1 = new;
             }
         }
@@ -671,8 +689,11 @@ impl OutputTracker {
         for s in seen {
             if self.role(s) == Some(RoleKind::Playlist) {
                 let key = (s.dir, s.name.clone());
+                // ffmpeg 5.1 rewrites a VOD playlist in place: a read that does not
+                // end in a newline caught it mid-write; the next poll sees the rest.
                 if self.playlists.get(&key) != Some(&(s.size, s.mtime))
                     && let Some(text) = read(s.dir, &s.name)
+                    && (text.ends_with('\n') || ended == Ended::Exited)
                 {
                     for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
                         listed.insert(line.rsplit('/').next().unwrap_or(line).trim().to_owned());
@@ -863,12 +884,11 @@ mod tests {
     #[test]
     fn finds_subtitle_and_font_files() {
         let g = r"setparams=color_primaries=bt709,scale=trunc(iw/2)*2:-2,subtitles=f='/cfg/subs/a\,b.srt':charenc=UTF-8:fontsdir='/cache/att/x',format=yuv420p";
-        assert_eq!(
-            graph_files(g).unwrap(),
-            [("/cfg/subs/a,b.srt".to_owned(), false), ("/cache/att/x".to_owned(), true)]
-        );
-        assert_eq!(graph_files("subtitles=/m/x.ass").unwrap(), [("/m/x.ass".to_owned(), false)]);
-        assert_eq!(graph_files("[in]drawtext=fontfile=/f.ttf:text=hi[out]").unwrap(), [("/f.ttf".to_owned(), false)]);
+        let files =
+            |g: &str| -> Vec<(String, bool)> { graph_files(g).unwrap().into_iter().map(|(_, p, d)| (p, d)).collect() };
+        assert_eq!(files(g), [("/cfg/subs/a,b.srt".to_owned(), false), ("/cache/att/x".to_owned(), true)]);
+        assert_eq!(files("subtitles=/m/x.ass"), [("/m/x.ass".to_owned(), false)]);
+        assert_eq!(files("[in]drawtext=fontfile=/f.ttf:text=hi[out]"), [("/f.ttf".to_owned(), false)]);
         assert!(graph_files("scale=640:-2,format=yuv420p").unwrap().is_empty());
     }
 
@@ -876,10 +896,11 @@ mod tests {
     fn rewrites_only_file_values() {
         let g = r"scale=640:-2,subtitles=f='/cfg/a b.srt':charenc=UTF-8:fontsdir='/att/x',format=yuv420p";
         let out =
-            rewrite_graph_files(g, &mut |p, dir| Some(if dir { "/s/d0".into() } else { format!("/s/{}", p.len()) }))
+            rewrite_graph_files(g, &mut |_, p, dir| Some(if dir { "/s/d0".into() } else { format!("/s/{}", p.len()) }))
                 .unwrap();
         assert_eq!(out, r"scale=640:-2,subtitles=f=/s/12:charenc=UTF-8:fontsdir=/s/d0,format=yuv420p");
-        assert_eq!(graph_files(&out).unwrap(), [("/s/12".to_owned(), false), ("/s/d0".to_owned(), true)]);
+        let files: Vec<_> = graph_files(&out).unwrap().into_iter().map(|(_, p, d)| (p, d)).collect();
+        assert_eq!(files, [("/s/12".to_owned(), false), ("/s/d0".to_owned(), true)]);
     }
 
     fn offers(paths: &[&str]) -> Vec<FileOffer> {
@@ -896,7 +917,7 @@ mod tests {
              -hls_fmp4_init_filename abc-1.mp4 -start_number 0 -hls_segment_filename /tc/abc%d.mp4 \
              -hls_playlist_type vod -hls_list_size 0 -y /tc/abc.m3u8");
         let refs = file_refs(&c).unwrap();
-        assert_eq!(refs, [FileRef { path: "/media/a.mkv".into(), dir: false, site: Site::Input(0) }]);
+        assert_eq!(refs, [FileRef { path: "/media/a.mkv".into(), dir: false, streamed: true, site: Site::Input(0) }]);
         let files = offers(&["/media/a.mkv"]);
         let input = |f: &FileOffer| format!("http://c/api/v1/files/cap/{}", f.id);
         let side = |f: &FileOffer| format!("/scratch/side/{}", f.id);
@@ -918,6 +939,20 @@ mod tests {
             replace_all("Opening '/scratch/out/d0/abc0.mp4' from 'http://c/api/v1/files/cap/0'", &r.replacements),
             "Opening '/tc/abc0.mp4' from 'file:/media/a.mkv'"
         );
+    }
+
+    #[test]
+    fn embedded_subtitles_stream_from_the_input() {
+        let c = cl("-i /m/movie.mkv -vf subtitles=f=/m/movie.mkv:si=0 -c:v libx264 -y /o/a.mp4");
+        let refs = file_refs(&c).unwrap();
+        assert!(refs.iter().all(|r| r.streamed), "{refs:?}");
+        let files = offers(&["/m/movie.mkv"]);
+        let url = |f: &FileOffer| format!("http://c:1/api/v1/files/x/{}", f.id);
+        let d = |_: &str| String::new();
+        let access = Access { files: &files, input: &url, side: &url, side_dir: &d, out_root: "/s" };
+        let r = rewrite(&c, &refs, &access).unwrap();
+        assert_eq!(r.args[3], r"subtitles=f=http\\://c\\:1/api/v1/files/x/0:si=0");
+        assert_eq!(graph_files(&r.args[3]).unwrap()[0].1, "http://c:1/api/v1/files/x/0");
     }
 
     #[test]
