@@ -11,10 +11,14 @@
 //!   nodes exchange (pure data).
 //! * [`remote`]: what a node needs to run a command line: the files it reads, the
 //!   rewritten argument list, and when each output file may be published (pure).
-//! * `controller` (feature `controller`): the daemon behind `ffcluster serve`.
+//! * `controller` (feature `controller`): the daemon behind `ffcluster serve`
+//!   (node and shim WebSockets, the scheduler, the input relay, the status
+//!   document) and the small HTTP client behind `ffcluster status`.
 //!
 //! Dependency direction: `ffmpeg` ← `protocol` ← `remote` ← `controller`.
 
+#[cfg(feature = "controller")]
+pub mod controller;
 pub mod ffmpeg;
 pub mod protocol;
 pub mod remote;

@@ -1,0 +1,220 @@
+//! A tiny blocking HTTP/1.1 client for `ffcluster status`: one GET per
+//! connection over a plain `TcpStream`. Enough for the controller's own answers
+//! (Content-Length or chunked bodies); `http://` only.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use super::status::Status;
+use crate::protocol::{STATUS_PATH, http_url};
+
+/// Connect, read and write timeout.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response accepted.
+const MAX_RESPONSE: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0}: only http:// URLs are supported")]
+    Scheme(String),
+    #[error("{0}: not a valid URL")]
+    Url(String),
+    // The io errors are part of the message rather than `source`s, so that the
+    // text is complete however the error is printed.
+    #[error("cannot resolve {host}: {error}")]
+    Resolve { host: String, error: io::Error },
+    #[error("cannot connect to {host}: {error}")]
+    Connect { host: String, error: io::Error },
+    #[error("talking to {host}: {error}")]
+    Io { host: String, error: io::Error },
+    #[error("malformed HTTP response from {host}: {what}")]
+    Malformed { host: String, what: String },
+}
+
+/// Why the status could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("the controller refused the token (401): check --token / FFCLUSTER_TOKEN")]
+    Unauthorized,
+    #[error("the controller answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the controller's status document is unreadable: {0}")]
+    Json(serde_json::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Fetches the status document from the controller at `base` (`http://host:port`).
+pub fn fetch_status(base: &str, token: &str) -> Result<Status, StatusError> {
+    let auth = format!("Bearer {token}");
+    let r = get(&http_url(base, STATUS_PATH), &[("Authorization", &auth)])?;
+    match r.status {
+        200 => serde_json::from_slice(&r.body).map_err(StatusError::Json),
+        401 => Err(StatusError::Unauthorized),
+        status => {
+            let body = String::from_utf8_lossy(&r.body).trim().chars().take(200).collect();
+            Err(StatusError::Status { status, body })
+        }
+    }
+}
+
+/// `GET url` with extra request headers.
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, HttpError> {
+    let (authority, path) = split_url(url)?;
+    let host = authority.to_owned();
+    let target = if has_port(authority) { authority.to_owned() } else { format!("{authority}:80") };
+    let addrs: Vec<_> =
+        target.to_socket_addrs().map_err(|error| HttpError::Resolve { host: host.clone(), error })?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    let mut conn = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, TIMEOUT) {
+            Ok(s) => {
+                conn = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let mut conn = conn.ok_or_else(|| HttpError::Connect { host: host.clone(), error: last })?;
+    let io_err = |error| HttpError::Io { host: host.clone(), error };
+    conn.set_read_timeout(Some(TIMEOUT)).map_err(io_err)?;
+    conn.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    conn.write_all(request.as_bytes()).map_err(io_err)?;
+    let mut raw = Vec::new();
+    conn.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(io_err)?;
+    parse_response(&raw).map_err(|what| HttpError::Malformed { host, what })
+}
+
+/// `http://authority/path` → (authority, path).
+fn split_url(url: &str) -> Result<(&str, &str), HttpError> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(if url.contains("://") { HttpError::Scheme(url.into()) } else { HttpError::Url(url.into()) });
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') || path.contains(char::is_whitespace) {
+        return Err(HttpError::Url(url.into()));
+    }
+    Ok((authority, path))
+}
+
+/// `host:port` or `[v6]:port`, as opposed to a bare host.
+fn has_port(authority: &str) -> bool {
+    authority.rsplit_once(':').is_some_and(|(host, port)| {
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && (!host.contains(':') || host.ends_with(']'))
+    })
+}
+
+fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not text")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut words = status_line.split_whitespace();
+    let version = words.next().unwrap_or_default();
+    let status = words.next().and_then(|s| s.parse::<u16>().ok());
+    let status = match status {
+        Some(s) if version.starts_with("HTTP/1.") => s,
+        _ => return Err(format!("bad status line {status_line:?}")),
+    };
+    let mut headers = Vec::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').ok_or_else(|| format!("bad header line {line:?}"))?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let mut r = HttpResponse { status, headers, body: Vec::new() };
+    let rest = &raw[end + 4..];
+    let chunked = r.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    r.body = if chunked {
+        dechunk(rest)?
+    } else if let Some(len) = r.header("content-length") {
+        let len: usize = len.parse().map_err(|_| format!("bad content-length {len:?}"))?;
+        if rest.len() < len {
+            return Err(format!("body ended after {} of {len} bytes", rest.len()));
+        }
+        rest[..len].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(r)
+}
+
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or("chunk size line not terminated")?;
+        let line = std::str::from_utf8(&rest[..eol]).map_err(|_| "chunk size is not text")?;
+        let hex = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size {hex:?}"))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            // Trailers, if any, are not needed.
+            return Ok(body);
+        }
+        if rest.len() < size + 2 || &rest[size..size + 2] != b"\r\n" {
+            return Err("chunked body ended early".into());
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(split_url("http://h:1/api/v1/status").unwrap(), ("h:1", "/api/v1/status"));
+        assert_eq!(split_url("http://h:1").unwrap(), ("h:1", "/"));
+        assert_eq!(split_url("http://[::1]:9470/x").unwrap(), ("[::1]:9470", "/x"));
+        assert!(matches!(split_url("https://h/x"), Err(HttpError::Scheme(_))));
+        assert!(matches!(split_url("h:1/x"), Err(HttpError::Url(_))));
+        assert!(matches!(split_url("http:///x"), Err(HttpError::Url(_))));
+        assert!(has_port("h:1") && has_port("[::1]:9470"));
+        assert!(!has_port("h") && !has_port("[::1]") && !has_port("h:"));
+    }
+
+    #[test]
+    fn content_length_bodies() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhelloextra").unwrap();
+        assert_eq!((r.status, r.body.as_slice(), r.header("x-a")), (200, &b"hello"[..], Some("b")));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello").is_err());
+        let r = parse_response(b"HTTP/1.0 401 Unauthorized\r\n\r\nno").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (401, &b"no"[..]));
+        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let raw =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\nA\r\n, world!!!\r\n0\r\n\r\n";
+        assert_eq!(parse_response(raw).unwrap().body, b"hello, world!!!");
+        let cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel";
+        assert!(parse_response(cut).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! The controller daemon behind `ffcluster serve`.
+//!
+//! Node agents and shims connect to it over WebSocket (see [`crate::protocol`]);
+//! it places each submitted job on a node, relays the node's output to the shim
+//! and serves the job's input files to the node by asking the shim for byte
+//! ranges.
+//!
+//! * `state`: the registry of nodes and jobs, behind one lock that is never held
+//!   across an await.
+//! * [`scheduler`]: the pure choice of a node for a job.
+//! * `node_link` / `shim_link`: one task per WebSocket, with its writer task.
+//! * `outbox`: each peer's single ordered outgoing queue, with backpressure.
+//! * `relay`: the input file route.
+//! * [`status`]: the status document; [`http_client`]: how `ffcluster status`
+//!   fetches it.
+//!
+//! Every task watches one shutdown flag (`shutdown`), set when the future given
+//! to [`run`] completes.
+
+pub mod http_client;
+mod node_link;
+mod outbox;
+pub mod relay;
+pub mod scheduler;
+mod shim_link;
+mod shutdown;
+mod state;
+pub mod status;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::protocol::{
+    DEAD_AFTER, FILES_PATH, FRAME_HEADER, HEARTBEAT_INTERVAL, MAX_FRAME_PAYLOAD, NODE_PATH, SHIM_PATH, STATUS_PATH,
+    bearer, secret_eq,
+};
+use state::{Registry, unix_ms_now};
+pub use status::Status;
+
+/// Largest WebSocket message accepted: a full binary frame, with room for large
+/// JSON messages (a long argument list, many file offers).
+const MAX_MESSAGE: usize = FRAME_HEADER + MAX_FRAME_PAYLOAD + (1 << 20);
+/// How long `run` waits for connections to wind down after shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the controller runs. [`ControllerConfig::new`] gives the protocol's timings.
+#[derive(Clone)]
+pub struct ControllerConfig {
+    /// The shared secret nodes, shims and admins present as `Bearer`.
+    pub token: String,
+    /// Period of the controller's heartbeats to nodes.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a node is dropped and its jobs fail.
+    pub dead_after: Duration,
+    /// Time a new connection has to send its first message.
+    pub hello_timeout: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(token: impl Into<String>) -> ControllerConfig {
+        ControllerConfig {
+            token: token.into(),
+            heartbeat_interval: HEARTBEAT_INTERVAL,
+            dead_after: DEAD_AFTER,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for ControllerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControllerConfig")
+            .field("token", &"<redacted>")
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("dead_after", &self.dead_after)
+            .field("hello_timeout", &self.hello_timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(
+        "no token configured: nodes, shims and admins authenticate with a shared secret. \
+         Make one with `openssl rand -hex 16` and pass it with --token or FFCLUSTER_TOKEN"
+    )]
+    NoToken,
+    #[error("the listening socket is unusable: {0}")]
+    Listener(std::io::Error),
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What every handler and link shares.
+pub(crate) struct Shared {
+    config: ControllerConfig,
+    registry: Mutex<Registry>,
+    shutdown: shutdown::Signal,
+    /// Dropped with the last `Shared`: `run` knows every link has finished.
+    _alive: mpsc::Sender<()>,
+}
+
+impl Shared {
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
+        // Registry updates are single statements that leave it consistent; a
+        // panic in one handler must not take the whole controller down.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Serves the controller on `listener` until `shutdown` completes, then closes
+/// every connection (nodes and shims are told, running jobs fail) and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    if config.token.trim().is_empty() {
+        return Err(ControllerError::NoToken);
+    }
+    let addr = listener.local_addr().map_err(ControllerError::Listener)?;
+    let trigger = shutdown::Trigger::new();
+    let (alive, mut all_gone) = mpsc::channel(1);
+    let shared = Arc::new(Shared {
+        config,
+        registry: Mutex::new(Registry::new(Instant::now())),
+        shutdown: trigger.signal(),
+        _alive: alive,
+    });
+    let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let watcher = {
+        let trigger = trigger.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.fire();
+        })
+    };
+    info!(%addr, "controller listening");
+    let signal = trigger.signal();
+    let graceful = {
+        let signal = signal.clone();
+        async move { signal.fired().await }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let result = tokio::select! {
+        r = server => r,
+        // A client that never reads would hold graceful shutdown forever.
+        () = async { signal.fired().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
+            warn!("connections still open {} s after shutdown; leaving them", DRAIN_TIMEOUT.as_secs());
+            Ok(())
+        }
+    };
+    trigger.fire();
+    watcher.abort();
+    drop(shared);
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_gone.recv()).await.is_err() {
+        warn!("some links did not finish within {} s of shutdown", DRAIN_TIMEOUT.as_secs());
+    }
+    info!("controller stopped");
+    result.map_err(ControllerError::Serve)
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let authed = Router::new()
+        .route(NODE_PATH, get(node_ws))
+        .route(SHIM_PATH, get(shim_ws))
+        .route(STATUS_PATH, get(status))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), require_token));
+    let open = Router::new()
+        .route(&format!("{FILES_PATH}/{{access}}/{{file}}"), get(relay::serve_file))
+        .route("/healthz", get(|| async { "ok" }));
+    authed.merge(open).with_state(shared)
+}
+
+async fn require_token(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
+    if presented.is_some_and(|t| secret_eq(t.as_bytes(), shared.config.token.as_bytes())) {
+        return next.run(request).await;
+    }
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "missing or wrong token\n").into_response()
+}
+
+async fn node_ws(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.max_message_size(MAX_MESSAGE).on_upgrade(move |socket| node_link::handle(socket, shared, peer))
+}
+
+async fn shim_ws(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.max_message_size(MAX_MESSAGE).on_upgrade(move |socket| shim_link::handle(socket, shared, peer))
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> axum::Json<Status> {
+    axum::Json(shared.registry().status(Instant::now(), unix_ms_now()))
+}

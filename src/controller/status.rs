@@ -1,0 +1,167 @@
+//! The status document served at [`STATUS_PATH`](crate::protocol::STATUS_PATH)
+//! and read back by `ffcluster status`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Capabilities, JobId};
+
+/// `GET /api/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The controller's version.
+    pub version: String,
+    /// The wire protocol version it speaks.
+    #[serde(default)]
+    pub protocol: u32,
+    pub uptime_ms: u64,
+    /// The controller's clock when the document was made (for `started_unix_ms`).
+    #[serde(default)]
+    pub now_unix_ms: u64,
+    /// Connected nodes, oldest connection first.
+    pub nodes: Vec<NodeStatus>,
+    /// Running jobs and the last 100 finished ones, newest first.
+    pub jobs: Vec<JobStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Controller-assigned, for this connection.
+    pub id: u64,
+    pub name: String,
+    pub state: NodeState,
+    pub slots: u32,
+    pub running: u32,
+    /// Frames per second of the standard encode (see [`Capabilities::speed`]).
+    pub speed: f64,
+    pub cpus: u32,
+    pub ffmpeg_version: String,
+    /// The agent's self-description from its `Hello`.
+    #[serde(default)]
+    pub agent: String,
+    /// Where the node connected from.
+    pub address: String,
+    /// How long it has been connected.
+    pub connected_ms: u64,
+    pub last_seen_ms_ago: u64,
+    pub caps: Capabilities,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Has a free slot.
+    Ready,
+    /// Every slot is taken.
+    Busy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: JobId,
+    pub mode: JobMode,
+    pub state: JobState,
+    /// The name of the node it runs or ran on.
+    pub node: Option<String>,
+    /// The ffmpeg arguments, shell-quoted.
+    pub args: String,
+    /// The shim's reason code for offloading.
+    pub reason: String,
+    pub started_unix_ms: u64,
+    /// Run time so far for a running job, total otherwise.
+    pub duration_ms: u64,
+    /// ffmpeg's exit status, when it exited.
+    pub exit_code: Option<i32>,
+    /// Why it failed (or how ffmpeg died).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobMode {
+    /// The whole command line on one node.
+    Whole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    /// ffmpeg exited, whatever its exit code.
+    Done,
+    /// The cluster lost it (node lost, refused).
+    Failed,
+    /// Its shim went away before it finished.
+    Cancelled,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Ready => "ready",
+            NodeState::Busy => "busy",
+        }
+    }
+}
+
+impl JobMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobMode::Whole => "whole",
+        }
+    }
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The wire names, for text output.
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(NodeState, JobMode, JobState);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names() {
+        let j = JobStatus {
+            id: 3,
+            mode: JobMode::Whole,
+            state: JobState::Cancelled,
+            node: Some("n".into()),
+            args: "-i a b".into(),
+            reason: "split.hls".into(),
+            started_unix_ms: 1,
+            duration_ms: 2,
+            exit_code: None,
+            error: None,
+        };
+        let v = serde_json::to_value(&j).unwrap();
+        assert_eq!(v["mode"], "whole");
+        assert_eq!(v["state"], "cancelled");
+        assert_eq!(serde_json::from_value::<JobStatus>(v).unwrap(), j);
+        assert_eq!(serde_json::to_value(NodeState::Busy).unwrap(), "busy");
+        for s in [JobState::Running, JobState::Done, JobState::Failed, JobState::Cancelled] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
+        }
+        assert_eq!(serde_json::to_value(JobMode::Whole).unwrap(), JobMode::Whole.to_string());
+    }
+}

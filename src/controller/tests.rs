@@ -1,0 +1,487 @@
+//! The controller in-process, with a fake node and fake shims speaking the
+//! protocol over real sockets.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use super::http_client::{self, HttpResponse, StatusError, fetch_status};
+use super::status::{JobState, NodeState, Status};
+use super::{ControllerConfig, ControllerError, run};
+use crate::ffmpeg::decision::Needs;
+use crate::protocol::{
+    Capabilities, FILES_PATH, FileOffer, Frame, FrameKind, JobRequest, JobSignal, JobSpec, NODE_PATH, NodeMsg,
+    OutputEvent, PROTOCOL_VERSION, RemoteExit, SHIM_PATH, ShimMsg, ToNode, ToShim, WriteMode,
+};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const TOKEN: &str = "0123456789abcdef-test";
+/// Longest wait for anything that should happen promptly.
+const PROMPT: Duration = Duration::from_secs(2);
+
+struct Controller {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ControllerError>>,
+}
+
+impl Controller {
+    async fn start(config: ControllerConfig) -> Controller {
+        let _ = tracing_subscriber::fmt().with_env_filter("ffcluster=debug").with_test_writer().try_init();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Controller { addr, stop, task }
+    }
+
+    async fn default() -> Controller {
+        Controller::start(ControllerConfig::new(TOKEN)).await
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn connect(&self, path: &str, token: Option<&str>) -> Result<Ws, tungstenite::Error> {
+        let mut req = format!("ws://{}{path}", self.addr).into_client_request().unwrap();
+        if let Some(t) = token {
+            req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+        }
+        connect_async(req).await.map(|(ws, _)| ws)
+    }
+
+    /// A node that said hello and got its welcome.
+    async fn node(&self, name: &str, slots: u32, encoders: &[&str]) -> Ws {
+        let mut ws = self.connect(NODE_PATH, Some(TOKEN)).await.unwrap();
+        send(&mut ws, &hello(name, slots, encoders, PROTOCOL_VERSION)).await;
+        match node_recv(&mut ws).await {
+            ToNode::Welcome { node_id, heartbeat_ms } => assert!(node_id > 0 && heartbeat_ms > 0),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        ws
+    }
+
+    /// A shim that submitted `request`, and the controller's first answer.
+    async fn shim(&self, request: JobRequest) -> (Ws, ToShim) {
+        let mut ws = self.connect(SHIM_PATH, Some(TOKEN)).await.unwrap();
+        send(&mut ws, &ShimMsg::Submit { request }).await;
+        let first = recv_json(&mut ws).await;
+        (ws, first)
+    }
+
+    async fn status(&self) -> Status {
+        let base = self.base();
+        tokio::task::spawn_blocking(move || fetch_status(&base, TOKEN)).await.unwrap().unwrap()
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, http_client::HttpError> {
+        let url = format!("{}{path}", self.base());
+        let headers: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        tokio::task::spawn_blocking(move || {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            http_client::get(&url, &h)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn stop(self) {
+        let started = Instant::now();
+        let _ = self.stop.send(());
+        let result = tokio::time::timeout(PROMPT, self.task).await.expect("run returns after shutdown");
+        result.unwrap().unwrap();
+        assert!(started.elapsed() < PROMPT);
+    }
+}
+
+fn hello(name: &str, slots: u32, encoders: &[&str], protocol: u32) -> NodeMsg {
+    NodeMsg::Hello {
+        protocol,
+        agent: "fake-node".into(),
+        name: name.into(),
+        slots,
+        caps: Capabilities {
+            ffmpeg_version: "ffmpeg version 5.1.9".into(),
+            encoders: encoders.iter().map(|e| e.to_string()).collect(),
+            cpus: 4,
+            speed: 120.0,
+            ..Default::default()
+        },
+    }
+}
+
+fn request(encoders: &[&str], files: Vec<FileOffer>) -> JobRequest {
+    JobRequest {
+        args: vec!["-i".into(), "/media/my film.mkv".into(), "-c:v".into(), "libx264".into(), "out.ts".into()],
+        cwd: "/tmp/t".into(),
+        files,
+        needs: Needs { encoders: encoders.iter().map(|e| e.to_string()).collect(), ..Default::default() },
+        reason: "whole.multiple_outputs".into(),
+    }
+}
+
+async fn send<T: Serialize>(ws: &mut Ws, msg: &T) {
+    ws.send(Message::text(serde_json::to_string(msg).unwrap())).await.unwrap();
+}
+
+/// The next text or binary message (None when the connection closes).
+async fn next(ws: &mut Ws) -> Option<Message> {
+    let deadline = tokio::time::sleep(PROMPT);
+    tokio::pin!(deadline);
+    loop {
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            () = &mut deadline => panic!("nothing received in time"),
+        };
+        match msg {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(m)) => return Some(m),
+        }
+    }
+}
+
+async fn recv_json<T: DeserializeOwned>(ws: &mut Ws) -> T {
+    match next(ws).await {
+        Some(Message::Text(t)) => serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}")),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+async fn recv_binary(ws: &mut Ws) -> Vec<u8> {
+    match next(ws).await {
+        Some(Message::Binary(b)) => b.to_vec(),
+        other => panic!("expected a binary message, got {other:?}"),
+    }
+}
+
+/// The next message to a node that is not a heartbeat.
+async fn node_recv(ws: &mut Ws) -> ToNode {
+    loop {
+        match recv_json(ws).await {
+            ToNode::Heartbeat => {}
+            m => return m,
+        }
+    }
+}
+
+async fn expect_closed(ws: &mut Ws) {
+    loop {
+        match next(ws).await {
+            None => return,
+            Some(Message::Text(t)) if t.contains("heartbeat") => {}
+            Some(m) => panic!("expected the connection to close, got {m:?}"),
+        }
+    }
+}
+
+async fn run_msg(node: &mut Ws) -> (u64, JobSpec) {
+    match node_recv(node).await {
+        ToNode::Run { job, spec } => (job, spec),
+        other => panic!("expected run, got {other:?}"),
+    }
+}
+
+fn pattern(offset: u64, len: usize) -> Vec<u8> {
+    (offset..offset + len as u64).map(|i| (i % 251) as u8).collect()
+}
+
+/// Answers the shim's reads until `done` completes: each time no new read has
+/// come for a moment, all pending ones at once. Returns `done`'s result, the reads
+/// in the order asked, and the most that were in flight together.
+async fn serve_reads<T>(shim: &mut Ws, mut done: JoinHandle<T>) -> (T, Vec<(u64, u32)>, usize) {
+    let (mut reads, mut pending, mut most) = (Vec::new(), Vec::new(), 0);
+    loop {
+        tokio::select! {
+            r = &mut done => return (r.unwrap(), reads, most),
+            m = tokio::time::timeout(Duration::from_millis(30), next(shim)) => match m {
+                Ok(Some(Message::Text(t))) => match serde_json::from_str(&t).unwrap() {
+                    ToShim::Read { req, file, offset, len } => {
+                        assert_eq!(file, 0);
+                        assert!(len as usize <= crate::protocol::MAX_FRAME_PAYLOAD);
+                        reads.push((offset, len));
+                        pending.push((req, offset, len));
+                    }
+                    other => panic!("expected a read, got {other:?}"),
+                },
+                Ok(other) => panic!("expected a read, got {other:?}"),
+                Err(_) => {
+                    most = most.max(pending.len());
+                    for (req, offset, len) in pending.drain(..) {
+                        let data = pattern(offset, len as usize);
+                        let frame = Frame::new(FrameKind::ReadData, 0, req, 0, &data).encode();
+                        shim.send(Message::binary(frame)).await.unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// True when `reads` cover `start..end` exactly, in order.
+fn contiguous(reads: &[(u64, u32)], start: u64, end: u64) -> bool {
+    let mut at = start;
+    for (offset, len) in reads {
+        if *offset != at {
+            return false;
+        }
+        at += u64::from(*len);
+    }
+    at == end
+}
+
+#[tokio::test]
+async fn a_job_runs_on_a_node_end_to_end() {
+    let c = Controller::default().await;
+    let mut node = c.node("n1", 2, &["libx264"]).await;
+
+    let doc = c.status().await;
+    assert_eq!(doc.nodes.len(), 1);
+    let n = &doc.nodes[0];
+    assert_eq!((n.name.as_str(), n.state, n.slots, n.running, n.cpus), ("n1", NodeState::Ready, 2, 0, 4));
+    assert_eq!(n.ffmpeg_version, "ffmpeg version 5.1.9");
+    assert!(n.address.starts_with("127.0.0.1:"));
+
+    const SIZE: u64 = 2_000_000;
+    let offer = FileOffer { id: 0, reference: "/media/my film.mkv".into(), entry: None, size: SIZE };
+    let (mut shim, first) = c.shim(request(&["libx264"], vec![offer.clone()])).await;
+    assert_eq!(first, ToShim::Accepted { job: 1, node: "n1".into() });
+    let (job, spec) = run_msg(&mut node).await;
+    assert_eq!(job, 1);
+    assert_eq!((spec.cwd.as_str(), spec.files.as_slice()), ("/tmp/t", &[offer][..]));
+    assert_eq!(spec.args[1], "/media/my film.mkv");
+    assert_eq!(spec.access.len(), 64);
+    let file_path = format!("{FILES_PATH}/{}/0", spec.access);
+    let get = |range: &'static str| {
+        let url = format!("{}{file_path}", c.base());
+        tokio::task::spawn_blocking(move || http_client::get(&url, &[("Range", range)]).unwrap())
+    };
+
+    // A range read: small reads first, then up to four full frames in flight.
+    let (r, reads, most) = serve_reads(&mut shim, get("bytes=100-")).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 100-1999999/2000000"));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert!(r.body == pattern(100, (SIZE - 100) as usize), "body differs");
+    assert!(contiguous(&reads, 100, SIZE), "{reads:?}");
+    assert_eq!(reads[0], (100, 32 << 10));
+    assert_eq!(most, 4, "{reads:?}");
+
+    // Suffix range, and the errors.
+    let (r, reads, _) = serve_reads(&mut shim, get("bytes=-10")).await;
+    assert_eq!((r.status, r.body, reads), (206, pattern(SIZE - 10, 10), vec![(SIZE - 10, 10)]));
+    let r = c.get(&file_path, &[("Range", "bytes=2000000-")]).await.unwrap();
+    assert_eq!((r.status, r.header("content-range")), (416, Some("bytes */2000000")));
+    assert_eq!(c.get(&format!("{FILES_PATH}/{}/1", spec.access), &[]).await.unwrap().status, 404);
+    assert_eq!(c.get(&format!("{FILES_PATH}/{}0/0", &spec.access[1..]), &[]).await.unwrap().status, 404);
+
+    // HEAD: the length without asking the shim for anything.
+    let mut tcp = TcpStream::connect(c.addr).await.unwrap();
+    let head = format!("HEAD {file_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.to_ascii_lowercase().contains("content-length: 2000000\r\n"), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n"), "{raw}");
+
+    // Shim → node: signal and stdin, renumbered with the job.
+    send(&mut shim, &ShimMsg::Signal { signal: JobSignal::Interrupt }).await;
+    shim.send(Message::binary(Frame::new(FrameKind::Stdin, 0, 0, 0, b"q").encode())).await.unwrap();
+    assert_eq!(node_recv(&mut node).await, ToNode::Signal { job: 1, signal: JobSignal::Interrupt });
+    let stdin = recv_binary(&mut node).await;
+    assert_eq!(Frame::decode(&stdin).unwrap(), Frame::new(FrameKind::Stdin, 1, 0, 0, b"q"));
+
+    // Node → shim: text and binary interleaved arrive in order, renumbered to 0;
+    // nothing for another job gets through.
+    let open = OutputEvent::Open { file: 0, path: "/tmp/t/out.ts".into(), mode: WriteMode::InPlace };
+    let done = OutputEvent::Done { file: 0, size: 3 };
+    let exit = RemoteExit { code: Some(0), signal: None };
+    send(&mut node, &NodeMsg::Output { job: 1, event: open.clone() }).await;
+    node.send(Message::binary(Frame::new(FrameKind::Output, 1, 0, 0, b"abc").encode())).await.unwrap();
+    node.send(Message::binary(Frame::new(FrameKind::Stderr, 99, 0, 0, b"not yours").encode())).await.unwrap();
+    send(&mut node, &NodeMsg::Output { job: 99, event: done.clone() }).await;
+    node.send(Message::binary(Frame::new(FrameKind::Stderr, 1, 0, 0, b"frame=1").encode())).await.unwrap();
+    send(&mut node, &NodeMsg::Output { job: 1, event: done.clone() }).await;
+    send(&mut node, &NodeMsg::Exited { job: 1, exit }).await;
+
+    assert_eq!(recv_json::<ToShim>(&mut shim).await, ToShim::Output { event: open });
+    let f = recv_binary(&mut shim).await;
+    assert_eq!(Frame::decode(&f).unwrap(), Frame::new(FrameKind::Output, 0, 0, 0, b"abc"));
+    let f = recv_binary(&mut shim).await;
+    assert_eq!(Frame::decode(&f).unwrap(), Frame::new(FrameKind::Stderr, 0, 0, 0, b"frame=1"));
+    assert_eq!(recv_json::<ToShim>(&mut shim).await, ToShim::Output { event: done });
+    assert_eq!(recv_json::<ToShim>(&mut shim).await, ToShim::Exited { exit });
+    expect_closed(&mut shim).await;
+
+    let doc = c.status().await;
+    let j = &doc.jobs[0];
+    assert_eq!((j.id, j.state, j.exit_code, j.node.as_deref()), (1, JobState::Done, Some(0), Some("n1")));
+    assert_eq!(j.args, "-i '/media/my film.mkv' -c:v libx264 out.ts");
+    assert_eq!(doc.nodes[0].running, 0);
+    // The capability died with the job.
+    assert_eq!(c.get(&file_path, &[]).await.unwrap().status, 404);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_or_missing_token_is_refused() {
+    let c = Controller::default().await;
+    for path in [NODE_PATH, SHIM_PATH] {
+        for token in [Some("wrong"), None] {
+            match c.connect(path, token).await {
+                Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+                other => panic!("{path} with {token:?}: {other:?}"),
+            }
+        }
+    }
+    let base = c.base();
+    let err = tokio::task::spawn_blocking(move || fetch_status(&base, "wrong")).await.unwrap();
+    assert!(matches!(err, Err(StatusError::Unauthorized)), "{err:?}");
+    let r = c.get("/healthz", &[]).await.unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_node_is_dropped_and_its_job_fails() {
+    let mut config = ControllerConfig::new(TOKEN);
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.dead_after = Duration::from_millis(400);
+    let dead_after = config.dead_after;
+    let c = Controller::start(config).await;
+    let mut node = c.node("n1", 1, &[]).await;
+    let (mut shim, first) = c.shim(request(&[], vec![])).await;
+    assert!(matches!(first, ToShim::Accepted { job: 1, .. }));
+    run_msg(&mut node).await;
+    let silent_since = Instant::now();
+    // The node now says nothing (and reads nothing).
+    let failed = recv_json::<ToShim>(&mut shim).await;
+    assert_eq!(failed, ToShim::Failed { reason: "node n1 lost".into() });
+    let noticed = silent_since.elapsed();
+    assert!(noticed >= dead_after && noticed < dead_after + Duration::from_secs(1), "{noticed:?}");
+    expect_closed(&mut shim).await;
+    let doc = c.status().await;
+    assert!(doc.nodes.is_empty());
+    assert_eq!((doc.jobs[0].state, doc.jobs[0].error.as_deref()), (JobState::Failed, Some("node n1 lost")));
+    expect_closed(&mut node).await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_closed_node_socket_fails_its_job_at_once() {
+    let c = Controller::default().await;
+    let mut node = c.node("n1", 1, &[]).await;
+    let (mut shim, _) = c.shim(request(&[], vec![])).await;
+    run_msg(&mut node).await;
+    let t = Instant::now();
+    drop(node);
+    assert_eq!(recv_json::<ToShim>(&mut shim).await, ToShim::Failed { reason: "node n1 lost".into() });
+    assert!(t.elapsed() < Duration::from_millis(500));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_vanished_shim_cancels_its_job() {
+    let c = Controller::default().await;
+    let mut node = c.node("n1", 1, &[]).await;
+    let offer = FileOffer { id: 0, reference: "a".into(), entry: None, size: 1 << 20 };
+    let (shim, _) = c.shim(request(&[], vec![offer])).await;
+    let (job, spec) = run_msg(&mut node).await;
+
+    // A read in flight when the shim dies fails instead of hanging.
+    let get = {
+        let url = format!("{}{FILES_PATH}/{}/0", c.base(), spec.access);
+        tokio::task::spawn_blocking(move || http_client::get(&url, &[]))
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    drop(shim); // as SIGKILL does: no close frame
+    assert_eq!(node_recv(&mut node).await, ToNode::Cancel { job });
+    assert!(t.elapsed() < Duration::from_millis(500));
+    let r = get.await.unwrap();
+    assert!(r.is_err(), "a cut body must not look complete: {r:?}");
+
+    let doc = c.status().await;
+    assert_eq!(doc.jobs[0].state, JobState::Cancelled);
+    assert_eq!(doc.nodes[0].running, 0);
+    let r = c.get(&format!("{FILES_PATH}/{}/0", spec.access), &[]).await.unwrap();
+    assert_eq!(r.status, 404);
+    // Output for the cancelled job goes nowhere; the node stays connected.
+    send(&mut node, &NodeMsg::Exited { job, exit: RemoteExit { code: None, signal: Some(9) } }).await;
+    send(&mut node, &NodeMsg::Heartbeat { running: vec![] }).await;
+    assert_eq!(c.status().await.nodes.len(), 1);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_are_rejected_with_a_reason() {
+    let c = Controller::default().await;
+    let (_, r) = c.shim(request(&[], vec![])).await;
+    assert_eq!(r, ToShim::Rejected { reason: "no nodes connected".into() });
+
+    let mut node = c.node("cpu", 1, &["libx264"]).await;
+    let (mut shim, r) = c.shim(request(&["h264_nvenc"], vec![])).await;
+    assert_eq!(r, ToShim::Rejected { reason: "no node has encoder h264_nvenc".into() });
+    expect_closed(&mut shim).await;
+
+    let (mut busy, r) = c.shim(request(&["libx264"], vec![])).await;
+    assert!(matches!(r, ToShim::Accepted { .. }));
+    let (job, _) = run_msg(&mut node).await;
+    let (_, r) = c.shim(request(&["libx264"], vec![])).await;
+    assert_eq!(r, ToShim::Rejected { reason: "all 1 capable nodes are busy".into() });
+
+    // A refusal fails the job and frees the slot.
+    send(&mut node, &NodeMsg::Refused { job, reason: "no scratch space".into() }).await;
+    assert_eq!(recv_json::<ToShim>(&mut busy).await, ToShim::Failed { reason: "no scratch space".into() });
+    let (_, r) = c.shim(request(&["libx264"], vec![])).await;
+    assert!(matches!(r, ToShim::Accepted { .. }), "{r:?}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_speaking_another_protocol_is_told_goodbye() {
+    let c = Controller::default().await;
+    let mut ws = c.connect(NODE_PATH, Some(TOKEN)).await.unwrap();
+    send(&mut ws, &hello("old", 1, &[], PROTOCOL_VERSION + 1)).await;
+    match recv_json::<ToNode>(&mut ws).await {
+        ToNode::Goodbye { reason } => assert!(reason.contains("protocol version 2"), "{reason}"),
+        other => panic!("expected goodbye, got {other:?}"),
+    }
+    expect_closed(&mut ws).await;
+    assert!(c.status().await.nodes.is_empty());
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_link() {
+    let c = Controller::default().await;
+    let mut node = c.node("n1", 1, &[]).await;
+    let (mut shim, _) = c.shim(request(&[], vec![])).await;
+    run_msg(&mut node).await;
+    c.stop().await;
+    while next(&mut node).await.is_some() {}
+    while next(&mut shim).await.is_some() {}
+}
+
+#[tokio::test]
+async fn no_token_no_controller() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = run(listener, ControllerConfig::new(" "), async {}).await;
+    assert!(matches!(r, Err(ControllerError::NoToken)));
+}

@@ -1,0 +1,171 @@
+//! `ffcluster status [--json]`: what the controller knows about nodes and jobs.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use ffcluster::controller::http_client::fetch_status;
+use ffcluster::controller::status::{JobStatus, NodeStatus, Status};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the status document as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The controller's base URL.
+    #[arg(long, value_name = "URL", env = "FFCLUSTER_CONTROLLER", default_value = "http://127.0.0.1:9470")]
+    controller: String,
+    /// The controller's shared secret.
+    #[arg(long, env = "FFCLUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// Longest argument list shown in the jobs table.
+const ARGS_WIDTH: usize = 60;
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Some(token) = a.token.filter(|t| !t.trim().is_empty()) else {
+        bail!("no token: pass the controller's token with --token or FFCLUSTER_TOKEN");
+    };
+    let doc = fetch_status(&a.controller, &token).with_context(|| format!("controller at {}", a.controller))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", text(&doc));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text(doc: &Status) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "controller {} (protocol {}), up {}", doc.version, doc.protocol, duration(doc.uptime_ms));
+    let _ = writeln!(s);
+    if doc.nodes.is_empty() {
+        let _ = writeln!(s, "no nodes connected");
+    } else {
+        let rows = doc.nodes.iter().map(node_row).collect();
+        s.push_str(&table(&["NODE", "STATE", "RUN/SLOTS", "SPEED", "CPUS", "FFMPEG"], rows));
+    }
+    let _ = writeln!(s);
+    if doc.jobs.is_empty() {
+        let _ = writeln!(s, "no jobs yet");
+    } else {
+        let rows = doc.jobs.iter().map(job_row).collect();
+        s.push_str(&table(&["JOB", "STATE", "NODE", "DURATION", "EXIT", "ARGS"], rows));
+    }
+    s
+}
+
+fn node_row(n: &NodeStatus) -> Vec<String> {
+    let version = n.ffmpeg_version.strip_prefix("ffmpeg version ").unwrap_or(&n.ffmpeg_version);
+    vec![
+        n.name.clone(),
+        n.state.to_string(),
+        format!("{}/{}", n.running, n.slots),
+        format!("{:.0} fps", n.speed),
+        n.cpus.to_string(),
+        version.split_whitespace().next().unwrap_or("?").into(),
+    ]
+}
+
+fn job_row(j: &JobStatus) -> Vec<String> {
+    let exit = match (j.exit_code, &j.error) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(_)) => "!".into(),
+        (None, None) => "-".into(),
+    };
+    let mut args = shorten(&j.args, ARGS_WIDTH);
+    if let Some(e) = &j.error {
+        args = format!("{args}  [{e}]");
+    }
+    let node = j.node.clone().unwrap_or_else(|| "-".into());
+    vec![j.id.to_string(), j.state.to_string(), node, duration(j.duration_ms), exit, args]
+}
+
+/// Columns padded to their widest cell; the last one is left ragged.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let last = row.len().saturating_sub(1);
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == last { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    out
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let cut: String = s.chars().take(max - 1).collect();
+    format!("{cut}…")
+}
+
+fn duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..60 => format!("{:.1}s", ms as f64 / 1000.0),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ffcluster::controller::status::{JobMode, JobState, NodeState};
+
+    #[test]
+    fn summary() {
+        let doc = Status {
+            version: "0.1.0".into(),
+            protocol: 1,
+            uptime_ms: 3_723_000,
+            now_unix_ms: 0,
+            nodes: vec![NodeStatus {
+                id: 1,
+                name: "gpu-box".into(),
+                state: NodeState::Busy,
+                slots: 2,
+                running: 2,
+                speed: 412.3,
+                cpus: 16,
+                ffmpeg_version: "ffmpeg version 5.1.9-0+deb12u1 Copyright (c)".into(),
+                agent: String::new(),
+                address: "10.0.0.5:50000".into(),
+                connected_ms: 1,
+                last_seen_ms_ago: 2,
+                caps: Default::default(),
+            }],
+            jobs: vec![JobStatus {
+                id: 12,
+                mode: JobMode::Whole,
+                state: JobState::Failed,
+                node: Some("gpu-box".into()),
+                args: "-i /media/a.mkv ".repeat(10),
+                reason: "split.hls".into(),
+                started_unix_ms: 0,
+                duration_ms: 63_000,
+                exit_code: None,
+                error: Some("node gpu-box lost".into()),
+            }],
+        };
+        let t = text(&doc);
+        assert!(t.starts_with("controller 0.1.0 (protocol 1), up 1h02m\n"), "{t}");
+        assert!(t.contains("gpu-box  busy   2/2        412 fps  16    5.1.9-0+deb12u1\n"), "{t}");
+        assert!(t.contains("12   failed  gpu-box  1m03s     !     -i /media/a.mkv"), "{t}");
+        assert!(t.contains("…  [node gpu-box lost]"), "{t}");
+        assert_eq!(duration(1500), "1.5s");
+    }
+}
