@@ -8,14 +8,19 @@
 //!   whose answer is recorded for next time;
 //! * everything that runs locally `exec`s the real binary, so the process *is*
 //!   ffmpeg from then on;
-//! * jobs worth a node go to the cluster when one is configured (see `route`).
+//! * jobs worth a node go to the cluster when one is configured (see `route` and
+//!   `cluster`); if the cluster cannot take them before anything is visible, they
+//!   run locally after all, and the log says why.
 //!
 //! The shim writes nothing of its own to stdout, ever.
 
+mod cluster;
 mod config;
 mod local;
 mod log;
+mod offer;
 mod probe_cache;
+mod publish;
 mod real;
 mod route;
 
@@ -56,10 +61,12 @@ fn main() -> ExitCode {
 
     // Arguments that are not UTF-8 cannot be modelled; ffmpeg takes them as bytes.
     let utf8: Option<Vec<String>> = args.iter().map(|a| a.to_str().map(str::to_owned)).collect();
+    let mut verdict = None;
     let route = match &utf8 {
         Some(a) => {
-            let verdict = ffmpeg::classify(program, a);
-            let route = route::choose(&verdict, a, &cfg);
+            let v = ffmpeg::classify(program, a);
+            let verdict = verdict.insert(v);
+            let route = route::choose(verdict, a, &cfg);
             log.line(format_args!(
                 "{} {}: {} ({}) -> {}",
                 program.as_str(),
@@ -80,6 +87,12 @@ fn main() -> ExitCode {
         && let Some(code) = answer_probe(program, &argv0, a, &cfg, &me, &log)
     {
         return ExitCode::from(code);
+    }
+    if let (Route::Cluster, Some(a), Some(v)) = (&route, &utf8, &verdict) {
+        match cluster::run(a, v, &cfg, &log) {
+            cluster::Outcome::Exit(code) => return ExitCode::from(code),
+            cluster::Outcome::Fallback(why) => log.line(format_args!("local fallback: {why}")),
+        }
     }
     exec_local(program, &argv0, &args, &cfg, &me, &log)
 }

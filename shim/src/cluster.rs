@@ -1,0 +1,373 @@
+//! The shim's side of a cluster job: submit it, serve the input ranges the node
+//! asks for, forward `q`/keys and signals, publish the outputs, relay stderr, and
+//! exit with ffmpeg's exit code.
+//!
+//! Whatever goes wrong before anything is visible to Jellyfin (the controller is
+//! unreachable, no node can take the job, the job fails on the cluster before
+//! publishing a file, a progress line or a stdout byte) ends in
+//! [`Outcome::Fallback`]: the caller runs the job locally, and Jellyfin sees
+//! exactly one ffmpeg run. Until then the remote stderr is held back so that a
+//! fallback does not print two runs.
+//!
+//! A single-threaded tokio runtime is started only here; the local path never
+//! pays for it.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use ffcluster::ffmpeg::CommandLine;
+use ffcluster::ffmpeg::decision::Verdict;
+use ffcluster::protocol::{Frame, FrameKind, JobRequest, JobSignal, OutputEvent, SHIM_PATH, ShimMsg, ToShim, ws_url};
+use futures_util::{SinkExt, StreamExt};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::config::Config;
+use crate::log::Log;
+use crate::offer::Offers;
+use crate::publish::Publisher;
+
+/// How long to wait for the controller's TCP/WebSocket handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long to wait for the controller to place the job.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Held-back stderr is released after this long even without a progress line, so
+/// a long-running job's log is not delayed indefinitely.
+const STDERR_HOLD: Duration = Duration::from_secs(3);
+/// … or once this much has accumulated.
+const STDERR_HOLD_BYTES: usize = 1 << 20;
+
+/// How a cluster attempt ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The job ran on the cluster; exit with this code.
+    Exit(u8),
+    /// Run it locally instead; nothing of the attempt is visible.
+    Fallback(String),
+}
+
+pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outcome {
+    let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
+        return Outcome::Fallback("no controller or token configured".into());
+    };
+    let cl = match CommandLine::parse(args) {
+        Ok(cl) => cl,
+        Err(e) => return Outcome::Fallback(e.to_string()),
+    };
+    let cwd = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => return Outcome::Fallback(format!("no working directory: {e}")),
+    };
+    let offers = match Offers::prepare(&cl, &cwd) {
+        Ok(o) => o,
+        Err(why) => return Outcome::Fallback(why),
+    };
+    let request = JobRequest {
+        args: args.to_vec(),
+        cwd: cwd.to_string_lossy().into_owned(),
+        files: offers.offers.clone(),
+        needs: verdict.needs.clone(),
+        reason: verdict.reason.as_str().to_owned(),
+    };
+    // ffmpeg reads keys from stdin unless told not to; so does its stand-in.
+    let read_stdin = !cl.global_flag("nostdin");
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return Outcome::Fallback(format!("cannot start the cluster client: {e}")),
+    };
+    runtime.block_on(Session::new(offers, log).run(controller, token, request, read_stdin))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Session<'a> {
+    offers: Offers,
+    log: &'a Log,
+    publisher: Publisher,
+    stderr: StderrGate,
+    /// A key or signal asked ffmpeg to stop: its exit code is then not a failure
+    /// to fall back from.
+    stop_requested: bool,
+    bytes_served: u64,
+}
+
+impl<'a> Session<'a> {
+    fn new(offers: Offers, log: &'a Log) -> Session<'a> {
+        Session {
+            offers,
+            log,
+            publisher: Publisher::default(),
+            stderr: StderrGate::new(),
+            stop_requested: false,
+            bytes_served: 0,
+        }
+    }
+
+    async fn run(mut self, controller: &str, token: &str, request: JobRequest, read_stdin: bool) -> Outcome {
+        let ws = match connect(controller, token).await {
+            Ok(ws) => ws,
+            Err(e) => return Outcome::Fallback(format!("cannot reach the controller at {controller}: {e}")),
+        };
+        let (mut tx, mut rx) = ws.split();
+        if let Err(e) = tx.send(text(&ShimMsg::Submit { request })).await {
+            return Outcome::Fallback(format!("controller closed the connection: {e}"));
+        }
+        let started = Instant::now();
+        let accepted = tokio::time::timeout(ACCEPT_TIMEOUT, async {
+            while let Some(msg) = rx.next().await {
+                match msg {
+                    Ok(Message::Text(t)) => match serde_json::from_str::<ToShim>(&t) {
+                        Ok(ToShim::Accepted { job, node }) => return Ok((job, node)),
+                        Ok(ToShim::Rejected { reason }) => return Err(format!("the cluster declined: {reason}")),
+                        Ok(other) => return Err(format!("unexpected message before acceptance: {other:?}")),
+                        Err(e) => return Err(format!("bad message from controller: {e}")),
+                    },
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            Err("controller closed the connection".to_owned())
+        })
+        .await;
+        let (job, node) = match accepted {
+            Ok(Ok(a)) => a,
+            Ok(Err(why)) => return Outcome::Fallback(why),
+            Err(_) => return Outcome::Fallback("the controller did not place the job in time".into()),
+        };
+        self.log.line(format_args!("cluster: job {job} runs on node {node}"));
+
+        let (keys_tx, mut keys) = mpsc::channel::<Vec<u8>>(16);
+        if read_stdin {
+            spawn_stdin_reader(keys_tx);
+        } else {
+            drop(keys_tx);
+        }
+        let (Ok(mut sigterm), Ok(mut sigint)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            return Outcome::Fallback("cannot install signal handlers".into());
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut stdin_open = read_stdin;
+
+        let outcome = loop {
+            tokio::select! {
+                msg = rx.next() => {
+                    let step = match msg {
+                        Some(Ok(Message::Binary(b))) => self.on_frame(&b),
+                        Some(Ok(Message::Text(t))) => match serde_json::from_str::<ToShim>(&t) {
+                            Ok(m) => self.on_message(m, &mut tx).await,
+                            Err(e) => Step::Lost(format!("bad message from controller: {e}")),
+                        },
+                        Some(Ok(Message::Close(_))) | None => Step::Lost("the controller closed the connection".into()),
+                        Some(Err(e)) => Step::Lost(format!("connection to the controller failed: {e}")),
+                        Some(Ok(_)) => Step::Continue,
+                    };
+                    match step {
+                        Step::Continue => {}
+                        Step::Exit(code) => break Outcome::Exit(code),
+                        Step::Lost(why) => break self.lost(why),
+                    }
+                }
+                bytes = keys.recv(), if stdin_open => {
+                    let bytes = bytes.unwrap_or_default();
+                    stdin_open = !bytes.is_empty();
+                    // Jellyfin stops with "q\n"; the stop is then expected to end in 0.
+                    self.stop_requested |= bytes.contains(&b'q');
+                    let frame = Frame::new(FrameKind::Stdin, 0, 0, 0, &bytes).encode();
+                    if let Err(e) = tx.send(Message::Binary(frame.into())).await {
+                        break self.lost(format!("connection to the controller failed: {e}"));
+                    }
+                }
+                _ = sigterm.recv() => {
+                    self.stop_requested = true;
+                    let _ = tx.send(text(&ShimMsg::Signal { signal: JobSignal::Terminate })).await;
+                }
+                _ = sigint.recv() => {
+                    self.stop_requested = true;
+                    let _ = tx.send(text(&ShimMsg::Signal { signal: JobSignal::Interrupt })).await;
+                }
+                _ = tick.tick() => {
+                    if started.elapsed() >= STDERR_HOLD || self.publisher.visible {
+                        self.stderr.release();
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(200), tx.close()).await;
+        self.log.line(format_args!(
+            "cluster: job {job} on {node}: {outcome:?} after {:.2} s; {} files published, {} input bytes served",
+            started.elapsed().as_secs_f64(),
+            self.publisher.published,
+            self.bytes_served
+        ));
+        outcome
+    }
+
+    fn on_frame(&mut self, bytes: &[u8]) -> Step {
+        let frame = match Frame::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => return Step::Lost(format!("bad frame from controller: {e}")),
+        };
+        match frame.kind {
+            FrameKind::Stderr => {
+                self.stderr.write(frame.payload);
+                Step::Continue
+            }
+            FrameKind::Output => match self.publisher.write(frame.id, frame.offset, frame.payload) {
+                Ok(()) => {
+                    if self.publisher.visible {
+                        self.stderr.release();
+                    }
+                    Step::Continue
+                }
+                Err(e) => Step::Lost(format!("cannot write output: {e}")),
+            },
+            FrameKind::Stdin | FrameKind::ReadData => Step::Continue,
+        }
+    }
+
+    async fn on_message(&mut self, m: ToShim, tx: &mut futures_util::stream::SplitSink<Ws, Message>) -> Step {
+        match m {
+            ToShim::Read { req, file, offset, len } => {
+                let reply = match self.offers.read(file, offset, len) {
+                    Ok(data) => {
+                        self.bytes_served += data.len() as u64;
+                        Message::Binary(Frame::new(FrameKind::ReadData, 0, req, offset, &data).encode().into())
+                    }
+                    Err(e) => text(&ShimMsg::ReadFailed { req, error: e.to_string() }),
+                };
+                match tx.send(reply).await {
+                    Ok(()) => Step::Continue,
+                    Err(e) => Step::Lost(format!("connection to the controller failed: {e}")),
+                }
+            }
+            ToShim::Output { event } => {
+                let r = match event {
+                    OutputEvent::Open { file, path, mode } => self.publisher.open(file, &path, mode),
+                    OutputEvent::Done { file, size } => self.publisher.done(file, size),
+                };
+                match r {
+                    Ok(()) => {
+                        if self.publisher.visible {
+                            self.stderr.release();
+                        }
+                        Step::Continue
+                    }
+                    Err(e) => Step::Lost(format!("cannot write output: {e}")),
+                }
+            }
+            ToShim::Exited { exit } => {
+                self.publisher.abandon();
+                if !exit.success() && !self.stop_requested && !self.publisher.visible && !self.stderr.released {
+                    return Step::Lost(format!("ffmpeg exited with code {} on the node", exit.shim_code()));
+                }
+                self.stderr.release();
+                Step::Exit(exit.shim_code())
+            }
+            ToShim::Failed { reason } => Step::Lost(reason),
+            ToShim::Accepted { .. } | ToShim::Rejected { .. } => Step::Continue,
+        }
+    }
+
+    /// The cluster lost the job: fall back if nothing is visible yet, else fail.
+    fn lost(&mut self, why: String) -> Outcome {
+        self.publisher.abandon();
+        if !self.publisher.visible && !self.stderr.released {
+            return Outcome::Fallback(why);
+        }
+        self.stderr.release();
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "ffcluster: the job was lost on the cluster: {why}");
+        Outcome::Exit(1)
+    }
+}
+
+enum Step {
+    Continue,
+    Exit(u8),
+    Lost(String),
+}
+
+async fn connect(controller: &str, token: &str) -> Result<Ws, String> {
+    let mut req = ws_url(controller, SHIM_PATH).into_client_request().map_err(|e| e.to_string())?;
+    let auth = format!("Bearer {token}").parse().map_err(|_| "the token is not a valid header value".to_owned())?;
+    req.headers_mut().insert("authorization", auth);
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req)).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+fn text(m: &ShimMsg) -> Message {
+    Message::Text(serde_json::to_string(m).expect("protocol messages serialise").into())
+}
+
+/// Reads stdin on a plain thread (tokio's stdin cannot be abandoned at exit) and
+/// hands the bytes over; an empty vector means end of file.
+fn spawn_stdin_reader(tx: mpsc::Sender<Vec<u8>>) {
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => {
+                    let _ = tx.blocking_send(Vec::new());
+                    return;
+                }
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    let _ = tx.blocking_send(Vec::new());
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Holds the remote stderr back until the job is past the point where a local
+/// fallback could still happen (see the module comment).
+#[derive(Debug)]
+struct StderrGate {
+    held: Vec<u8>,
+    released: bool,
+}
+
+impl StderrGate {
+    fn new() -> StderrGate {
+        StderrGate { held: Vec::new(), released: false }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        if self.released {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(data);
+            let _ = err.flush();
+            return;
+        }
+        self.held.extend_from_slice(data);
+        // ffmpeg's first statistics line means encoding is under way.
+        if self.held.len() > STDERR_HOLD_BYTES || contains(&self.held, b"frame=") || contains(&self.held, b"size=") {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            let held = std::mem::take(&mut self.held);
+            self.write(&held);
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
