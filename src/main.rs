@@ -1,6 +1,9 @@
 //! `ffcluster`: the controller daemon and the admin CLI.
 
+mod demo;
 mod explain;
+mod serve;
+mod status;
 
 use std::process::ExitCode;
 
@@ -15,6 +18,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a controller and two nodes on loopback and run a Jellyfin-style
+    /// HLS transcode through the shim on a generated clip.
+    Demo(demo::Args),
+    /// Run the controller: nodes and shims connect to it.
+    Serve(serve::Args),
+    /// Show the controller's nodes and jobs.
+    Status(status::Args),
     /// Show how an ffmpeg command line is parsed and where the shim would run it.
     Explain(explain::Args),
 }
@@ -22,6 +32,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Status(args) => status::run(args),
         Command::Explain(args) => explain::run(args),
     };
     match result {
@@ -31,4 +44,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A fresh 128-bit secret, hex-encoded.
+fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

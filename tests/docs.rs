@@ -1,5 +1,5 @@
 //! The README is the front door: it must document every reason code the classifier
-//! can give and every environment variable the shim reads.
+//! can give, and every command, flag and environment variable of the three programs.
 
 use ffcluster::ffmpeg::Reason;
 
@@ -20,15 +20,28 @@ fn readme_lists_every_reason_code() {
 }
 
 #[test]
-fn readme_lists_every_shim_variable() {
+fn readme_lists_every_variable() {
     let readme = read("README.md");
-    let config = read("shim/src/config.rs");
-    let vars: Vec<&str> = config
-        .split('"')
-        .filter(|s| s.starts_with("FFCLUSTER_") && s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
-        .collect();
-    assert!(vars.len() >= 8, "found {vars:?}");
-    for v in vars {
-        assert!(readme.contains(&format!("`{v}`")), "README lacks {v}");
+    for file in ["shim/src/config.rs", "node/src/main.rs", "src/serve.rs", "src/status.rs"] {
+        let source = read(file);
+        let vars: Vec<&str> = source
+            .split('"')
+            .filter(|s| s.starts_with("FFCLUSTER_") && s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .collect();
+        assert!(!vars.is_empty(), "no variables found in {file}");
+        for v in vars {
+            assert!(readme.contains(&format!("`{v}`")), "README lacks {v} (read in {file})");
+        }
+    }
+}
+
+#[test]
+fn readme_lists_every_command_and_flag() {
+    let readme = read("README.md");
+    for cmd in ["ffcluster serve", "ffcluster status", "ffcluster demo", "ffcluster explain", "ffcluster-node"] {
+        assert!(readme.contains(&format!("`{cmd}")), "README lacks {cmd}");
+    }
+    for flag in ["--listen", "--controller", "--token", "--name", "--slots", "--scratch", "--ffmpeg", "--path-map"] {
+        assert!(readme.contains(&format!("`{flag}")), "README lacks {flag}");
     }
 }

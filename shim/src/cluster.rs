@@ -52,6 +52,9 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outco
     let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
         return Outcome::Fallback("no controller or token configured".into());
     };
+    if verdict.decision == ffcluster::ffmpeg::Decision::Split {
+        log.line(format_args!("splitting across nodes is not available yet: the whole job goes to one node"));
+    }
     let cl = match CommandLine::parse(args) {
         Ok(cl) => cl,
         Err(e) => return Outcome::Fallback(e.to_string()),

@@ -13,3 +13,4 @@ pub fn corpus_path() -> PathBuf {
     let shared = root.join("../shared/jellyfin/cmdlines.json");
     if shared.exists() { shared } else { root.join("tests/data/jellyfin-cmdlines.json") }
 }
+pub mod cluster;

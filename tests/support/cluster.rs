@@ -1,0 +1,425 @@
+//! A real cluster on loopback for the system tests: one `ffcluster serve`, N
+//! `ffcluster-node` processes, and a directory with `ffmpeg`/`ffprobe` symlinks to
+//! the built shim, configured by environment as a Jellyfin host would be.
+//!
+//! Everything is a real process talking over real sockets; media is generated with
+//! the real ffmpeg and checked by decoding it. ffmpeg is required: a missing one
+//! fails the test loudly.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The real binary on PATH. Tests need it: fail loudly, never skip.
+pub fn real(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not installed: these tests need the real one (apt-get install ffmpeg)"))
+}
+
+/// A binary of this workspace. Integration tests of the root package only get
+/// `ffcluster` from cargo; the shim and node come from the same target directory,
+/// which `cargo build --workspace` (run by contrib/scripts/test.sh) fills.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` first (contrib/scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+pub fn controller_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ffcluster"))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Kills a child on drop (SIGTERM, then SIGKILL after a grace period).
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGCONT);
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub token: String,
+    pub controller: Option<Proc>,
+    pub nodes: Vec<Proc>,
+    /// Holds `ffmpeg` and `ffprobe` symlinks to the shim.
+    pub bin: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Cluster {
+    /// A controller and `nodes` node agents, all registered.
+    pub fn start(nodes: usize) -> Cluster {
+        real("ffmpeg");
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        let shim = workspace_bin("ffcluster-shim");
+        symlink(&shim, bin.join("ffmpeg")).unwrap();
+        symlink(&shim, bin.join("ffprobe")).unwrap();
+        let mut c = Cluster {
+            dir,
+            port: free_port(),
+            token: format!("test-token-{}", std::process::id()),
+            controller: None,
+            nodes: Vec::new(),
+            bin,
+            work,
+        };
+        c.start_controller();
+        for i in 0..nodes {
+            c.add_node(&format!("node{i}"));
+        }
+        c.wait_nodes(nodes, Duration::from_secs(30));
+        c
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start_controller(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("controller.log")).unwrap();
+        let child = Command::new(controller_exe())
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .env("FFCLUSTER_TOKEN", &self.token)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ffcluster serve");
+        self.controller = Some(Proc { child, name: "controller".into() });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "controller did not listen: {}", self.log("controller.log"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn add_node(&mut self, name: &str) {
+        let scratch = self.dir.path().join(format!("scratch-{name}"));
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(workspace_bin("ffcluster-node"))
+            .args(["--controller", &self.url(), "--token", &self.token, "--name", name, "--slots", "1"])
+            .arg("--scratch")
+            .arg(&scratch)
+            .arg("--ffmpeg")
+            .arg(real("ffmpeg"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ffcluster-node");
+        self.nodes.push(Proc { child, name: name.into() });
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    pub fn all_logs(&self) -> String {
+        let mut s = String::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.ends_with(".log") {
+                s.push_str(&format!("==== {n}\n{}\n", self.log(&n)));
+            }
+        }
+        s
+    }
+
+    /// `ffcluster status --json`.
+    pub fn status(&self) -> Value {
+        let out = Command::new(controller_exe())
+            .args(["status", "--json", "--controller", &self.url(), "--token", &self.token])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        let s = self.status();
+        let mut names: Vec<String> =
+            s["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    pub fn wait_nodes(&self, n: usize, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.node_names().len() == n {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < limit, "expected {n} nodes; logs:\n{}", self.all_logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The shim as Jellyfin runs it: `ffmpeg` from the symlink directory, with the
+    /// cluster configured by environment.
+    pub fn shim(&self) -> Command {
+        let mut c = Command::new(self.bin.join("ffmpeg"));
+        c.current_dir(&self.work)
+            .env("FFCLUSTER_CONTROLLER", self.url())
+            .env("FFCLUSTER_TOKEN", &self.token)
+            .env("FFCLUSTER_FFMPEG", real("ffmpeg"))
+            .env("FFCLUSTER_FFPROBE", real("ffprobe"))
+            .env("FFCLUSTER_PROBE_CACHE", "off")
+            .env("FFCLUSTER_LOG", self.dir.path().join("shim.log"))
+            .env_remove("FFCLUSTER_MODE")
+            .env_remove("FFCLUSTER_CONFIG");
+        c
+    }
+
+    /// ffmpeg processes whose parent is one of the nodes.
+    pub fn remote_ffmpegs(&self) -> Vec<i32> {
+        let nodes: Vec<i32> = self.nodes.iter().map(Proc::pid).collect();
+        children_named(&nodes, "ffmpeg")
+    }
+
+    pub fn wait_no_remote_ffmpeg(&self, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.remote_ffmpegs().is_empty() {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "remote ffmpeg still running after {limit:?}: {:?}",
+                self.remote_ffmpegs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// Processes named `name` whose parent is in `parents`.
+pub fn children_named(parents: &[i32], name: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // pid (comm) state ppid …: comm may contain spaces, so split at the last ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else { continue };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+        let mut fields = tail.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if comm == name && parents.contains(&ppid) && state != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Runs a command to completion, panicking with its stderr on failure.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A clip like a small movie: H.264 video with a moving pattern and AAC audio.
+pub fn make_clip(path: &Path, seconds: u32, size: &str, container_args: &[&str]) {
+    let mut c = Command::new(real("ffmpeg"));
+    c.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-f", "lavfi", "-i", &format!("testsrc2=size={size}:rate=24:duration={seconds}")])
+        .args(["-f", "lavfi", "-i", &format!("sine=frequency=440:sample_rate=48000:duration={seconds}")])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "48", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-b:a", "96k"])
+        .args(container_args)
+        .arg(path);
+    run_ok(&mut c);
+}
+
+/// Jellyfin 10.11's HLS template (CONTRACT.md §5.3) with libx264, for `input`,
+/// writing `<dir>/<md5>.m3u8` and its segments.
+pub fn jellyfin_hls(input: &Path, dir: &Path, md5: &str, fmp4: bool, seg: u32) -> Vec<String> {
+    let ext = if fmp4 { "mp4" } else { "ts" };
+    let mut a: Vec<String> =
+        ["-analyzeduration", "200M", "-probesize", "1G", "-i"].iter().map(|s| s.to_string()).collect();
+    a.push(format!("file:{}", input.display()));
+    for s in [
+        "-map_metadata",
+        "-1",
+        "-map_chapters",
+        "-1",
+        "-threads",
+        "0",
+        "-map",
+        "0:0",
+        "-map",
+        "0:1",
+        "-map",
+        "-0:s",
+        "-codec:v:0",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "23",
+        "-maxrate",
+        "2000000",
+        "-bufsize",
+        "4000000",
+        "-profile:v:0",
+        "high",
+        "-level",
+        "41",
+        "-x264opts:0",
+        "subme=0:me_range=16:rc_lookahead=10:me=hex:open_gop=0",
+    ] {
+        a.push(s.into());
+    }
+    a.push("-force_key_frames:0".into());
+    a.push(format!("expr:gte(t,n_forced*{seg})"));
+    for s in [
+        "-sc_threshold:v:0",
+        "0",
+        "-vf",
+        "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709,scale=trunc(min(max(iw\\,ih*a)\\,min(640\\,360*a))/2)*2:trunc(min(max(iw/a\\,ih)\\,min(640/a\\,360))/2)*2,format=yuv420p",
+        "-codec:a:0",
+        "aac",
+        "-ac",
+        "2",
+        "-ab",
+        "128000",
+        "-af",
+        "volume=2",
+        "-copyts",
+        "-avoid_negative_ts",
+        "disabled",
+        "-max_muxing_queue_size",
+        "2048",
+        "-f",
+        "hls",
+        "-max_delay",
+        "5000000",
+        "-hls_time",
+    ] {
+        a.push(s.into());
+    }
+    a.push(seg.to_string());
+    a.push("-hls_segment_type".into());
+    if fmp4 {
+        a.extend(["fmp4".into(), "-hls_fmp4_init_filename".into(), format!("{md5}-1.mp4")]);
+    } else {
+        a.push("mpegts".into());
+    }
+    a.extend(["-start_number".into(), "0".into(), "-hls_segment_filename".into()]);
+    a.push(format!("{}/{md5}%d.{ext}", dir.display()));
+    a.extend(["-hls_playlist_type".into(), "vod".into(), "-hls_list_size".into(), "0".into()]);
+    if fmp4 {
+        a.extend(["-hls_segment_options".into(), "movflags=+frag_discont".into()]);
+    }
+    a.extend(["-y".into(), format!("{}/{md5}.m3u8", dir.display())]);
+    a
+}
+
+/// The `#EXTINF` durations of a playlist.
+pub fn extinf(playlist: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(playlist).unwrap_or_else(|e| panic!("{}: {e}", playlist.display()));
+    text.lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .map(|l| l.trim_end_matches(',').split(',').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Sorted file names in `dir`.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// Decodes a file (or an HLS playlist) fully; returns the number of video frames.
+/// Fails on any decode error.
+pub fn decode_frames(path: &Path) -> u64 {
+    let out = run_ok(
+        Command::new(real("ffmpeg"))
+            .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
+            .arg(path)
+            .args(["-map", "0:v:0", "-f", "null", "-"]),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().is_empty(), "decode errors in {}: {err}", path.display());
+    let out = run_ok(
+        Command::new(real("ffprobe"))
+            .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+            .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+            .arg(path),
+    );
+    // An HLS playlist is one program per variant: ffprobe prints the stream once per program.
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .map(|l| l.trim().trim_end_matches(','))
+        .find(|l| !l.is_empty())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("frame count of {}: {text:?}", path.display()))
+}
+
+/// Reads a child's stderr on a thread, collecting lines (`\r` or `\n` ended).
+pub fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let err = child.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(err);
+        let mut all = Vec::new();
+        let mut buf = Vec::new();
+        while r.read_until(b'\r', &mut buf).map(|n| n > 0).unwrap_or(false) {
+            all.extend_from_slice(&buf);
+            buf.clear();
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    })
+}
