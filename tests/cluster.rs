@@ -53,6 +53,13 @@ fn hls_matches_direct(fmp4: bool) {
     let (fd, fc) = (frames(&direct), frames(&cluster));
     assert_eq!(fd, fc, "frame count");
     assert_eq!(fc, 144, "6 s at 24 fps");
+    // Jellyfin takes the newest segment as the current position: modification
+    // times must rise with the index.
+    let ext = if fmp4 { "mp4" } else { "ts" };
+    let mtimes: Vec<std::time::SystemTime> = (0..k.len())
+        .map(|i| std::fs::metadata(cluster.join(format!("{md5}{i}.{ext}"))).unwrap().modified().unwrap())
+        .collect();
+    assert!(mtimes.windows(2).all(|w| w[0] < w[1]), "segment mtimes do not rise with the index: {mtimes:?}");
     // No debris from the publisher.
     assert!(names(&cluster).iter().all(|n| !n.starts_with('.')), "{:?}", names(&cluster));
 
@@ -138,12 +145,7 @@ fn q_stops_everywhere_and_exits_zero() {
     let (args, dir) = long_job(&c, 30);
     let mut child = c.shim().args(&args).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let err = collect_stderr(&mut child);
-    // Wait until segments are being published.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dir.join("abcdef1.ts").exists() {
-        assert!(Instant::now() < deadline, "no segment published: {}", c.all_logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.wait_for_file(&dir.join("abcdef1.ts"));
     assert!(!c.remote_ffmpegs().is_empty(), "the job should run on a node");
     let t = Instant::now();
     child.stdin.as_mut().unwrap().write_all(b"q\n").unwrap();
@@ -205,11 +207,7 @@ fn sigkill_of_the_shim_stops_the_remote_ffmpeg() {
     let (args, dir) = long_job(&c, 30);
     let child = c.shim().args(&args).stdin(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut shim = Proc { child, name: "shim".into() };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dir.join("abcdef0.ts").exists() {
-        assert!(Instant::now() < deadline, "no segment published: {}", c.all_logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.wait_for_file(&dir.join("abcdef0.ts"));
     assert!(!c.remote_ffmpegs().is_empty());
     shim.signal(Signal::SIGKILL);
     let _ = shim.child.wait();
@@ -227,11 +225,7 @@ fn sigterm_is_forwarded_and_exit_code_matches_ffmpeg() {
     let (args, dir) = long_job(&c, 30);
     let mut child = c.shim().args(&args).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let err = collect_stderr(&mut child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dir.join("abcdef0.ts").exists() {
-        assert!(Instant::now() < deadline, "no segment: {}", c.all_logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.wait_for_file(&dir.join("abcdef0.ts"));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     let err = err.join().unwrap();

@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ffcluster::protocol::{FileOffer, Frame, FrameKind, JobSpec, NodeMsg, OutputEvent, RemoteExit, ToNode, WriteMode};
+use ffcluster::protocol::{
+    FileOffer, Frame, FrameKind, JobSignal, JobSpec, NodeMsg, OutputEvent, RemoteExit, ToNode, WriteMode,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -249,11 +251,7 @@ struct Node {
 }
 
 impl Node {
-    fn start(controller: &str, scratch: &Path) -> Node {
-        Node::start_with(controller, scratch, &[])
-    }
-
-    fn start_with(controller: &str, scratch: &Path, extra: &[&str]) -> Node {
+    fn start(controller: &str, scratch: &Path, extra: &[&str]) -> Node {
         let child = Command::new(env!("CARGO_BIN_EXE_ffcluster-node"))
             .args(["--controller", controller, "--name", "test-node", "--slots", "1"])
             .arg("--scratch")
@@ -288,6 +286,11 @@ impl Node {
             }
         }
         out
+    }
+
+    /// Whether the node's ffmpeg children are all gone within `limit`.
+    async fn ffmpeg_gone(&self, limit: Duration) -> bool {
+        wait_until(limit, || self.ffmpeg_children().is_empty()).await
     }
 }
 
@@ -410,25 +413,125 @@ async fn collect_until_exit(s: &mut Session, job: u64, log: &mut JobLog) {
     }
 }
 
+/// Reads events until ffmpeg has printed progress.
+async fn until_progress(s: &mut Session, job: u64, log: &mut JobLog) {
+    while !log.stderr().contains("frame=") {
+        let e = s.next().await;
+        log.take(job, e);
+        assert!(log.exit.is_none() && log.refused.is_none(), "ended early: {}", log.stderr());
+    }
+}
+
+impl Session {
+    /// Runs `spec` as `job`; everything the node sent for it until it exited or refused.
+    async fn run(&mut self, job: u64, spec: JobSpec) -> JobLog {
+        self.send(&ToNode::Run { job, spec }).await;
+        let mut log = JobLog::default();
+        collect_until_exit(self, job, &mut log).await;
+        log
+    }
+
+    /// Starts [`slow_job`] as `job`; what the node sent until ffmpeg printed progress.
+    async fn run_slow(&mut self, job: u64, access: &str) -> JobLog {
+        self.send(&ToNode::Run { job, spec: slow_job(access) }).await;
+        let mut log = JobLog::default();
+        until_progress(self, job, &mut log).await;
+        log
+    }
+}
+
+impl JobLog {
+    /// Asserts that ffmpeg exited with status 0.
+    fn assert_clean_exit(&self) {
+        assert_eq!(self.exit, Some(RemoteExit { code: Some(0), signal: None }), "stderr: {}", self.stderr());
+    }
+
+    /// The first output file (by id).
+    fn first_file(&self) -> &Received {
+        self.files.values().next().unwrap()
+    }
+}
+
+/// A job with the shim's working folder `/orig`.
+fn job_spec(command: &str, files: Vec<FileOffer>, access: &str) -> JobSpec {
+    JobSpec { args: args(command), cwd: "/orig".into(), files, access: access.into() }
+}
+
+/// A long real-time job whose output is one growing file.
+fn slow_job(access: &str) -> JobSpec {
+    job_spec(
+        "-re -f lavfi -i testsrc2=size=320x240:rate=25:duration=60 -c:v libx264 -preset ultrafast \
+         -f mpegts /orig/dir/live.ts",
+        Vec::new(),
+        access,
+    )
+}
+
+/// Asserts that the node's job folders in `scratch` are all gone within `limit`.
+async fn assert_scratch_empties(scratch: &Path, limit: Duration) {
+    assert!(wait_until(limit, || job_dirs(scratch).is_empty()).await, "{:?}", job_dirs(scratch));
+}
+
+/// Runs one test body, failing it if it hangs.
+async fn limited(test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(TEST_LIMIT, test).await.expect("test took too long");
+}
+
+// ---------------------------------------------------------------------------
+// One test's set-up.
+
+/// A temporary folder for one test, once the real ffmpeg is known to be there.
+fn test_dir() -> tempfile::TempDir {
+    ffmpeg_works();
+    tempfile::tempdir().unwrap()
+}
+
+/// The node under test connected to a fake controller, past the handshake.
+/// Fields drop in this order: the session, the node, the controller, the
+/// temporary folder.
+struct Rig {
+    s: Session,
+    /// What the node's `Hello` said.
+    hello: NodeMsg,
+    node: Node,
+    /// `<tmp>/scratch`, the node's scratch folder.
+    scratch: PathBuf,
+    ctl: FakeController,
+    tmp: tempfile::TempDir,
+}
+
+impl Rig {
+    /// Nothing on the relay, no extra node arguments.
+    async fn start() -> Rig {
+        Rig::start_in(test_dir(), HashMap::new(), &[]).await
+    }
+
+    /// In `tmp`, with the relay serving `files` and the node given `extra` arguments.
+    async fn start_in(tmp: tempfile::TempDir, files: HashMap<String, PathBuf>, extra: &[&str]) -> Rig {
+        let mut ctl = FakeController::start(files).await;
+        let scratch = tmp.path().join("scratch");
+        let node = Node::start(&ctl.base(), &scratch, extra);
+        let mut s = ctl.accept().await;
+        let hello = s.handshake().await;
+        Rig { s, hello, node, scratch, ctl, tmp }
+    }
+}
+
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_transcode_publishes_segments_in_order() {
-    tokio::time::timeout(TEST_LIMIT, hls_transcode()).await.expect("test took too long");
+    limited(hls_transcode()).await;
 }
 
 async fn hls_transcode() {
-    ffmpeg_works();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = test_dir();
     let clip = make_clip(tmp.path(), 4);
     let size = std::fs::metadata(&clip).unwrap().len();
     let files = HashMap::from([("/api/v1/files/cap-hls/0".to_owned(), clip.clone())]);
-    let mut ctl = FakeController::start(files).await;
-    let scratch = tmp.path().join("scratch");
-    let _node = Node::start(&ctl.base(), &scratch);
-    let mut s = ctl.accept().await;
+    let mut rig = Rig::start_in(tmp, files, &[]).await;
 
-    let NodeMsg::Hello { protocol, name, slots, caps, .. } = s.handshake().await else { unreachable!() };
+    let NodeMsg::Hello { protocol, name, slots, caps, .. } = rig.hello.clone() else { unreachable!() };
     assert_eq!(protocol, ffcluster::protocol::PROTOCOL_VERSION);
     assert_eq!(name, "test-node");
     assert_eq!(slots, 1);
@@ -439,23 +542,18 @@ async fn hls_transcode() {
     assert!(caps.cpus >= 1);
     assert!(caps.ffmpeg_version.starts_with("ffmpeg version"));
 
-    let spec = JobSpec {
-        args: args(
-            "-i file:/media/movies/in.mkv -map 0:v:0 -map 0:a:0 -c:v libx264 -preset veryfast \
-             -force_key_frames expr:gte(t,n_forced*1) -c:a aac -f hls -hls_time 1 -hls_segment_type mpegts \
-             -hls_playlist_type vod -hls_list_size 0 -start_number 0 \
-             -hls_segment_filename /orig/dir/abc%d.ts -y /orig/dir/abc.m3u8",
-        ),
-        cwd: "/orig".into(),
-        files: vec![FileOffer { id: 0, reference: "/media/movies/in.mkv".into(), entry: None, size }],
-        access: "cap-hls".into(),
-    };
-    s.send(&ToNode::Run { job: 7, spec }).await;
-    let mut log = JobLog::default();
-    collect_until_exit(&mut s, 7, &mut log).await;
+    let spec = job_spec(
+        "-i file:/media/movies/in.mkv -map 0:v:0 -map 0:a:0 -c:v libx264 -preset veryfast \
+         -force_key_frames expr:gte(t,n_forced*1) -c:a aac -f hls -hls_time 1 -hls_segment_type mpegts \
+         -hls_playlist_type vod -hls_list_size 0 -start_number 0 \
+         -hls_segment_filename /orig/dir/abc%d.ts -y /orig/dir/abc.m3u8",
+        vec![FileOffer { id: 0, reference: "/media/movies/in.mkv".into(), entry: None, size }],
+        "cap-hls",
+    );
+    let log = rig.s.run(7, spec).await;
     let stderr = log.stderr();
     assert_eq!(log.refused, None, "refused; stderr: {stderr}");
-    assert_eq!(log.exit, Some(RemoteExit { code: Some(0), signal: None }), "stderr: {stderr}");
+    log.assert_clean_exit();
 
     // Segments strictly in order, each once; the playlist only after what it
     // lists, and last.
@@ -488,11 +586,11 @@ async fn hls_transcode() {
     // ffmpeg's own messages, with the names the shim gave.
     assert!(stderr.contains("/orig/dir/abc"), "{stderr}");
     assert!(stderr.contains("file:/media/movies/in.mkv"), "{stderr}");
-    assert!(!stderr.contains(scratch.to_str().unwrap()), "{stderr}");
+    assert!(!stderr.contains(rig.scratch.to_str().unwrap()), "{stderr}");
     assert!(!stderr.contains("/api/v1/files"), "{stderr}");
 
     // The result decodes.
-    let out = tmp.path().join("out");
+    let out = rig.tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     for f in log.files.values() {
         std::fs::write(out.join(f.path.rsplit('/').next().unwrap()), &f.data).unwrap();
@@ -505,68 +603,39 @@ async fn hls_transcode() {
         .unwrap();
     assert!(check.status.success() && check.stderr.is_empty(), "{}", String::from_utf8_lossy(&check.stderr));
 
-    assert!(wait_until(Duration::from_secs(5), || job_dirs(&scratch).is_empty()).await, "{:?}", job_dirs(&scratch));
-}
-
-/// A long real-time job whose output is one growing file.
-fn slow_job(access: &str) -> JobSpec {
-    JobSpec {
-        args: args(
-            "-re -f lavfi -i testsrc2=size=320x240:rate=25:duration=60 -c:v libx264 -preset ultrafast \
-             -f mpegts /orig/dir/live.ts",
-        ),
-        cwd: "/orig".into(),
-        files: Vec::new(),
-        access: access.into(),
-    }
-}
-
-/// Reads events until ffmpeg has printed progress.
-async fn until_progress(s: &mut Session, job: u64, log: &mut JobLog) {
-    while !log.stderr().contains("frame=") {
-        let e = s.next().await;
-        log.take(job, e);
-        assert!(log.exit.is_none() && log.refused.is_none(), "ended early: {}", log.stderr());
-    }
+    assert_scratch_empties(&rig.scratch, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q_on_stdin_stops_the_job() {
-    tokio::time::timeout(TEST_LIMIT, q_on_stdin()).await.expect("test took too long");
+    limited(q_on_stdin()).await;
 }
 
 async fn q_on_stdin() {
-    ffmpeg_works();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut ctl = FakeController::start(HashMap::new()).await;
-    let scratch = tmp.path().join("scratch");
-    let mut node = Node::start(&ctl.base(), &scratch);
-    let mut s = ctl.accept().await;
-    s.handshake().await;
-    s.send(&ToNode::Run { job: 3, spec: slow_job("cap-q") }).await;
-    let mut log = JobLog::default();
-    until_progress(&mut s, 3, &mut log).await;
+    let mut rig = Rig::start().await;
+    let mut log = rig.s.run_slow(3, "cap-q").await;
 
     let asked = Instant::now();
-    s.stdin(3, b"q").await;
-    collect_until_exit(&mut s, 3, &mut log).await;
+    rig.s.stdin(3, b"q").await;
+    collect_until_exit(&mut rig.s, 3, &mut log).await;
     assert!(asked.elapsed() < Duration::from_secs(5), "took {:?} to stop", asked.elapsed());
-    assert_eq!(log.exit, Some(RemoteExit { code: Some(0), signal: None }), "{}", log.stderr());
+    log.assert_clean_exit();
 
     // The growing file was streamed in place and is whole.
     assert_eq!(log.opens, ["/orig/dir/live.ts"]);
-    let f = log.files.values().next().unwrap();
+    let f = log.first_file();
     assert_eq!(f.mode, Some(WriteMode::InPlace));
     assert!(f.done.is_some_and(|n| n > 0));
     assert!(f.data.chunks(188).all(|p| p[0] == 0x47), "not whole MPEG-TS packets");
-    assert!(wait_until(Duration::from_secs(5), || job_dirs(&scratch).is_empty()).await);
+    assert_scratch_empties(&rig.scratch, Duration::from_secs(5)).await;
 
     // SIGTERM: a clean exit.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(node.pid() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let pid = nix::unistd::Pid::from_raw(rig.node.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let mut status = None;
     assert!(
         wait_until(Duration::from_secs(5), || {
-            status = node.child.try_wait().unwrap();
+            status = rig.node.child.try_wait().unwrap();
             status.is_some()
         })
         .await
@@ -576,107 +645,82 @@ async fn q_on_stdin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_controller_kills_ffmpeg() {
-    tokio::time::timeout(TEST_LIMIT, losing_the_controller()).await.expect("test took too long");
+    limited(losing_the_controller()).await;
 }
 
 async fn losing_the_controller() {
-    ffmpeg_works();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut ctl = FakeController::start(HashMap::new()).await;
-    let scratch = tmp.path().join("scratch");
-    let mut node = Node::start(&ctl.base(), &scratch);
-    let mut s = ctl.accept().await;
-    s.handshake().await;
-    s.send(&ToNode::Run { job: 5, spec: slow_job("cap-lost") }).await;
-    let mut log = JobLog::default();
-    until_progress(&mut s, 5, &mut log).await;
-    assert_eq!(node.ffmpeg_children().len(), 1, "expected one ffmpeg child");
-    assert_eq!(job_dirs(&scratch), ["job-5"]);
+    let mut rig = Rig::start().await;
+    rig.s.run_slow(5, "cap-lost").await;
+    assert_eq!(rig.node.ffmpeg_children().len(), 1, "expected one ffmpeg child");
+    assert_eq!(job_dirs(&rig.scratch), ["job-5"]);
 
-    drop(s);
+    drop(rig.s);
     assert!(
-        wait_until(Duration::from_secs(5), || node.ffmpeg_children().is_empty()).await,
+        rig.node.ffmpeg_gone(Duration::from_secs(5)).await,
         "ffmpeg still running: {:?}",
-        node.ffmpeg_children()
+        rig.node.ffmpeg_children()
     );
-    assert!(wait_until(Duration::from_secs(5), || job_dirs(&scratch).is_empty()).await, "{:?}", job_dirs(&scratch));
-    assert!(node.child.try_wait().unwrap().is_none(), "the node exited");
+    assert_scratch_empties(&rig.scratch, Duration::from_secs(5)).await;
+    assert!(rig.node.child.try_wait().unwrap().is_none(), "the node exited");
 
     // It comes back.
-    let mut s = ctl.accept().await;
+    let mut s = rig.ctl.accept().await;
     assert!(matches!(s.handshake().await, NodeMsg::Hello { .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_controller_is_dropped() {
-    tokio::time::timeout(TEST_LIMIT, silent_controller()).await.expect("test took too long");
+    limited(silent_controller()).await;
 }
 
 async fn silent_controller() {
-    ffmpeg_works();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut ctl = FakeController::start(HashMap::new()).await;
-    let scratch = tmp.path().join("scratch");
-    let node = Node::start(&ctl.base(), &scratch);
-    let mut s = ctl.accept().await;
-    s.handshake().await;
-    s.send(&ToNode::Run { job: 6, spec: slow_job("cap-silent") }).await;
-    let mut log = JobLog::default();
-    until_progress(&mut s, 6, &mut log).await;
+    let mut rig = Rig::start().await;
+    rig.s.run_slow(6, "cap-silent").await;
 
     // The socket stays open, but nothing is sent or read any more.
     let silent = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(6), || node.ffmpeg_children().is_empty()).await,
+        rig.node.ffmpeg_gone(Duration::from_secs(6)).await,
         "ffmpeg still running {:?} after the controller went silent",
         silent.elapsed()
     );
     let gone = silent.elapsed();
     assert!(gone >= Duration::from_millis(2500), "killed after only {gone:?} of silence");
-    assert!(wait_until(Duration::from_secs(5), || job_dirs(&scratch).is_empty()).await, "{:?}", job_dirs(&scratch));
-    drop(s);
+    assert_scratch_empties(&rig.scratch, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_and_cancel() {
-    tokio::time::timeout(TEST_LIMIT, signals_then_cancel()).await.expect("test took too long");
+    limited(signals_then_cancel()).await;
+}
+
+/// Starts a slow job, sends it `signal` and collects until it exits.
+async fn signalled(s: &mut Session, job: u64, access: &str, signal: JobSignal) -> JobLog {
+    let mut log = s.run_slow(job, access).await;
+    s.send(&ToNode::Signal { job, signal }).await;
+    collect_until_exit(s, job, &mut log).await;
+    log
 }
 
 async fn signals_then_cancel() {
-    ffmpeg_works();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut ctl = FakeController::start(HashMap::new()).await;
-    let scratch = tmp.path().join("scratch");
-    let node = Node::start(&ctl.base(), &scratch);
-    let mut s = ctl.accept().await;
-    s.handshake().await;
+    let mut rig = Rig::start().await;
 
     // SIGINT: ffmpeg stops cleanly and says so with its own exit code.
-    s.send(&ToNode::Run { job: 31, spec: slow_job("cap-int") }).await;
-    let mut log = JobLog::default();
-    until_progress(&mut s, 31, &mut log).await;
-    s.send(&ToNode::Signal { job: 31, signal: ffcluster::protocol::JobSignal::Interrupt }).await;
-    collect_until_exit(&mut s, 31, &mut log).await;
+    let log = signalled(&mut rig.s, 31, "cap-int", JobSignal::Interrupt).await;
     assert_eq!(log.exit, Some(RemoteExit { code: Some(255), signal: None }), "{}", log.stderr());
     assert!(log.files.values().all(|f| f.done.is_some()));
 
     // SIGKILL: reported as a death by signal.
-    s.send(&ToNode::Run { job: 32, spec: slow_job("cap-kill") }).await;
-    let mut log = JobLog::default();
-    until_progress(&mut s, 32, &mut log).await;
-    s.send(&ToNode::Signal { job: 32, signal: ffcluster::protocol::JobSignal::Kill }).await;
-    collect_until_exit(&mut s, 32, &mut log).await;
+    let log = signalled(&mut rig.s, 32, "cap-kill", JobSignal::Kill).await;
     assert_eq!(log.exit, Some(RemoteExit { code: None, signal: Some(9) }));
 
     // Cancel: ffmpeg and its scratch are gone, and nothing more comes for the job.
-    s.send(&ToNode::Run { job: 33, spec: slow_job("cap-cancel") }).await;
-    let mut log = JobLog::default();
-    until_progress(&mut s, 33, &mut log).await;
-    s.send(&ToNode::Cancel { job: 33 }).await;
-    assert!(wait_until(Duration::from_secs(3), || node.ffmpeg_children().is_empty()).await);
-    assert!(wait_until(Duration::from_secs(3), || job_dirs(&scratch).is_empty()).await, "{:?}", job_dirs(&scratch));
+    rig.s.run_slow(33, "cap-cancel").await;
+    rig.s.send(&ToNode::Cancel { job: 33 }).await;
+    assert!(rig.node.ffmpeg_gone(Duration::from_secs(3)).await);
+    assert_scratch_empties(&rig.scratch, Duration::from_secs(3)).await;
     let quiet = Instant::now() + Duration::from_millis(1500);
-    while let Some(e) = s.next_within(quiet.saturating_duration_since(Instant::now())).await {
+    while let Some(e) = rig.s.next_within(quiet.saturating_duration_since(Instant::now())).await {
         match e {
             Event::Msg(NodeMsg::Heartbeat { running }) => assert!(!running.contains(&33), "{running:?}"),
             Event::Msg(m @ (NodeMsg::Exited { .. } | NodeMsg::Refused { .. })) => panic!("after Cancel: {m:?}"),
@@ -687,12 +731,11 @@ async fn signals_then_cancel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn side_files_path_maps_and_refusals() {
-    tokio::time::timeout(TEST_LIMIT, side_files()).await.expect("test took too long");
+    limited(side_files()).await;
 }
 
 async fn side_files() {
-    ffmpeg_works();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = test_dir();
     // The input is on a "shared mount": /media on the shim is <tmp>/nas here.
     let nas = tmp.path().join("nas");
     std::fs::create_dir_all(&nas).unwrap();
@@ -703,38 +746,29 @@ async fn side_files() {
     let srt_size = std::fs::metadata(&srt).unwrap().len();
     // Only the subtitle is on the relay: reading the input through it would fail.
     let files = HashMap::from([("/api/v1/files/cap-side/1".to_owned(), srt)]);
-    let mut ctl = FakeController::start(files).await;
-    let scratch = tmp.path().join("scratch");
     let map = format!("/media={}", nas.display());
-    let _node = Node::start_with(&ctl.base(), &scratch, &["--path-map", &map]);
-    let mut s = ctl.accept().await;
-    s.handshake().await;
+    let mut rig = Rig::start_in(tmp, files, &["--path-map", &map]).await;
 
     let offers = vec![
         FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size },
         FileOffer { id: 1, reference: "/subs/a.srt".into(), entry: None, size: srt_size },
     ];
-    let spec = JobSpec {
-        args: args(
-            "-re -i file:/media/in.mkv -vf subtitles=f=/subs/a.srt -c:v libx264 -preset ultrafast -g 10 -an \
-             -t 1.5 -flush_packets 1 -y /orig/dir/out.mkv",
-        ),
-        cwd: "/orig".into(),
-        files: offers.clone(),
-        access: "cap-side".into(),
-    };
-    s.send(&ToNode::Run { job: 41, spec }).await;
-    let mut log = JobLog::default();
-    collect_until_exit(&mut s, 41, &mut log).await;
+    let spec = job_spec(
+        "-re -i file:/media/in.mkv -vf subtitles=f=/subs/a.srt -c:v libx264 -preset ultrafast -g 10 -an \
+         -t 1.5 -flush_packets 1 -y /orig/dir/out.mkv",
+        offers.clone(),
+        "cap-side",
+    );
+    let log = rig.s.run(41, spec).await;
     assert_eq!(log.refused, None);
-    assert_eq!(log.exit, Some(RemoteExit { code: Some(0), signal: None }), "{}", log.stderr());
-    assert!(!log.stderr().contains(scratch.to_str().unwrap()), "{}", log.stderr());
+    log.assert_clean_exit();
+    assert!(!log.stderr().contains(rig.scratch.to_str().unwrap()), "{}", log.stderr());
     assert_eq!(log.opens, ["/orig/dir/out.mkv"]);
-    let f = log.files.values().next().unwrap();
+    let f = log.first_file();
     assert_eq!(f.mode, Some(WriteMode::InPlace));
     // Matroska rewrites its header at the end: the node must have sent it again.
     assert!(f.rewrites > 0, "the header rewrite never reached the shim");
-    let out = tmp.path().join("out.mkv");
+    let out = rig.tmp.path().join("out.mkv");
     std::fs::write(&out, &f.data).unwrap();
     let probe = Command::new("ffprobe")
         .args(["-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1"])
@@ -745,46 +779,35 @@ async fn side_files() {
     assert!((1.4..1.7).contains(&duration), "duration {duration}: {}", String::from_utf8_lossy(&probe.stderr));
 
     // Refused: an output the node cannot send back.
-    let spec = JobSpec {
-        args: args("-i file:/media/in.mkv -c:v libx264 -f flv rtmp://example.invalid/live"),
-        cwd: "/orig".into(),
-        files: offers.clone(),
-        access: "cap-side".into(),
-    };
-    s.send(&ToNode::Run { job: 42, spec }).await;
-    let mut log = JobLog::default();
-    collect_until_exit(&mut s, 42, &mut log).await;
+    let spec =
+        job_spec("-i file:/media/in.mkv -c:v libx264 -f flv rtmp://example.invalid/live", offers.clone(), "cap-side");
+    let log = rig.s.run(42, spec).await;
     assert!(log.refused.as_deref().is_some_and(|r| r.contains("rtmp://")), "{:?}", log.refused);
 
     // Refused: a side file the relay does not have.
-    let spec = JobSpec {
-        args: args("-i file:/media/in.mkv -vf subtitles=/subs/b.srt -c:v libx264 -y /orig/dir/x.mkv"),
-        cwd: "/orig".into(),
-        files: vec![offers[0].clone(), FileOffer { id: 9, reference: "/subs/b.srt".into(), entry: None, size: 5 }],
-        access: "cap-side".into(),
-    };
-    s.send(&ToNode::Run { job: 43, spec }).await;
-    let mut log = JobLog::default();
-    collect_until_exit(&mut s, 43, &mut log).await;
+    let missing = FileOffer { id: 9, reference: "/subs/b.srt".into(), entry: None, size: 5 };
+    let spec = job_spec(
+        "-i file:/media/in.mkv -vf subtitles=/subs/b.srt -c:v libx264 -y /orig/dir/x.mkv",
+        vec![offers[0].clone(), missing],
+        "cap-side",
+    );
+    let log = rig.s.run(43, spec).await;
     assert!(log.refused.as_deref().is_some_and(|r| r.contains("404")), "{:?}", log.refused);
     assert!(log.opens.is_empty());
 
     // Standard output: one Stdout file, whole, before Exited.
-    let spec = JobSpec {
-        args: args("-i file:/media/in.mkv -t 1 -c:v libx264 -preset ultrafast -an -f mpegts pipe:1"),
-        cwd: "/orig".into(),
-        files: vec![offers[0].clone()],
-        access: "cap-side".into(),
-    };
-    s.send(&ToNode::Run { job: 44, spec }).await;
-    let mut log = JobLog::default();
-    collect_until_exit(&mut s, 44, &mut log).await;
-    assert_eq!(log.exit, Some(RemoteExit { code: Some(0), signal: None }), "{}", log.stderr());
+    let spec = job_spec(
+        "-i file:/media/in.mkv -t 1 -c:v libx264 -preset ultrafast -an -f mpegts pipe:1",
+        vec![offers[0].clone()],
+        "cap-side",
+    );
+    let log = rig.s.run(44, spec).await;
+    log.assert_clean_exit();
     assert_eq!(log.opens, ["pipe:1"]);
-    let f = log.files.values().next().unwrap();
+    let f = log.first_file();
     assert_eq!(f.mode, Some(WriteMode::Stdout));
     assert!(f.done.is_some_and(|n| n > 10_000 && n % 188 == 0), "{:?}", f.done);
     assert_eq!(f.rewrites, 0);
 
-    assert!(wait_until(Duration::from_secs(5), || job_dirs(&scratch).is_empty()).await, "{:?}", job_dirs(&scratch));
+    assert_scratch_empties(&rig.scratch, Duration::from_secs(5)).await;
 }

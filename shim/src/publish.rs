@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use ffcluster::protocol::WriteMode;
 
@@ -43,6 +44,7 @@ pub struct Publisher {
     pub visible: bool,
     /// Files published, for the log.
     pub published: u64,
+    last_stamp: Option<SystemTime>,
 }
 
 impl Publisher {
@@ -93,6 +95,16 @@ impl Publisher {
             Open::Atomic { file, temp, target } => {
                 let io = |source| PublishError::Io { path: target.clone(), source };
                 file.set_len(size).map_err(io)?;
+                // Jellyfin takes the newest file as the transcode position, and the
+                // kernel stamps files with a coarse clock: two segments published in
+                // one tick would tie. Stamp each strictly later than the last.
+                let now = SystemTime::now();
+                let stamp = match self.last_stamp {
+                    Some(last) if now <= last => last + Duration::from_micros(1),
+                    _ => now,
+                };
+                file.set_modified(stamp).map_err(io)?;
+                self.last_stamp = Some(stamp);
                 drop(file);
                 std::fs::rename(&temp, &target).map_err(io)?;
                 self.visible = true;
@@ -142,6 +154,12 @@ mod tests {
         p.done(1, 11).unwrap();
         assert_eq!(std::fs::read(&seg).unwrap(), b"hello world");
         assert!(p.visible);
+        // Published back to back, still strictly ordered by modification time.
+        let seg1 = d.path().join("a1.ts");
+        p.open(4, seg1.to_str().unwrap(), WriteMode::Atomic).unwrap();
+        p.done(4, 0).unwrap();
+        let mtime = |f: &Path| std::fs::metadata(f).unwrap().modified().unwrap();
+        assert!(mtime(&seg) < mtime(&seg1));
 
         p.open(2, prog.to_str().unwrap(), WriteMode::InPlace).unwrap();
         assert!(prog.exists());
@@ -154,7 +172,7 @@ mod tests {
         p.write(3, 0, b"partial").unwrap();
         p.abandon();
         let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(left.len(), 3, "{left:?}");
         assert!(matches!(p.write(9, 0, b""), Err(PublishError::Unknown(9))));
     }
 }

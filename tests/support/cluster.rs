@@ -221,6 +221,15 @@ impl Cluster {
         c
     }
 
+    /// Waits (up to 20 s) until a published file exists.
+    pub fn wait_for_file(&self, path: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "{} was not published: {}", path.display(), self.all_logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// ffmpeg processes whose parent is one of the nodes.
     pub fn remote_ffmpegs(&self) -> Vec<i32> {
         let nodes: Vec<i32> = self.nodes.iter().map(Proc::pid).collect();
