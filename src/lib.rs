@@ -11,6 +11,8 @@
 //!   nodes exchange (pure data).
 //! * [`remote`]: what a node needs to run a command line: the files it reads, the
 //!   rewritten argument list, and when each output file may be published (pure).
+//! * [`plan`]: the segment grid of a job and the chunks a split job is cut into
+//!   (pure; groundwork for splitting, not used yet).
 //! * `controller` (feature `controller`): the daemon behind `ffcluster serve`
 //!   (node and shim WebSockets, the scheduler, the input relay, the status
 //!   document) and the small HTTP client behind `ffcluster status`.
@@ -20,5 +22,6 @@
 #[cfg(feature = "controller")]
 pub mod controller;
 pub mod ffmpeg;
+pub mod plan;
 pub mod protocol;
 pub mod remote;
