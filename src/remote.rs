@@ -105,13 +105,17 @@ pub fn file_refs(cl: &CommandLine) -> Result<Vec<FileRef>, RemoteError> {
     for (group, opt_index, opt) in filter_opts(cl) {
         let value = opt.value.as_deref().unwrap_or("");
         for (filter, path, dir) in graph_files(value).map_err(|()| RemoteError::Filter(opt.key.clone()))? {
-            let streamed = !dir
-                && LAVF_FILTERS.contains(&filter.as_str())
-                && refs.iter().any(|r| matches!(r.site, Site::Input(_)) && r.path == path);
+            let streamed = reads_like_input(&filter, &path, dir, &refs);
             refs.push(FileRef { path, dir, streamed, site: Site::Filter { group, opt: opt_index } });
         }
     }
     Ok(refs)
+}
+
+/// Whether a filter's file is read through the relay like the input it also is
+/// (see [`FileRef::streamed`]). `refs` must hold the inputs.
+fn reads_like_input(filter: &str, path: &str, dir: bool, refs: &[FileRef]) -> bool {
+    !dir && LAVF_FILTERS.contains(&filter) && refs.iter().any(|r| matches!(r.site, Site::Input(_)) && r.path == path)
 }
 
 /// Every filter graph option: (output index or `None` for globals, option index, option).
@@ -246,10 +250,7 @@ pub fn rewrite(cl: &CommandLine, refs: &[FileRef], access: &Access<'_>) -> Resul
         let value = o.value.clone().unwrap_or_default();
         let mut failure = None;
         let new = rewrite_graph_files(&value, &mut |filter, path, dir| {
-            let streamed = !dir
-                && LAVF_FILTERS.contains(&filter)
-                && refs.iter().any(|r| matches!(r.site, Site::Input(_)) && r.path == path);
-            let target = if streamed {
+            let target = if reads_like_input(filter, path, dir, refs) {
                 offered(path).map(access.input)
             } else if dir {
                 let any = access.files.iter().any(|f| f.reference == path);
@@ -374,13 +375,25 @@ fn split_path(path: &str) -> (&str, &str) {
     }
 }
 
-/// Applies stderr replacements to one chunk of text.
-pub fn replace_all(text: &str, replacements: &[(String, String)]) -> String {
-    let mut out = text.to_owned();
+/// Applies stderr replacements to one chunk of ffmpeg's output. Works on bytes:
+/// a file name in another encoding makes a line invalid UTF-8, and the names to
+/// replace are still found in it.
+pub fn replace_all(text: &[u8], replacements: &[(String, String)]) -> Vec<u8> {
+    let mut out = text.to_vec();
     for (from, to) in replacements {
-        if out.contains(from.as_str()) {
-            out = out.replace(from.as_str(), to);
+        let (from, to) = (from.as_bytes(), to.as_bytes());
+        if from.is_empty() || !out.windows(from.len()).any(|w| w == from) {
+            continue;
         }
+        let mut next = Vec::with_capacity(out.len());
+        let mut rest = &out[..];
+        while let Some(i) = rest.windows(from.len()).position(|w| w == from) {
+            next.extend_from_slice(&rest[..i]);
+            next.extend_from_slice(to);
+            rest = &rest[i + from.len()..];
+        }
+        next.extend_from_slice(rest);
+        out = next;
     }
     out
 }
@@ -936,9 +949,11 @@ mod tests {
             [(RoleKind::Playlist, "abc.m3u8"), (RoleKind::Sequence, "abc%d.mp4"), (RoleKind::Init, "abc-1.mp4")]
         );
         assert_eq!(
-            replace_all("Opening '/scratch/out/d0/abc0.mp4' from 'http://c/api/v1/files/cap/0'", &r.replacements),
-            "Opening '/tc/abc0.mp4' from 'file:/media/a.mkv'"
+            replace_all(b"Opening '/scratch/out/d0/abc0.mp4' from 'http://c/api/v1/files/cap/0'", &r.replacements),
+            b"Opening '/tc/abc0.mp4' from 'file:/media/a.mkv'"
         );
+        // Names in another encoding are replaced all the same.
+        assert_eq!(replace_all(b"'/scratch/out/d0/\xe9t\xe9.ts'", &r.replacements), b"'/tc/\xe9t\xe9.ts'");
     }
 
     #[test]
@@ -970,7 +985,7 @@ mod tests {
         let r = rewrite(&c, &file_refs(&c).unwrap(), &access).unwrap();
         assert_eq!(r.args.join(" "), "-i u0 -c:v libx264 /o/d0/out.mp4");
         assert_eq!(r.plan.dirs[0].original_path("out.mp4"), "out.mp4");
-        assert_eq!(replace_all("to '/o/d0/out.mp4'", &r.replacements), "to 'out.mp4'");
+        assert_eq!(replace_all(b"to '/o/d0/out.mp4'", &r.replacements), b"to 'out.mp4'");
 
         let c = cl("-f concat -safe 0 -i list.txt -c:v libx264 out.mp4");
         assert!(matches!(file_refs(&c), Err(RemoteError::IndirectInput(_))));

@@ -565,36 +565,9 @@ async fn pump_stderr(
 fn translate(bytes: &[u8], replacements: &[(String, String)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     for line in bytes.split_inclusive(|b| matches!(b, b'\n' | b'\r')) {
-        match std::str::from_utf8(line) {
-            Ok(s) => out.extend_from_slice(replace_all(s, replacements).as_bytes()),
-            // A file name in another encoding: the same replacements on bytes.
-            Err(_) => out.extend_from_slice(&replace_bytes(line, replacements)),
-        }
+        out.extend_from_slice(&replace_all(line, replacements));
     }
     out
-}
-
-fn replace_bytes(line: &[u8], replacements: &[(String, String)]) -> Vec<u8> {
-    let mut text = line.to_vec();
-    for (from, to) in replacements {
-        let from = from.as_bytes();
-        if from.is_empty() {
-            continue;
-        }
-        let mut outl = Vec::with_capacity(text.len());
-        let mut i = 0;
-        while i < text.len() {
-            if text[i..].starts_with(from) {
-                outl.extend_from_slice(to.as_bytes());
-                i += from.len();
-            } else {
-                outl.push(text[i]);
-                i += 1;
-            }
-        }
-        text = outl;
-    }
-    text
 }
 
 async fn remove_scratch(dir: &Path) {

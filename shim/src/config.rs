@@ -36,6 +36,14 @@ impl Mode {
             _ => None,
         }
     }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Local => "local",
+            Mode::Whole => "whole",
+            Mode::Split => "split",
+        }
+    }
 }
 
 /// The file's keys. Every key has an environment variable of the same meaning.

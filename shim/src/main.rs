@@ -61,11 +61,9 @@ fn main() -> ExitCode {
 
     // Arguments that are not UTF-8 cannot be modelled; ffmpeg takes them as bytes.
     let utf8: Option<Vec<String>> = args.iter().map(|a| a.to_str().map(str::to_owned)).collect();
-    let mut verdict = None;
-    let route = match &utf8 {
-        Some(a) => {
-            let v = ffmpeg::classify(program, a);
-            let verdict = verdict.insert(v);
+    let verdict = utf8.as_deref().map(|a| ffmpeg::classify(program, a));
+    let route = match (&utf8, &verdict) {
+        (Some(a), Some(verdict)) => {
             let route = route::choose(verdict, a, &cfg);
             log.line(format_args!(
                 "{} {}: {} ({}) -> {}",
@@ -77,7 +75,7 @@ fn main() -> ExitCode {
             ));
             route
         }
-        None => {
+        _ => {
             log.line(format_args!("{}: argument list is not UTF-8; running locally", program.as_str()));
             Route::Local
         }

@@ -6,6 +6,7 @@
 //! missing output directory, an existing output without `-y`) is left to the
 //! local ffmpeg, so its own error text and exit code reach Jellyfin.
 
+use std::cell::OnceCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ use ffcluster::remote::file_refs;
 pub struct Offers {
     pub offers: Vec<FileOffer>,
     paths: Vec<PathBuf>,
+    /// Opened on first read and kept: a film is read in thousands of ranges.
+    open: Vec<OnceCell<File>>,
 }
 
 impl Offers {
@@ -64,12 +67,20 @@ impl Offers {
         let id = self.offers.len() as u32;
         self.offers.push(FileOffer { id, reference, entry, size });
         self.paths.push(path);
+        self.open.push(OnceCell::new());
     }
 
     /// Reads up to `len` bytes of offered file `id` at `offset` (fewer at end of file).
     pub fn read(&self, id: u32, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
-        let path = self.paths.get(id as usize).ok_or_else(|| std::io::Error::other("no such file offered"))?;
-        let file = File::open(path)?;
+        let i = id as usize;
+        let path = self.paths.get(i).ok_or_else(|| std::io::Error::other("no such file offered"))?;
+        let file = match self.open[i].get() {
+            Some(f) => f,
+            None => {
+                let f = File::open(path)?;
+                self.open[i].get_or_init(|| f)
+            }
+        };
         let mut buf = vec![0u8; len as usize];
         let mut filled = 0;
         while filled < buf.len() {

@@ -43,40 +43,30 @@ const FORCEABLE: &[Reason] = &[
 ];
 
 pub fn choose(v: &Verdict, args: &[String], cfg: &Config) -> Route {
-    let wanted = match (v.decision, cfg.mode) {
+    match (v.decision, cfg.mode) {
         (Decision::Probe, _) if v.reason == Reason::ProbeInfo && cacheable(args) => return Route::CachedProbe,
         (Decision::Probe | Decision::Ffprobe, _) => return Route::Local,
         (_, Mode::Local) if v.decision != Decision::Local => {
             return Route::Fallback("FFCLUSTER_MODE=local".into());
         }
-        (Decision::Local, Mode::Whole | Mode::Split) if FORCEABLE.contains(&v.reason) => true,
+        (Decision::Local, Mode::Whole | Mode::Split) if FORCEABLE.contains(&v.reason) => {}
         (Decision::Local, Mode::Whole | Mode::Split) => {
             return Route::Fallback(format!(
                 "FFCLUSTER_MODE={} cannot apply: {} ({})",
-                mode_name(cfg.mode),
+                cfg.mode.as_str(),
                 v.reason.describe(),
                 v.reason.as_str()
             ));
         }
         (Decision::Local, _) => return Route::Local,
-        (Decision::Whole | Decision::Split, _) => true,
-    };
-    debug_assert!(wanted);
+        (Decision::Whole | Decision::Split, _) => {}
+    }
     if cfg.controller.is_none() {
         Route::Fallback("no controller configured (FFCLUSTER_CONTROLLER)".into())
     } else if cfg.token.is_none() {
         Route::Fallback("no token configured (FFCLUSTER_TOKEN)".into())
     } else {
         Route::Cluster
-    }
-}
-
-fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Auto => "auto",
-        Mode::Local => "local",
-        Mode::Whole => "whole",
-        Mode::Split => "split",
     }
 }
 
