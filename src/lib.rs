@@ -12,7 +12,9 @@
 //! * [`remote`]: what a node needs to run a command line: the files it reads, the
 //!   rewritten argument list, and when each output file may be published (pure).
 //! * [`plan`]: the segment grid of a job and the chunks a split job is cut into
-//!   (pure; groundwork for splitting, not used yet).
+//!   (pure).
+//! * [`split`]: whether a job can be split, each chunk's command line, and the
+//!   local finisher that joins the chunks into the job's real outputs (pure).
 //! * `controller` (feature `controller`): the daemon behind `ffcluster serve`
 //!   (node and shim WebSockets, the scheduler, the input relay, the status
 //!   document) and the small HTTP client behind `ffcluster status`.
@@ -25,3 +27,4 @@ pub mod ffmpeg;
 pub mod plan;
 pub mod protocol;
 pub mod remote;
+pub mod split;

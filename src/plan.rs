@@ -12,11 +12,13 @@
 //!   asking node's measured speed, up to a cap that still leaves work for every
 //!   node until near the end.
 
+use serde::{Deserialize, Serialize};
+
 use crate::ffmpeg::cmdline::{CommandLine, Output};
 use crate::ffmpeg::decision::OutputShape;
 
 /// The segment grid of one output.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Grid {
     /// Seconds between forced keyframes (= the segment length for HLS).
     pub period: f64,
@@ -52,12 +54,7 @@ impl Grid {
 /// The forced keyframe period of an output in seconds.
 fn keyframe_period(o: &Output) -> Option<f64> {
     if let Some(expr) = o.last_value("force_key_frames") {
-        // Jellyfin: expr:gte(t,n_forced*N); before 10.9 also 0+n_forced*N.
-        let body = expr.strip_prefix("expr:")?.replace(' ', "");
-        let n = body.strip_prefix("gte(t,")?.strip_suffix(')')?;
-        let n = n.strip_prefix("0+").unwrap_or(n);
-        let n = n.strip_prefix("n_forced*")?;
-        return n.parse::<f64>().ok().filter(|p| *p > 0.0);
+        return expr_period(expr);
     }
     let gop: f64 = o.last_value("g")?.parse().ok()?;
     let keyint_min: Option<f64> = o.last_value("keyint_min").and_then(|v| v.parse().ok());
@@ -67,6 +64,16 @@ fn keyframe_period(o: &Output) -> Option<f64> {
     }
     let rate = parse_rate(o.last_value("r")?)?;
     Some(gop / rate)
+}
+
+/// The period `N` of `expr:gte(t,n_forced*N)` (Jellyfin; before 10.9 also
+/// written `0+n_forced*N`).
+pub fn expr_period(expr: &str) -> Option<f64> {
+    let body = expr.strip_prefix("expr:")?.replace(' ', "");
+    let n = body.strip_prefix("gte(t,")?.strip_suffix(')')?;
+    let n = n.strip_prefix("0+").unwrap_or(n);
+    let n = n.strip_prefix("n_forced*")?;
+    n.parse::<f64>().ok().filter(|p| *p > 0.0)
 }
 
 /// `HH:MM:SS.fff`, `MM:SS`, or seconds.
@@ -93,7 +100,7 @@ fn parse_rate(s: &str) -> Option<f64> {
 
 /// One piece of the timeline: output time `[start, end)`, starting at segment
 /// `first_segment` (the HLS index of its first segment).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Chunk {
     pub index: usize,
     pub start: f64,

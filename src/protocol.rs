@@ -177,6 +177,33 @@ pub enum ToShim {
     Failed {
         reason: String,
     },
+    /// Split job: chunk `chunk` (timeline `[start, end)`, `-ss` coordinates)
+    /// started on `node` as attempt `attempt`. The attempt's MPEG-TS bytes follow
+    /// in [`FrameKind::Output`] frames with `job` = attempt, `id` = chunk and
+    /// `offset` = the byte offset in the chunk. A chunk may have several
+    /// attempts at once (a late chunk is re-issued); the first to finish wins.
+    /// `last` marks the chunk that ends the job.
+    ChunkStarted {
+        chunk: u32,
+        attempt: JobId,
+        node: String,
+        start: f64,
+        end: f64,
+        last: bool,
+    },
+    /// The attempt finished: all its `size` bytes were sent before this message.
+    ChunkDone {
+        chunk: u32,
+        attempt: JobId,
+        size: u64,
+    },
+    /// The attempt failed or was cancelled; its bytes are void. The controller
+    /// retries the chunk (or ends the job with `Failed`).
+    ChunkFailed {
+        chunk: u32,
+        attempt: JobId,
+        reason: String,
+    },
 }
 
 /// Signals the shim forwards.
@@ -255,6 +282,12 @@ pub struct JobRequest {
     pub needs: Needs,
     /// Why the shim offloads it (a reason code, for status and logs).
     pub reason: String,
+    /// Present when the job is to be split across nodes: the controller plans the
+    /// chunks and runs each as its own node job (`Run` with
+    /// [`crate::split::ChunkRecipe::args`]), and streams their bytes back to the
+    /// shim, which joins them with a local finisher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::split::SplitPlan>,
 }
 
 /// One file the shim can serve.

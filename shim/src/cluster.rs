@@ -73,6 +73,7 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outco
         files: offers.offers.clone(),
         needs: verdict.needs.clone(),
         reason: verdict.reason.as_str().to_owned(),
+        split: None,
     };
     // ffmpeg reads keys from stdin unless told not to; so does its stand-in.
     let read_stdin = !cl.global_flag("nostdin");
@@ -270,7 +271,11 @@ impl<'a> Session<'a> {
                 Step::Exit(exit.shim_code())
             }
             ToShim::Failed { reason } => Step::Lost(reason),
-            ToShim::Accepted { .. } | ToShim::Rejected { .. } => Step::Continue,
+            ToShim::Accepted { .. }
+            | ToShim::Rejected { .. }
+            | ToShim::ChunkStarted { .. }
+            | ToShim::ChunkDone { .. }
+            | ToShim::ChunkFailed { .. } => Step::Continue,
         }
     }
 

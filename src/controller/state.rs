@@ -356,6 +356,7 @@ mod tests {
             files,
             needs: Needs::default(),
             reason: "whole.multiple_inputs".into(),
+            split: None,
         }
     }
 

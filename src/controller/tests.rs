@@ -132,6 +132,7 @@ fn request(encoders: &[&str], files: Vec<FileOffer>) -> JobRequest {
         files,
         needs: Needs { encoders: encoders.iter().map(|e| e.to_string()).collect(), ..Default::default() },
         reason: "whole.multiple_outputs".into(),
+        split: None,
     }
 }
 

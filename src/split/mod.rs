@@ -1,0 +1,842 @@
+//! How one transcode is cut into chunks that several nodes encode at once, and
+//! put back together so that the result is what one ffmpeg would have made.
+//! Pure: the shim runs ffprobe and ffmpeg, the controller hands out chunks.
+//!
+//! The pipeline (checked against direct ffmpeg in
+//! `shared/reference/pipeline-sketch.md`):
+//!
+//! 1. Each chunk `[a, b)` of the timeline, on the job's segment grid, is the
+//!    video half of the job's own arguments, reading only that range and keeping
+//!    source timestamps: `-ss a -i IN -map 0:v <the job's video options>
+//!    -vf trim=end=b,<the job's filters> -copyts -f mpegts pipe:1`
+//!    ([`ChunkRecipe::args`]).
+//! 2. The chunks' MPEG-TS bytes, in timeline order, form one valid stream.
+//! 3. One local ffmpeg, the *finisher*, runs the job's own command line with the
+//!    video taken from that stream by stream copy ([`Split::finisher`]): file
+//!    names, segment cuts, playlists, init segments and the order files appear in
+//!    are ffmpeg's own, and the audio is encoded once, continuously.
+//!
+//! Frame exactness. `-force_key_frames expr:gte(t,n_forced*P)` measures `t` from
+//! the first frame the encoder sees, in the encoder's time base (1/frame rate),
+//! so for a constant-frame-rate source the direct run's keyframe `n` is frame
+//! `ceil(n·P/fd)` counted from its first frame. A chunk starts exactly on such a
+//! frame: its `-ss` sits half a frame before it (robust to millisecond-rounded
+//! container timestamps), and its own keyframe expression is shifted by how far
+//! that frame lies past the grid line, so the keyframes inside a chunk fall on
+//! the same frames as in the direct run. The end of a chunk is an absolute
+//! `trim=end=` on source timestamps (an input `-t` would count from the chunk's
+//! first frame, which is not the grid line).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ffmpeg::cmdline::{CommandLine, Opt};
+use crate::ffmpeg::decision::{OutputShape, PlaylistType, classify_cmdline};
+use crate::ffmpeg::url::Target;
+use crate::plan::{Chunk, Grid, parse_time};
+
+/// The finisher reads the joined video from this descriptor. A path rather than
+/// `pipe:3`: ffmpeg stops reading keys from stdin when any input is `pipe:`,
+/// and the finisher must still obey Jellyfin's `q`.
+pub const FINISHER_VIDEO_FD: i32 = 3;
+const FINISHER_VIDEO_INPUT: &str = "/dev/fd/3";
+
+/// Grid period for outputs without forced keyframes (progressive files, streams).
+const FREE_GRID: f64 = 2.0;
+
+/// Why a job is not split (it then runs whole on one node).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotSplit {
+    #[error("{0}")]
+    Shape(String),
+    #[error("option -{0} is not supported when splitting")]
+    Option(String),
+    #[error("stream selection {0:?} is not understood")]
+    Map(String),
+    #[error("{0}")]
+    Streams(String),
+    #[error("the input's duration is unknown")]
+    NoDuration,
+    #[error("ffprobe's answer cannot be read: {0}")]
+    Probe(String),
+    #[error("the input is too short to split ({0:.1} s)")]
+    TooShort(f64),
+}
+
+/// What ffprobe says about the input, as far as planning needs it. Times are in
+/// seconds of the file's own timeline (`-ss` coordinates: the format's start
+/// time is 0).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Probe {
+    pub duration: Option<f64>,
+    /// The format's start time in stream timestamps (what `-copyts` keeps).
+    pub start_time: f64,
+    pub streams: Vec<ProbeStream>,
+    /// With `-noaccurate_seek`: the keyframe at or before `-ss`, where ffmpeg
+    /// really starts.
+    pub keyframe_before_seek: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeStream {
+    pub index: u32,
+    pub kind: StreamKind,
+    /// In `-ss` coordinates.
+    pub start_time: Option<f64>,
+    /// Seconds per frame when the rate is constant (`r_frame_rate` equals
+    /// `avg_frame_rate`).
+    pub frame_duration: Option<f64>,
+    pub attached_pic: bool,
+    pub channels: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Video,
+    Audio,
+    Subtitle,
+    Data,
+    Attachment,
+}
+
+impl StreamKind {
+    fn letter(self) -> char {
+        match self {
+            StreamKind::Video => 'v',
+            StreamKind::Audio => 'a',
+            StreamKind::Subtitle => 's',
+            StreamKind::Data => 'd',
+            StreamKind::Attachment => 't',
+        }
+    }
+}
+
+impl Probe {
+    /// ffprobe arguments whose JSON answer [`Probe::from_json`] reads.
+    pub fn ffprobe_args(input: &str) -> Vec<String> {
+        [
+            "-v",
+            "error",
+            "-of",
+            "json",
+            "-show_entries",
+            "format=start_time,duration:stream=index,codec_type,start_time,r_frame_rate,avg_frame_rate,channels:stream_disposition=attached_pic",
+            input,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// ffprobe arguments that print the first video packet from `seek` on (which
+    /// a seek without `accurate_seek` starts at): [`Probe::parse_keyframe`].
+    pub fn keyframe_args(input: &str, seek: &str) -> Vec<String> {
+        [
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-read_intervals",
+            &format!("{seek}%+#1"),
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+            input,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    pub fn parse_keyframe(&mut self, csv: &str) {
+        let pts = csv.lines().find_map(|l| l.trim().trim_end_matches(',').parse::<f64>().ok());
+        self.keyframe_before_seek = pts.map(|t| t - self.start_time);
+    }
+
+    pub fn from_json(text: &str) -> Result<Probe, NotSplit> {
+        #[derive(Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            streams: Vec<Stream>,
+            format: Option<Format>,
+        }
+        #[derive(Deserialize)]
+        struct Format {
+            start_time: Option<String>,
+            duration: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Stream {
+            index: u32,
+            codec_type: Option<String>,
+            start_time: Option<String>,
+            r_frame_rate: Option<String>,
+            avg_frame_rate: Option<String>,
+            channels: Option<u32>,
+            disposition: Option<Disposition>,
+        }
+        #[derive(Deserialize)]
+        struct Disposition {
+            #[serde(default)]
+            attached_pic: u8,
+        }
+        let doc: Doc = serde_json::from_str(text).map_err(|e| NotSplit::Probe(e.to_string()))?;
+        let num = |s: &Option<String>| s.as_deref().and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
+        let format = doc.format.ok_or_else(|| NotSplit::Probe("no format section".into()))?;
+        let start = num(&format.start_time).unwrap_or(0.0);
+        let streams = doc
+            .streams
+            .into_iter()
+            .map(|s| {
+                let kind = match s.codec_type.as_deref() {
+                    Some("video") => StreamKind::Video,
+                    Some("audio") => StreamKind::Audio,
+                    Some("subtitle") => StreamKind::Subtitle,
+                    Some("attachment") => StreamKind::Attachment,
+                    _ => StreamKind::Data,
+                };
+                let r = s.r_frame_rate.as_deref().and_then(rate);
+                let avg = s.avg_frame_rate.as_deref().and_then(rate);
+                let cfr = match (r, avg) {
+                    (Some(r), Some(avg)) if (r - avg).abs() <= r * 1e-3 => Some(1.0 / r),
+                    _ => None,
+                };
+                ProbeStream {
+                    index: s.index,
+                    kind,
+                    start_time: num(&s.start_time).map(|t| t - start),
+                    frame_duration: cfr,
+                    attached_pic: s.disposition.is_some_and(|d| d.attached_pic != 0),
+                    channels: s.channels.unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(Probe { duration: num(&format.duration), start_time: start, streams, keyframe_before_seek: None })
+    }
+}
+
+fn rate(s: &str) -> Option<f64> {
+    let (n, d) = s.split_once('/').unwrap_or((s, "1"));
+    let r = n.parse::<f64>().ok()? / d.parse::<f64>().ok()?;
+    (r.is_finite() && r > 0.0 && r < 1000.0).then_some(r)
+}
+
+/// How a split job's chunks are made; the controller plans the chunks and asks
+/// [`ChunkRecipe::args`] for each one's command line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitPlan {
+    pub recipe: ChunkRecipe,
+    pub grid: Grid,
+    /// The span to encode, in `-ss` coordinates: the first frame, and the end of
+    /// the input.
+    pub start: f64,
+    pub end: f64,
+    /// HLS index of the segment that starts at `start`.
+    pub start_number: i64,
+}
+
+/// The parts of the job's command line a chunk is made of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecipe {
+    /// Global options (the job's, minus those that do not apply to a chunk).
+    pub globals: Vec<String>,
+    /// The input's own options, without its seek.
+    pub input_opts: Vec<String>,
+    /// The input as written in the job: the node maps it to the relay.
+    pub input: String,
+    /// The job's own seek, used as is by the first chunk (`-ss` value, and
+    /// whether it was `-noaccurate_seek`).
+    pub first_seek: Option<String>,
+    pub noaccurate_first: bool,
+    /// `-map` of the video stream, e.g. `0:0`.
+    pub map: String,
+    /// The job's video encoding options, stream specifiers pointed at `v:0`.
+    pub video_opts: Vec<String>,
+    /// The job's `-vf` chain, if any.
+    pub filter: Option<String>,
+    /// The keyframe period of `-force_key_frames expr:gte(t,n_forced*P)`, which
+    /// each chunk re-anchors; `None` when the job forces no keyframes that way.
+    pub keyframe_period: Option<f64>,
+    /// Seconds per frame of a constant-rate source.
+    pub frame_duration: Option<f64>,
+    /// Time of the job's first frame (`-ss` coordinates).
+    pub first_frame: f64,
+    /// Added to `-ss` coordinates to get source timestamps (what `trim` sees
+    /// under `-copyts`).
+    pub pts_offset: f64,
+}
+
+impl ChunkRecipe {
+    /// The frame a grid line really falls on: the first frame at or after it,
+    /// as the direct run's forced-keyframe rule picks it.
+    fn frame_at(&self, t: f64) -> Option<f64> {
+        let fd = self.frame_duration?;
+        let k = ((t - self.first_frame) / fd - 1e-6).ceil().max(0.0);
+        Some(self.first_frame + k * fd)
+    }
+
+    /// Where to cut before the frame at grid line `t`: half a frame early, so that
+    /// rounding in the container's timestamps cannot move the cut by a frame.
+    fn cut(&self, t: f64) -> f64 {
+        match (self.frame_at(t), self.frame_duration) {
+            (Some(f), Some(fd)) => f - fd / 2.0,
+            _ => t,
+        }
+    }
+
+    /// The node's command line for `chunk`. `last` chunks read to the end of input.
+    pub fn args(&self, chunk: &Chunk, first: bool, last: bool) -> Vec<String> {
+        let mut a: Vec<String> = self.globals.clone();
+        a.extend(["-nostdin", "-nostats", "-hide_banner", "-y", "-copyts"].map(str::to_owned));
+        a.extend(self.input_opts.iter().cloned());
+        match (first, &self.first_seek) {
+            (true, Some(ss)) => {
+                if self.noaccurate_first {
+                    a.push("-noaccurate_seek".into());
+                }
+                a.extend(["-ss".into(), ss.clone()]);
+            }
+            (true, None) => {}
+            (false, _) => a.extend(["-ss".into(), secs(self.cut(chunk.start))]),
+        }
+        a.extend(["-i".into(), self.input.clone(), "-map".into(), self.map.clone()]);
+        a.extend(self.video_opts.iter().cloned());
+        if let Some(p) = self.keyframe_period {
+            // The direct run's keyframe n is the first frame with t - t0 >= n·P;
+            // this chunk's first frame lies `late` past its grid line.
+            let late = if first { 0.0 } else { self.frame_at(chunk.start).map_or(0.0, |f| f - chunk.start) };
+            let expr = if late > 1e-9 {
+                format!("expr:gte(t,n_forced*{}-{})", num(p), secs(late))
+            } else {
+                format!("expr:gte(t,n_forced*{})", num(p))
+            };
+            a.extend(["-force_key_frames:v:0".into(), expr]);
+        }
+        let trim = (!last).then(|| format!("trim=end={}", secs(self.cut(chunk.end) + self.pts_offset)));
+        let vf = match (trim, &self.filter) {
+            (Some(t), Some(f)) => Some(format!("{t},{f}")),
+            (Some(t), None) => Some(t),
+            (None, f) => f.clone(),
+        };
+        if let Some(vf) = vf {
+            a.extend(["-vf".into(), vf]);
+        }
+        a.extend(
+            [
+                "-an",
+                "-sn",
+                "-dn",
+                "-avoid_negative_ts",
+                "disabled",
+                "-f",
+                "mpegts",
+                "-muxdelay",
+                "0",
+                "-muxpreload",
+                "0",
+            ]
+            .map(str::to_owned),
+        );
+        a.push("pipe:1".into());
+        a
+    }
+}
+
+/// A job that will be split: what the controller needs, and the finisher's
+/// command line for the shim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub plan: SplitPlan,
+    /// The local ffmpeg that joins the chunks (reads them on
+    /// [`FINISHER_VIDEO_FD`]) and writes the job's outputs.
+    pub finisher: Vec<String>,
+}
+
+fn secs(t: f64) -> String {
+    format!("{t:.6}")
+}
+
+fn num(v: f64) -> String {
+    let s = format!("{v:.6}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+fn tokens(o: &Opt) -> Vec<String> {
+    std::iter::once(format!("-{}", o.key)).chain(o.value.clone()).collect()
+}
+
+/// Options a chunk cannot honour: they need the whole timeline or more files.
+const UNSUPPORTED: &[&str] = &[
+    "t",
+    "to",
+    "frames",
+    "vframes",
+    "fs",
+    "pass",
+    "passlogfile",
+    "filter_complex",
+    "filter_complex_script",
+    "filter_script",
+    "stream_loop",
+    "itsoffset",
+    "itsscale",
+    "sseof",
+    "re",
+    "readrate",
+    "dframes",
+    "aframes",
+    "ss",
+];
+
+/// ffmpeg's own output options that concern the video stream only.
+const VIDEO_ONLY: &[&str] = &[
+    "vcodec",
+    "vf",
+    "force_key_frames",
+    "pix_fmt",
+    "r",
+    "fpsmax",
+    "s",
+    "aspect",
+    "vtag",
+    "fps_mode",
+    "force_fps",
+    "top",
+    "enc_time_base",
+    "autoscale",
+    "vstats",
+    "vstats_file",
+    "vn",
+];
+
+/// ffmpeg's own output options that belong to the muxer or the other streams:
+/// the finisher keeps them, chunks never see them.
+const FINISHER_ONLY: &[&str] = &[
+    "f",
+    "map_metadata",
+    "map_chapters",
+    "metadata",
+    "disposition",
+    "acodec",
+    "scodec",
+    "dcodec",
+    "ab",
+    "ac",
+    "ar",
+    "af",
+    "aq",
+    "atag",
+    "stag",
+    "an",
+    "sn",
+    "dn",
+    "shortest",
+    "attach",
+    "streamid",
+    "program",
+    "max_muxing_queue_size",
+    "muxing_queue_data_threshold",
+    "y",
+    "n",
+    "bitexact",
+    "fflags",
+    "muxdelay",
+    "muxpreload",
+    "alang",
+    "copyinkf",
+    "copytb",
+];
+
+/// AVOptions of muxers (not encoders) that Jellyfin and common command lines
+/// use: a chunk's mpegts muxer would refuse them.
+fn is_muxer_avoption(name: &str) -> bool {
+    const PREFIXES: &[&str] =
+        &["hls", "segment_", "seg_", "frag_", "master_pl", "mpegts_", "strftime", "dash", "use_", "write_", "cluster_"];
+    const NAMES: &[&str] = &[
+        "start_number",
+        "movflags",
+        "var_stream_map",
+        "avoid_negative_ts",
+        "max_delay",
+        "max_interleave_delta",
+        "min_frag_duration",
+        "brand",
+        "method",
+        "headers",
+        "user_agent",
+        "live_start_index",
+        "reserve_index_space",
+        "cues_to_front",
+        "default_mode",
+        "flush_packets",
+        "moov_size",
+        "timeout",
+        "http_persistent",
+        "ignore_io_errors",
+        "metadata_header_padding",
+        "output_ts_offset",
+        "fragment_index",
+        "pcr_period",
+        "pat_period",
+        "sdt_period",
+        "service_name",
+        "service_provider",
+        "omit_video_pes_length",
+        "initial_discontinuity",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
+}
+
+/// One output stream: its input stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OutStream {
+    index: u32,
+    kind: StreamKind,
+}
+
+/// Which input streams a stream specifier (`v`, `v:0`, `a`, `1`, `V`) selects
+/// among `streams`; `None` when the specifier is not understood.
+fn select(spec: &str, streams: &[ProbeStream]) -> Option<Vec<u32>> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    match parts.as_slice() {
+        [] | [""] => Some(streams.iter().map(|s| s.index).collect()),
+        [n] if n.parse::<u32>().is_ok() => {
+            let n: u32 = n.parse().ok()?;
+            Some(streams.iter().filter(|s| s.index == n).map(|s| s.index).collect())
+        }
+        [t] | [t, _] if t.len() == 1 && "vVasdt".contains(*t) => {
+            let of_type: Vec<&ProbeStream> = streams
+                .iter()
+                .filter(|s| match *t {
+                    "V" => s.kind == StreamKind::Video && !s.attached_pic,
+                    t => s.kind.letter().to_string() == t,
+                })
+                .collect();
+            match parts.get(1) {
+                None => Some(of_type.iter().map(|s| s.index).collect()),
+                Some(i) => {
+                    let i: usize = i.parse().ok()?;
+                    Some(of_type.get(i).map(|s| vec![s.index]).unwrap_or_default())
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The output streams of `-map` options, as ffmpeg 5.1 resolves them for a
+/// single input: positive maps in order, negative maps removing earlier matches.
+fn resolve_maps(maps: &[&str], streams: &[ProbeStream]) -> Result<Vec<OutStream>, NotSplit> {
+    let mut out: Vec<OutStream> = Vec::new();
+    for m in maps {
+        let (neg, body) = m.strip_prefix('-').map_or((false, *m), |b| (true, b));
+        let body = body.strip_suffix('?').unwrap_or(body);
+        let Some(spec) = body.strip_prefix("0:").or((body == "0").then_some("")) else {
+            return Err(NotSplit::Map((*m).to_owned()));
+        };
+        let picked = select(spec, streams).ok_or_else(|| NotSplit::Map((*m).to_owned()))?;
+        if neg {
+            out.retain(|o| !picked.contains(&o.index));
+        } else {
+            for i in picked {
+                let kind = streams.iter().find(|s| s.index == i).map(|s| s.kind).unwrap_or(StreamKind::Data);
+                out.push(OutStream { index: i, kind });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an output option's stream specifier covers output stream `idx` of `outs`.
+fn spec_covers(spec: &str, idx: usize, outs: &[OutStream]) -> Option<bool> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let s = outs.get(idx)?;
+    Some(match parts.as_slice() {
+        [n] if n.parse::<usize>().is_ok() => n.parse::<usize>().ok()? == idx,
+        [t] | [t, _] if t.len() == 1 && "vVasdt".contains(*t) => {
+            let letter = if *t == "V" { 'v' } else { t.chars().next()? };
+            if s.kind.letter() != letter {
+                false
+            } else {
+                match parts.get(1) {
+                    None => true,
+                    Some(i) => {
+                        let i: usize = i.parse().ok()?;
+                        outs.iter().take(idx).filter(|o| o.kind == s.kind).count() == i
+                    }
+                }
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Decides whether the job can be split and, if so, how.
+pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
+    let verdict = classify_cmdline(cl);
+    if cl.inputs.len() != 1 || cl.outputs.len() != 1 {
+        return Err(NotSplit::Shape("splitting needs exactly one input and one output".into()));
+    }
+    let shape = &verdict.outputs[0];
+    match shape {
+        OutputShape::Hls { playlist_type: PlaylistType::Vod | PlaylistType::Event, .. } => {}
+        OutputShape::Hls { .. } => return Err(NotSplit::Shape("a sliding live playlist is not split".into())),
+        OutputShape::Progressive { .. } | OutputShape::Stream { .. } => {}
+        other => return Err(NotSplit::Shape(format!("output {other} is not split"))),
+    }
+    let input = &cl.inputs[0];
+    if !matches!(input.url.target, Target::File { .. }) {
+        return Err(NotSplit::Shape("only a file input is split".into()));
+    }
+    let output = &cl.outputs[0];
+    let input_rejects = input.opts.iter().filter(|o| o.name() != "ss");
+    if let Some(o) =
+        cl.globals.iter().chain(input_rejects).chain(&output.opts).find(|o| UNSUPPORTED.contains(&o.name()))
+    {
+        return Err(NotSplit::Option(o.key.clone()));
+    }
+
+    // The output's streams.
+    let maps: Vec<&str> = output.opts_named("map").filter_map(|o| o.value.as_deref()).collect();
+    let outs = if maps.is_empty() {
+        default_streams(probe, output)?
+    } else {
+        if output.flag("vn") || output.flag("an") || output.flag("sn") || output.flag("dn") {
+            // With explicit maps these only disable streams; keep it simple.
+            return Err(NotSplit::Option("vn/an/sn/dn with -map".into()));
+        }
+        resolve_maps(&maps, &probe.streams)?
+    };
+    let videos: Vec<usize> =
+        outs.iter().enumerate().filter(|(_, o)| o.kind == StreamKind::Video).map(|(i, _)| i).collect();
+    let [vidx] = videos.as_slice() else {
+        return Err(NotSplit::Streams(format!("{} video streams in the output; splitting needs one", videos.len())));
+    };
+    let vidx = *vidx;
+    let vstream = probe.streams.iter().find(|s| s.index == outs[vidx].index).expect("resolved from the probe");
+    if vstream.attached_pic {
+        return Err(NotSplit::Streams("the video stream is a cover picture".into()));
+    }
+    if outs.iter().any(|o| matches!(o.kind, StreamKind::Subtitle | StreamKind::Data | StreamKind::Attachment)) {
+        return Err(NotSplit::Streams("subtitle or data streams in the output".into()));
+    }
+
+    // Sort the output options into the chunk's and the finisher's.
+    let mut video_opts = Vec::new();
+    let mut filter = None;
+    let mut keyframe_period = None;
+    let mut keyframes_verbatim = None;
+    let mut codec_seen = false;
+    let mut fin_out = output.clone();
+    fin_out.opts.clear();
+    for o in &output.opts {
+        let name = o.name();
+        let covers_video = match o.spec() {
+            None => None,
+            Some(spec) => Some(spec_covers(spec, vidx, &outs).ok_or_else(|| NotSplit::Option(o.key.clone()))?),
+        };
+        let only_video = covers_video == Some(true)
+            && outs.len() > 1
+            && (0..outs.len()).all(|i| i == vidx || spec_covers(o.spec().unwrap_or(""), i, &outs) == Some(false));
+        let only_video = only_video || (covers_video == Some(true) && outs.len() == 1);
+        match name {
+            "map" => {
+                // The finisher takes the video from its second input.
+                let mut m = o.clone();
+                let v = o.value.as_deref().unwrap_or("");
+                if !v.starts_with('-') && resolve_maps(&[v], &probe.streams)?.iter().any(|s| s.index == vstream.index) {
+                    if resolve_maps(&[v], &probe.streams)?.len() != 1 {
+                        return Err(NotSplit::Map(v.to_owned()));
+                    }
+                    m.value = Some("1:0".into());
+                }
+                fin_out.opts.push(m);
+                continue;
+            }
+            "codec" | "vcodec" if covers_video != Some(false) => {
+                if covers_video.is_none() && name == "codec" && outs.len() > 1 {
+                    return Err(NotSplit::Option(format!("{} without a stream specifier", o.key)));
+                }
+                if o.value.as_deref() == Some("copy") {
+                    return Err(NotSplit::Streams("the video is copied, not encoded".into()));
+                }
+                codec_seen = true;
+                video_opts.extend(["-codec:v:0".to_owned(), o.value.clone().unwrap_or_default()]);
+                let mut c = o.clone();
+                c.value = Some("copy".into());
+                fin_out.opts.push(c);
+                continue;
+            }
+            "vf" => {
+                filter = o.value.clone();
+                continue;
+            }
+            "filter" if covers_video == Some(true) => {
+                if !only_video {
+                    return Err(NotSplit::Option(o.key.clone()));
+                }
+                filter = o.value.clone();
+                continue;
+            }
+            "force_key_frames" if covers_video != Some(false) => {
+                let v = o.value.as_deref().unwrap_or("");
+                match crate::plan::expr_period(v) {
+                    Some(p) => keyframe_period = Some(p),
+                    None => keyframes_verbatim = Some(v.to_owned()),
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if o.def().is_some() && FINISHER_ONLY.contains(&name) {
+            fin_out.opts.push(o.clone());
+        } else if o.def().is_some() && VIDEO_ONLY.contains(&name) {
+            if name == "vn" {
+                return Err(NotSplit::Streams("-vn: no video to split".into()));
+            }
+            video_opts.extend(retarget(o, covers_video));
+        } else if o.avoption && o.spec().is_none() && is_muxer_avoption(name) {
+            fin_out.opts.push(o.clone());
+        } else if covers_video == Some(false) {
+            fin_out.opts.push(o.clone());
+        } else if only_video {
+            video_opts.extend(retarget(o, covers_video));
+        } else {
+            // Generic options (`-preset`, `-threads`, `-maxrate` without a
+            // specifier) apply to every encoder, in the direct run too.
+            video_opts.extend(retarget(o, covers_video));
+            if o.def().is_none_or(|d| d.per_stream) {
+                fin_out.opts.push(o.clone());
+            }
+        }
+    }
+    if !codec_seen {
+        return Err(NotSplit::Streams("no video encoder is named".into()));
+    }
+    if let Some(k) = keyframes_verbatim {
+        video_opts.extend(["-force_key_frames:v:0".to_owned(), k]);
+    }
+
+    // Timing.
+    let duration = probe.duration.ok_or(NotSplit::NoDuration)?;
+    let seek = input.last_value("ss").map(str::to_owned);
+    let seek_t = match &seek {
+        Some(s) => Some(parse_time(s).ok_or_else(|| NotSplit::Option(format!("ss {s}")))?),
+        None => None,
+    };
+    let noaccurate = input.opts_named("accurate_seek").last().is_some_and(|o| !o.is_on());
+    let vstart = vstream.start_time.unwrap_or(0.0).max(0.0);
+    let fd = vstream.frame_duration;
+    let first_frame = match (seek_t, noaccurate) {
+        (None, _) => vstart,
+        (Some(_), true) => probe
+            .keyframe_before_seek
+            .ok_or_else(|| NotSplit::Streams("where -noaccurate_seek starts is unknown".into()))?,
+        (Some(ss), false) => match fd {
+            Some(fd) if ss > vstart => vstart + ((ss - vstart) / fd - 1e-6).ceil() * fd,
+            _ => ss.max(vstart),
+        },
+    };
+    let (period, start_number) = match shape {
+        OutputShape::Hls { hls_time, start_number, .. } => {
+            let grid = Grid::of(cl, 0, shape).ok_or_else(|| {
+                NotSplit::Shape("HLS keyframes are not forced on a grid that divides -hls_time".into())
+            })?;
+            let _ = hls_time;
+            (grid.period, *start_number)
+        }
+        _ => (keyframe_period.unwrap_or(FREE_GRID), 0),
+    };
+    let end = duration;
+    if end - first_frame < 2.0 * period {
+        return Err(NotSplit::TooShort(end - first_frame));
+    }
+    let grid = Grid { period, origin: first_frame };
+
+    let recipe = ChunkRecipe {
+        globals: cl
+            .globals
+            .iter()
+            .filter(|o| !matches!(o.name(), "y" | "n" | "stats" | "progress" | "report" | "nostdin" | "benchmark"))
+            .flat_map(tokens)
+            .collect(),
+        input_opts: input
+            .opts
+            .iter()
+            .filter(|o| !matches!(o.name(), "ss" | "accurate_seek"))
+            .flat_map(tokens)
+            .collect(),
+        input: input.url.raw.clone(),
+        first_seek: seek,
+        noaccurate_first: noaccurate,
+        map: format!("0:{}", vstream.index),
+        video_opts,
+        filter,
+        keyframe_period,
+        frame_duration: fd,
+        first_frame,
+        pts_offset: probe.start_time,
+    };
+
+    // The finisher: the job as written, video by stream copy from the joined
+    // chunks. Its input is added right after the job's own, as input 1.
+    let mut fin = cl.clone();
+    fin.outputs[0] = fin_out;
+    let mut finisher = fin.to_args();
+    let at = finisher
+        .windows(2)
+        .position(|w| w[0] == "-i" && w[1] == input.url.raw)
+        .ok_or_else(|| NotSplit::Shape("cannot place the finisher's input".into()))?;
+    let joined = ["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_VIDEO_INPUT].map(str::to_owned);
+    finisher.splice(at + 2..at + 2, joined);
+    if maps.is_empty() {
+        // Explicit maps so that the finisher does not pick by its own rules among
+        // two video inputs.
+        let url_at = finisher.len() - 1;
+        let mut explicit = Vec::new();
+        for (i, o) in outs.iter().enumerate() {
+            let m = if i == vidx { "1:0".to_owned() } else { format!("0:{}", o.index) };
+            explicit.extend(["-map".to_owned(), m]);
+        }
+        finisher.splice(url_at..url_at, explicit);
+    }
+
+    Ok(Split { plan: SplitPlan { recipe, grid, start: first_frame, end, start_number }, finisher })
+}
+
+/// A video option for the chunk, its specifier pointed at the chunk's only stream.
+fn retarget(o: &Opt, covers_video: Option<bool>) -> Vec<String> {
+    let key = match covers_video {
+        Some(true) => format!("{}:v:0", o.key.split(':').next().unwrap_or(&o.key)),
+        _ => o.key.clone(),
+    };
+    std::iter::once(format!("-{key}")).chain(o.value.clone()).collect()
+}
+
+/// ffmpeg's automatic stream selection for one input: the first video stream
+/// (not a cover picture) and the audio stream with the most channels. Subtitles
+/// are refused (whether ffmpeg adds them depends on the muxer).
+fn default_streams(probe: &Probe, output: &crate::ffmpeg::cmdline::Output) -> Result<Vec<OutStream>, NotSplit> {
+    let mut outs = Vec::new();
+    if !output.flag("vn") {
+        if let Some(v) = probe.streams.iter().find(|s| s.kind == StreamKind::Video && !s.attached_pic) {
+            outs.push(OutStream { index: v.index, kind: StreamKind::Video });
+        }
+    }
+    if !output.flag("an") {
+        let mut best: Option<&ProbeStream> = None;
+        for s in probe.streams.iter().filter(|s| s.kind == StreamKind::Audio) {
+            if best.is_none_or(|b| s.channels > b.channels) {
+                best = Some(s);
+            }
+        }
+        if let Some(a) = best {
+            outs.push(OutStream { index: a.index, kind: StreamKind::Audio });
+        }
+    }
+    if !output.flag("sn") && probe.streams.iter().any(|s| s.kind == StreamKind::Subtitle) {
+        return Err(NotSplit::Streams("subtitle streams chosen by ffmpeg's own rules".into()));
+    }
+    Ok(outs)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+use super::*;
+use crate::plan::{Planner, Sizing};
+
+/// 24 s of 1280x720 at 24000/1001 with one 5.1 audio stream, as ffprobe reports
+/// a Matroska file (millisecond timestamps: the video starts at 5 ms).
+fn probe() -> Probe {
+    let json = r#"{"streams":[
+        {"index":0,"codec_type":"video","r_frame_rate":"24000/1001","avg_frame_rate":"24000/1001","start_time":"0.005000","disposition":{"attached_pic":0}},
+        {"index":1,"codec_type":"audio","r_frame_rate":"0/0","avg_frame_rate":"0/0","channels":6,"start_time":"0.000000","disposition":{"attached_pic":0}}],
+        "format":{"start_time":"0.000000","duration":"24.000000"}}"#;
+    Probe::from_json(json).unwrap()
+}
+
+fn jellyfin(extra_input: &[&str], seg: &str) -> Vec<String> {
+    let mut a: Vec<String> = extra_input.iter().map(|s| s.to_string()).collect();
+    let rest = format!(
+        "-analyzeduration 200M -probesize 1G -i file:/media/in.mkv -map_metadata -1 -map_chapters -1 -threads 0 \
+         -map 0:0 -map 0:1 -map -0:s -codec:v:0 libx264 -preset veryfast -crf 23 -maxrate 2000000 -bufsize 4000000 \
+         -profile:v:0 high -level 41 -x264opts:0 subme=0:me_range=16 -force_key_frames:0 expr:gte(t,n_forced*{seg}) \
+         -sc_threshold:v:0 0 -vf format=yuv420p -codec:a:0 aac -ac 2 -ab 128000 -af volume=2 -copyts \
+         -avoid_negative_ts disabled -max_muxing_queue_size 2048 -f hls -max_delay 5000000 -hls_time {seg} \
+         -hls_segment_type mpegts -start_number 0 -hls_segment_filename /tmp/t/x%d.ts -hls_playlist_type vod \
+         -hls_list_size 0 -y /tmp/t/x.m3u8"
+    );
+    a.extend(rest.split(' ').map(str::to_owned));
+    a
+}
+
+fn plan_of(args: &[String], probe: &Probe) -> Result<Split, NotSplit> {
+    split(&CommandLine::parse(args).unwrap(), probe)
+}
+
+fn pos(args: &[String], flag: &str) -> Option<String> {
+    args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone())
+}
+
+#[test]
+fn jellyfin_hls_splits_into_video_chunks_and_a_copying_finisher() {
+    let s = plan_of(&jellyfin(&[], "3"), &probe()).unwrap();
+    assert_eq!(s.plan.grid.period, 3.0);
+    assert!((s.plan.start - 0.005).abs() < 1e-9, "{}", s.plan.start);
+    assert_eq!(s.plan.end, 24.0);
+
+    let f = &s.finisher;
+    let joined = f.join(" ");
+    assert!(joined.contains("-i file:/media/in.mkv -f mpegts -thread_queue_size 1024 -i /dev/fd/3"), "{joined}");
+    assert!(joined.contains("-map 1:0 -map 0:1 -map -0:s"), "{joined}");
+    assert!(joined.contains("-codec:v:0 copy"), "{joined}");
+    for gone in ["-vf", "-x264opts:0", "-force_key_frames:0", "-profile:v:0", "-sc_threshold:v:0"] {
+        assert!(!f.iter().any(|a| a == gone), "{gone} left in the finisher: {joined}");
+    }
+    for kept in ["-codec:a:0", "-af", "-hls_time", "-hls_segment_filename", "-copyts", "-start_number", "-preset"] {
+        assert!(f.iter().any(|a| a == kept), "{kept} missing from the finisher: {joined}");
+    }
+    assert_eq!(f.last().unwrap(), "/tmp/t/x.m3u8");
+
+    // A middle chunk: cut half a frame before the first frame of segment 1, trim
+    // before the first frame of segment 3, keyframes re-anchored.
+    let r = &s.plan.recipe;
+    let chunk = Chunk { index: 1, start: 3.005, end: 9.005, first_segment: 1 };
+    let a = r.args(&chunk, false, false);
+    let joined = a.join(" ");
+    let fd = 1001.0 / 24000.0;
+    let ss: f64 = pos(&a, "-ss").unwrap().parse().unwrap();
+    // First frame at or after 3.005 is 0.005 + 72·fd = 3.008.
+    assert!((ss - (0.005 + 72.0 * fd - fd / 2.0)).abs() < 1e-6, "{joined}");
+    let vf = pos(&a, "-vf").unwrap();
+    let end: f64 = vf.strip_prefix("trim=end=").unwrap().split(',').next().unwrap().parse().unwrap();
+    assert!((end - (0.005 + 216.0 * fd - fd / 2.0)).abs() < 1e-6, "{vf}");
+    assert!(vf.ends_with(",format=yuv420p"), "{vf}");
+    let kf = pos(&a, "-force_key_frames:v:0").unwrap();
+    assert!(kf.starts_with("expr:gte(t,n_forced*3-0.00"), "{kf}");
+    for want in ["-map 0:0", "-codec:v:0 libx264", "-x264opts:v:0 subme=0:me_range=16", "-f mpegts", "pipe:1"] {
+        assert!(joined.contains(want), "{want} missing: {joined}");
+    }
+    for gone in ["-hls_time", "-codec:a:0", "-af", "-start_number", "-max_delay", "-map_metadata"] {
+        assert!(!a.iter().any(|x| x == gone), "{gone} in a chunk: {joined}");
+    }
+    // The last chunk reads to the end; the first uses the job's own seek (none).
+    assert!(!r.args(&chunk, false, true).iter().any(|x| x.starts_with("trim")));
+    let first = r.args(&Chunk { index: 0, start: 0.005, end: 3.005, first_segment: 0 }, true, false);
+    assert!(pos(&first, "-ss").is_none());
+    assert_eq!(pos(&first, "-force_key_frames:v:0").unwrap(), "expr:gte(t,n_forced*3)");
+}
+
+#[test]
+fn chunk_cuts_fall_on_the_direct_runs_keyframes() {
+    // The direct run's keyframe n is frame ceil(n·P/fd) from the first frame; a
+    // chunk's cut must pick that frame, and its keyframe expression must pick
+    // the direct run's later keyframes too.
+    let s = plan_of(&jellyfin(&[], "3"), &probe()).unwrap();
+    let r = &s.plan.recipe;
+    let fd = 1001.0 / 24000.0;
+    let p = 3.0;
+    let mut planner = Planner::new(s.plan.grid, s.plan.start, s.plan.end, 0, Sizing::default());
+    while let Some(c) = planner.next(1.0) {
+        if c.index == 0 {
+            continue;
+        }
+        let a = r.args(&c, false, false);
+        let ss: f64 = pos(&a, "-ss").unwrap().parse().unwrap();
+        let first = ((ss - 0.005) / fd).ceil() as i64;
+        let n = ((c.start - 0.005) / p).round() as i64;
+        assert_eq!(first, ((n as f64) * p / fd).ceil() as i64, "chunk {c:?}");
+        // Keyframes the chunk's expression forces, by frame index.
+        let kf = pos(&a, "-force_key_frames:v:0").unwrap();
+        let late: f64 = kf.rsplit_once('-').map_or(0.0, |(_, l)| l.trim_end_matches(')').parse().unwrap());
+        let mut forced = 0;
+        for j in 0..(((c.end - c.start) / fd) as i64) {
+            let t = j as f64 * fd;
+            if t >= forced as f64 * p - late - 1e-9 {
+                let frame = first + j;
+                let direct = ((n + forced) as f64 * p / fd).ceil() as i64;
+                assert_eq!(frame, direct, "keyframe {forced} of chunk {c:?}");
+                forced += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn seeks_start_where_ffmpeg_does() {
+    // Jellyfin's seek restart: -ss 00:00:09.000 -start_number 3.
+    let mut args = jellyfin(&["-ss", "00:00:09.000"], "3");
+    let at = args.iter().position(|a| a == "-start_number").unwrap();
+    args[at + 1] = "3".into();
+    let s = plan_of(&args, &probe()).unwrap();
+    let fd = 1001.0 / 24000.0;
+    // Accurate seek: the first frame at or after 9 s.
+    assert!((s.plan.start - (0.005 + 216.0 * fd)).abs() < 1e-9, "{}", s.plan.start);
+    assert_eq!(s.plan.start_number, 3);
+    let first = s.plan.recipe.args(&Chunk { index: 0, start: s.plan.start, end: 12.0, first_segment: 3 }, true, false);
+    assert_eq!(pos(&first, "-ss").unwrap(), "00:00:09.000");
+    assert!(s.finisher.join(" ").contains("-ss 00:00:09.000 -analyzeduration"));
+
+    // Without accurate seek ffmpeg starts at the keyframe before; the shim asks
+    // ffprobe where that is.
+    let mut args = jellyfin(&["-noaccurate_seek", "-ss", "9"], "3");
+    args.retain(|a| a != "-copyts");
+    assert!(matches!(plan_of(&args, &probe()), Err(NotSplit::Streams(_))));
+    let mut p = probe();
+    p.parse_keyframe("8.005000\n");
+    let s = plan_of(&args, &p).unwrap();
+    assert_eq!(s.plan.start, 8.005);
+    let first = s.plan.recipe.args(&Chunk { index: 0, start: 8.005, end: 11.005, first_segment: 0 }, true, false);
+    assert!(first.join(" ").contains("-noaccurate_seek -ss 9 -i"), "{first:?}");
+}
+
+#[test]
+fn plain_command_lines_split_with_implicit_streams() {
+    let args: Vec<String> = "-i in.mkv -c:v libx264 -crf 20 -c:a aac out.mp4".split(' ').map(str::to_owned).collect();
+    let s = plan_of(&args, &probe()).unwrap();
+    assert_eq!(s.plan.grid.period, 2.0);
+    let f = s.finisher.join(" ");
+    assert_eq!(
+        f,
+        "-i in.mkv -f mpegts -thread_queue_size 1024 -i /dev/fd/3 -c:v copy -crf 20 -c:a aac -map 1:0 -map 0:1 out.mp4"
+    );
+    let a = s.plan.recipe.args(&Chunk { index: 1, start: 2.005, end: 4.005, first_segment: 1 }, false, false);
+    let a = a.join(" ");
+    assert!(a.contains("-map 0:0 -codec:v:0 libx264 -crf 20 -vf trim=end="), "{a}");
+}
+
+#[test]
+fn what_is_not_split_says_why() {
+    let p = probe();
+    let no = |s: &str| {
+        let a: Vec<String> = s.split(' ').map(str::to_owned).collect();
+        plan_of(&a, &p).expect_err(s)
+    };
+    assert!(matches!(no("-i in.mkv -c:v copy -c:a aac out.mp4"), NotSplit::Streams(_)));
+    assert!(matches!(no("-i in.mkv -c:v libx264 -t 10 out.mp4"), NotSplit::Option(o) if o == "t"));
+    assert!(matches!(no("-i in.mkv -i b.srt -c:v libx264 out.mp4"), NotSplit::Shape(_)));
+    assert!(matches!(no("-i in.mkv -c:v libx264 -f hls -hls_time 3 o.m3u8"), NotSplit::Shape(_)));
+    assert!(matches!(
+        no("-i in.mkv -filter_complex [0:0]scale=320:-2[v] -map [v] -c:v libx264 out.mp4"),
+        NotSplit::Option(_)
+    ));
+    let mut short = p.clone();
+    short.duration = Some(3.0);
+    let a: Vec<String> = "-i in.mkv -c:v libx264 out.mp4".split(' ').map(str::to_owned).collect();
+    assert!(matches!(plan_of(&a, &short), Err(NotSplit::TooShort(_))));
+    let mut unknown = p;
+    unknown.duration = None;
+    assert_eq!(plan_of(&a, &unknown), Err(NotSplit::NoDuration));
+}
+
+#[test]
+fn the_plan_travels_as_json() {
+    let s = plan_of(&jellyfin(&[], "3"), &probe()).unwrap();
+    let text = serde_json::to_string(&s.plan).unwrap();
+    assert_eq!(serde_json::from_str::<SplitPlan>(&text).unwrap(), s.plan);
+}
