@@ -138,7 +138,7 @@ pub enum ToNode {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ShimMsg {
     /// First message: the job.
-    Submit { request: JobRequest },
+    Submit { request: Box<JobRequest> },
     /// The shim could not read a file range it was asked for.
     ReadFailed { req: u32, error: String },
     /// The shim received a signal; forward it to ffmpeg.

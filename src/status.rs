@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use ffcluster::controller::http_client::fetch_status;
-use ffcluster::controller::status::{JobStatus, NodeStatus, Status};
+use ffcluster::controller::status::{JobMode, JobStatus, NodeStatus, Status};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -78,12 +78,18 @@ fn job_row(j: &JobStatus) -> Vec<String> {
     if let Some(e) = &j.error {
         args = format!("{args}  [{e}]");
     }
-    let node = j.node.clone().unwrap_or_else(|| "-".into());
+    let node = match (j.mode, j.chunks_done, j.chunks_planned) {
+        (JobMode::Split, Some(done), Some(planned)) => {
+            let on = j.nodes.as_deref().filter(|n| !n.is_empty()).map(|n| format!(" on {}", n.join(",")));
+            format!("split {done}/{planned} chunks{}", on.unwrap_or_default())
+        }
+        _ => j.node.clone().unwrap_or_else(|| "-".into()),
+    };
     vec![j.id.to_string(), j.state.to_string(), node, duration(j.duration_ms), exit, args]
 }
 
 /// Columns padded to their widest cell; the last one is left ragged.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -124,7 +130,7 @@ fn duration(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ffcluster::controller::status::{JobMode, JobState, NodeState};
+    use ffcluster::controller::status::{JobState, NodeState};
 
     #[test]
     fn summary() {
@@ -148,23 +154,48 @@ mod tests {
                 last_seen_ms_ago: 2,
                 caps: Default::default(),
             }],
-            jobs: vec![JobStatus {
-                id: 12,
-                mode: JobMode::Whole,
-                state: JobState::Failed,
-                node: Some("gpu-box".into()),
-                args: "-i /media/a.mkv ".repeat(10),
-                reason: "split.hls".into(),
-                started_unix_ms: 0,
-                duration_ms: 63_000,
-                exit_code: None,
-                error: Some("node gpu-box lost".into()),
-            }],
+            jobs: vec![
+                JobStatus {
+                    id: 13,
+                    mode: JobMode::Split,
+                    state: JobState::Running,
+                    node: None,
+                    args: "-i /media/b.mkv".into(),
+                    reason: "split.hls".into(),
+                    started_unix_ms: 0,
+                    duration_ms: 4_000,
+                    exit_code: None,
+                    error: None,
+                    chunks_done: Some(5),
+                    chunks_running: Some(2),
+                    chunks_planned: Some(9),
+                    nodes: Some(vec!["a".into(), "b".into()]),
+                    reissued: Some(0),
+                },
+                JobStatus {
+                    id: 12,
+                    mode: JobMode::Whole,
+                    state: JobState::Failed,
+                    node: Some("gpu-box".into()),
+                    args: "-i /media/a.mkv ".repeat(10),
+                    reason: "split.hls".into(),
+                    started_unix_ms: 0,
+                    duration_ms: 63_000,
+                    exit_code: None,
+                    error: Some("node gpu-box lost".into()),
+                    chunks_done: None,
+                    chunks_running: None,
+                    chunks_planned: None,
+                    nodes: None,
+                    reissued: None,
+                },
+            ],
         };
         let t = text(&doc);
         assert!(t.starts_with("controller 0.1.0 (protocol 1), up 1h02m\n"), "{t}");
         assert!(t.contains("gpu-box  busy   2/2        412 fps  16    5.1.9-0+deb12u1\n"), "{t}");
-        assert!(t.contains("12   failed  gpu-box  1m03s     !     -i /media/a.mkv"), "{t}");
+        assert!(t.contains("12   failed   gpu-box                  1m03s     !     -i /media/a.mkv"), "{t}");
+        assert!(t.contains("13   running  split 5/9 chunks on a,b  4.0s      -     -i /media/b.mkv\n"), "{t}");
         assert!(t.contains("…  [node gpu-box lost]"), "{t}");
         assert_eq!(duration(1500), "1.5s");
     }

@@ -8,6 +8,8 @@
 //! * `state`: the registry of nodes and jobs, behind one lock that is never held
 //!   across an await.
 //! * [`scheduler`]: the pure choice of a node for a job.
+//! * `split`: split jobs, cut into chunks that run as node jobs of their own,
+//!   and the pure policy of which slot takes which chunk.
 //! * `node_link` / `shim_link`: one task per WebSocket, with its writer task.
 //! * `outbox`: each peer's single ordered outgoing queue, with backpressure.
 //! * `relay`: the input file route.
@@ -24,6 +26,7 @@ pub mod relay;
 pub mod scheduler;
 mod shim_link;
 mod shutdown;
+mod split;
 mod state;
 pub mod status;
 #[cfg(test)]
@@ -58,6 +61,9 @@ pub use status::Status;
 const MAX_MESSAGE: usize = FRAME_HEADER + MAX_FRAME_PAYLOAD + (1 << 20);
 /// How long `run` waits for connections to wind down after shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often split jobs' chunks are looked at without an event: a chunk only
+/// becomes late, and a job stalled, with time.
+const DISPATCH_PERIOD: Duration = Duration::from_millis(250);
 
 /// How the controller runs. [`ControllerConfig::new`] gives the protocol's timings.
 #[derive(Clone)]
@@ -144,6 +150,7 @@ pub async fn run(
         _alive: alive,
     });
     let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let ticker = tokio::spawn(tick(shared.clone()));
     let watcher = {
         let trigger = trigger.clone();
         tokio::spawn(async move {
@@ -168,12 +175,25 @@ pub async fn run(
     };
     trigger.fire();
     watcher.abort();
+    ticker.abort();
     drop(shared);
     if tokio::time::timeout(DRAIN_TIMEOUT, all_gone.recv()).await.is_err() {
         warn!("some links did not finish within {} s of shutdown", DRAIN_TIMEOUT.as_secs());
     }
     info!("controller stopped");
     result.map_err(ControllerError::Serve)
+}
+
+/// Runs the registry's periodic dispatch until shutdown.
+async fn tick(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(DISPATCH_PERIOD);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => shared.registry().tick(Instant::now()),
+            () = shared.shutdown.fired() => return,
+        }
+    }
 }
 
 fn router(shared: Arc<Shared>) -> Router {

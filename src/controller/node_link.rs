@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::outbox::{CLOSE_GOING_AWAY, CLOSE_POLICY, Outbox, close, pump};
-use super::state::{NodeInfo, Outcome, Registry, millis};
+use super::split::AttemptEnd;
+use super::state::{NodeInfo, Outcome, Registry, Target, millis};
 use crate::protocol::{Frame, FrameKind, NodeMsg, PROTOCOL_VERSION, ToNode, ToShim};
 
 /// Stdin bytes queued for one node before the shims sending them are held back.
@@ -69,6 +70,8 @@ pub(crate) async fn handle(socket: WebSocket, shared: Arc<Shared>, peer: SocketA
         // Under the lock: once registered the node can be given a job, and its
         // `Run` must not overtake the welcome.
         outbox.json(ToNode::Welcome { node_id: id, heartbeat_ms });
+        // Split jobs may be waiting for a slot.
+        reg.dispatch(Instant::now());
         (id, seen, reg.epoch())
     };
     info!(node = %name, id, %peer, "node connected");
@@ -194,13 +197,21 @@ impl Link {
                     self.outbox.json(ToNode::Cancel { job });
                 }
             }
-            NodeMsg::Output { job, event } => match self.shared.registry().shim_of(job, self.id) {
-                Some(shim) => {
-                    shim.out.json(ToShim::Output { event });
+            NodeMsg::Output { job, event } => {
+                let mut reg = self.shared.registry();
+                match reg.target(job, self.id) {
+                    Some(Target::Whole(shim)) => {
+                        shim.out.json(ToShim::Output { event });
+                    }
+                    // The shim knows where a chunk's bytes go; only the size matters.
+                    Some(Target::Chunk { .. }) => reg.chunk_output(job, self.id, &event),
+                    None => debug!(node = %self.name, job, "output for a job this node does not run; dropped"),
                 }
-                None => debug!(node = %self.name, job, "output for a job this node does not run; dropped"),
-            },
+            }
             NodeMsg::Exited { job, exit } => {
+                if self.attempt_ended(job, AttemptEnd::Exited(exit)) {
+                    return;
+                }
                 let ended = self.shared.registry().finish(job, Some(self.id), Outcome::Exited(exit), Instant::now());
                 match ended {
                     Some(ended) => {
@@ -211,6 +222,9 @@ impl Link {
                 }
             }
             NodeMsg::Refused { job, reason } => {
+                if self.attempt_ended(job, AttemptEnd::Refused(reason.clone())) {
+                    return;
+                }
                 let outcome = Outcome::Failed(format!("refused by {}: {reason}", self.name));
                 let ended = self.shared.registry().finish(job, Some(self.id), outcome, Instant::now());
                 match ended {
@@ -225,6 +239,11 @@ impl Link {
         }
     }
 
+    /// Ends `job` if it is a chunk attempt of this node; false otherwise.
+    fn attempt_ended(&self, job: u64, end: AttemptEnd) -> bool {
+        self.shared.registry().attempt_ended(job, self.id, end, Instant::now())
+    }
+
     async fn on_binary(&self, bytes: Bytes) {
         let frame = match Frame::decode(&bytes) {
             Ok(f) => f,
@@ -237,12 +256,28 @@ impl Link {
             warn!(node = %self.name, kind = ?frame.kind, "the node sent a frame only shims send; ignored");
             return;
         }
-        let Some(shim) = self.shared.registry().shim_of(frame.job, self.id) else {
-            debug!(node = %self.name, job = frame.job, "frame for a job this node does not run; dropped");
-            return;
-        };
-        // Waits while the shim is behind: that holds this node back rather than
-        // buffering without bound (see `outbox`).
-        shim.out.binary(frame.with_job(0).encode()).await;
+        let target = self.shared.registry().target(frame.job, self.id);
+        match target {
+            // Waits while the shim is behind: that holds this node back rather
+            // than buffering without bound (see `outbox`).
+            Some(Target::Whole(shim)) => {
+                shim.out.binary(frame.with_job(0).encode()).await;
+            }
+            Some(Target::Chunk { .. }) if frame.kind == FrameKind::Stderr => {
+                self.shared.registry().chunk_stderr(frame.job, self.id, frame.payload);
+            }
+            Some(Target::Chunk { shim, chunk }) => {
+                // The shim tells attempts apart by job and joins chunks by id.
+                let out = Frame::new(FrameKind::Output, frame.job, chunk, frame.offset, frame.payload).encode();
+                let Some(share) = shim.out.reserve(out.len()).await else { return };
+                // The attempt may have lost its race or failed while we waited;
+                // its bytes must not follow the shim's ChunkFailed.
+                let queued = self.shared.registry().chunk_bytes(frame.job, self.id, frame.payload.len(), out, share);
+                if !queued {
+                    debug!(node = %self.name, job = frame.job, "bytes of an attempt that ended; dropped");
+                }
+            }
+            None => debug!(node = %self.name, job = frame.job, "frame for a job this node does not run; dropped"),
+        }
     }
 }

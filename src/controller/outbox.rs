@@ -35,6 +35,10 @@ pub(crate) enum Out<T> {
     Close(u16, &'static str),
 }
 
+/// A share of a peer's byte budget, given back once its bytes are on the socket.
+#[derive(Debug)]
+pub(crate) struct Reserved(OwnedSemaphorePermit);
+
 /// Sending side of a peer's queue. Clones share the queue and the budget.
 #[derive(Debug)]
 pub(crate) struct Outbox<T> {
@@ -62,12 +66,26 @@ impl<T> Outbox<T> {
 
     /// Queues bulk bytes once the budget allows. False when the connection is gone.
     pub(crate) async fn binary(&self, bytes: Vec<u8>) -> bool {
-        // A frame larger than the whole budget takes all of it rather than waiting forever.
-        let want = u32::try_from(bytes.len()).unwrap_or(u32::MAX).clamp(1, self.budget_bytes);
-        let Ok(permit) = self.budget.clone().acquire_many_owned(want).await else {
+        let Some(share) = self.reserve(bytes.len()).await else {
             return false;
         };
-        self.tx.send(Out::Binary(bytes, Some(permit))).is_ok()
+        self.binary_reserved(bytes, share)
+    }
+
+    /// Waits until the budget allows `len` more bytes and takes that share. None
+    /// when the connection is gone. Split in two from [`Outbox::binary`] so that
+    /// a producer can wait without a lock, then decide under its lock whether
+    /// the bytes are still wanted and queue them in order with control messages.
+    pub(crate) async fn reserve(&self, len: usize) -> Option<Reserved> {
+        // A frame larger than the whole budget takes all of it rather than waiting forever.
+        let want = u32::try_from(len).unwrap_or(u32::MAX).clamp(1, self.budget_bytes);
+        self.budget.clone().acquire_many_owned(want).await.ok().map(Reserved)
+    }
+
+    /// Queues bulk bytes with a share taken by [`Outbox::reserve`]; never waits.
+    /// False when the connection is gone.
+    pub(crate) fn binary_reserved(&self, bytes: Vec<u8>, share: Reserved) -> bool {
+        self.tx.send(Out::Binary(bytes, Some(share.0))).is_ok()
     }
 
     /// Queues a close: the writer sends everything queued before it, then the

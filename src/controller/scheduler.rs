@@ -46,6 +46,18 @@ fn describe_lacks(lacks: &[(String, Vec<String>)]) -> String {
 /// then the fastest, then the longest connected (lowest id), so the choice is
 /// deterministic.
 pub fn choose(nodes: &[Candidate<'_>], needs: &Needs) -> Result<u64, NoPlacement> {
+    let eligible = eligible(nodes, needs)?;
+    eligible
+        .iter()
+        .filter(|n| n.free())
+        .min_by(|a, b| better(a, b))
+        .map(|n| n.id)
+        .ok_or(NoPlacement::Busy(eligible.len()))
+}
+
+/// The nodes that have everything `needs` asks for, busy or not; the error says
+/// why there are none. Split jobs use it alone: they wait for a free slot.
+pub fn eligible<'n, 'a>(nodes: &'n [Candidate<'a>], needs: &Needs) -> Result<Vec<&'n Candidate<'a>>, NoPlacement> {
     if nodes.is_empty() {
         return Err(NoPlacement::NoNodes);
     }
@@ -68,12 +80,7 @@ pub fn choose(nodes: &[Candidate<'_>], needs: &Needs) -> Result<u64, NoPlacement
             NoPlacement::Missing(everywhere)
         });
     }
-    eligible
-        .iter()
-        .filter(|n| n.free())
-        .min_by(|a, b| better(a, b))
-        .map(|n| n.id)
-        .ok_or(NoPlacement::Busy(eligible.len()))
+    Ok(eligible)
 }
 
 /// `Less` when `a` should get the job before `b`.

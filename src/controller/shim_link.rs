@@ -1,5 +1,8 @@
 //! One shim's WebSocket: the submission, then the relay between the shim and the
-//! node running its job, until ffmpeg exits or the shim goes away.
+//! node running its job, until ffmpeg exits or the shim goes away. For a split
+//! job the registry streams the chunks' bytes to the shim; this link serves
+//! the shim's answers to input reads and, when the shim goes, cancels what
+//! still runs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -148,6 +151,20 @@ pub(crate) async fn handle(socket: WebSocket, shared: Arc<Shared>, peer: SocketA
         End::Shutdown => Outcome::Failed("controller shutting down".into()),
         End::Gone => Outcome::Cancelled,
     };
+    if link.node.is_none() {
+        // A complete or failed split job is over already; the shim closing is
+        // then the normal end (its finisher is done with the chunks).
+        if shared.registry().abandon_split(link.job, outcome, Instant::now()) {
+            match end {
+                End::Gone => info!(job = link.job, "shim went away before the split job ended; cancelling its chunks"),
+                End::Shutdown => info!(job = link.job, "cancelling the split job for shutdown"),
+            }
+        }
+        conn.close_reads();
+        conn.out.abandon();
+        writer.abort();
+        return;
+    }
     let cancelled = shared.registry().finish(link.job, None, outcome, Instant::now());
     if let Some(ended) = cancelled {
         // Nobody will take the result (Jellyfin killed the shim, or we are
@@ -171,7 +188,7 @@ async fn submission(stream: &mut SplitStream<WebSocket>) -> Result<JobRequest, S
         match stream.next().await {
             Some(Ok(Message::Text(text))) => {
                 return match serde_json::from_str::<ShimMsg>(&text) {
-                    Ok(ShimMsg::Submit { request }) => Ok(request),
+                    Ok(ShimMsg::Submit { request }) => Ok(*request),
                     Ok(other) => Err(format!("first message is not a submit: {other:?}")),
                     Err(e) => Err(format!("unreadable first message: {e}")),
                 };
@@ -195,11 +212,25 @@ fn place(shared: &Shared, request: JobRequest, conn: &Arc<ShimConn>, peer: Socke
         }
     };
     let summary = format!("{} ({})", crate::ffmpeg::cmdline::shell_join(&request.args), request.reason);
+    if request.split.is_some() {
+        let placed = shared.registry().place_split(request, access, conn.clone(), Instant::now(), unix_ms_now());
+        return match placed {
+            Ok(job) => {
+                info!(job, %peer, "split job accepted: {summary}");
+                Some(Link { job, node: None, conn: conn.clone() })
+            }
+            Err(why) => {
+                info!(%peer, "split job rejected: {why}: {summary}");
+                conn.finish(ToShim::Rejected { reason: why.to_string() });
+                None
+            }
+        };
+    }
     let placed = shared.registry().place(request, access, conn.clone(), Instant::now(), unix_ms_now());
     match placed {
         Ok(p) => {
             info!(job = p.job, node = %p.node_name, %peer, "job accepted: {summary}");
-            Some(Link { job: p.job, node: p.node, conn: conn.clone() })
+            Some(Link { job: p.job, node: Some(p.node), conn: conn.clone() })
         }
         Err(why) => {
             info!(%peer, "job rejected: {why}: {summary}");
@@ -212,7 +243,9 @@ fn place(shared: &Shared, request: JobRequest, conn: &Arc<ShimConn>, peer: Socke
 /// A placed job's shim side.
 struct Link {
     job: JobId,
-    node: Outbox<ToNode>,
+    /// The node of a whole job; None for a split job, whose chunks run on
+    /// several nodes and come and go.
+    node: Option<Outbox<ToNode>>,
     conn: Arc<ShimConn>,
 }
 
@@ -263,10 +296,15 @@ impl Link {
 
     fn on_text(&self, text: &str) {
         match serde_json::from_str::<ShimMsg>(text) {
-            Ok(ShimMsg::Signal { signal }) => {
-                debug!(job = self.job, ?signal, "forwarding signal");
-                self.node.json(ToNode::Signal { job: self.job, signal });
-            }
+            Ok(ShimMsg::Signal { signal }) => match &self.node {
+                Some(node) => {
+                    debug!(job = self.job, ?signal, "forwarding signal");
+                    node.json(ToNode::Signal { job: self.job, signal });
+                }
+                // The shim's finisher is what the signal is for; chunks stop
+                // when the shim goes.
+                None => debug!(job = self.job, ?signal, "signal for a split job; not forwarded"),
+            },
             Ok(ShimMsg::ReadFailed { req, error }) => self.conn.complete_read(req, Err(error)),
             Ok(ShimMsg::Submit { .. }) => warn!(job = self.job, "shim submitted a second job; ignored"),
             Err(e) => warn!(job = self.job, "unreadable message from the shim: {e}"),
@@ -283,10 +321,13 @@ impl Link {
         };
         match frame.kind {
             FrameKind::ReadData => self.conn.complete_read(frame.id, Ok(bytes.slice(FRAME_HEADER..))),
-            FrameKind::Stdin => {
-                let out = frame.with_job(self.job).encode();
-                self.node.binary(out).await;
-            }
+            FrameKind::Stdin => match &self.node {
+                Some(node) => {
+                    let out = frame.with_job(self.job).encode();
+                    node.binary(out).await;
+                }
+                None => debug!(job = self.job, "stdin for a split job; chunks read none"),
+            },
             FrameKind::Stderr | FrameKind::Output => {
                 warn!(job = self.job, kind = ?frame.kind, "the shim sent a frame only nodes send; ignored")
             }

@@ -1,6 +1,12 @@
-//! The registry: connected nodes, running jobs, recently finished jobs and the
-//! input capabilities. One lock guards it; nothing awaits while holding it, which
-//! is why everything queued from here is a control message (see `outbox`).
+//! The registry: connected nodes, running jobs (whole, and split into chunk
+//! attempts), recently finished jobs and the input capabilities. One lock guards
+//! it; nothing awaits while holding it, which is why everything queued from here
+//! is a control message (see `outbox`).
+//!
+//! Split jobs wait for free slots rather than being refused when all are busy;
+//! [`Registry::dispatch`] hands out their chunks whenever something changes
+//! (submission, a node connecting or leaving, an attempt or whole job ending)
+//! and on the controller's periodic tick.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
@@ -9,13 +15,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::outbox::Outbox;
+use tracing::{debug, info, warn};
+
+use super::outbox::{Outbox, Reserved};
 use super::scheduler::{self, Candidate};
 use super::shim_link::ShimConn;
+use super::split::{
+    AttemptEnd, Fate, NodeView, Pace, Progress, SplitJob, SplitRefused, Taker, WorkKind, check_plan, ewma, pick,
+    relative_speed, throughputs,
+};
 use super::status::{JobMode, JobState, JobStatus, NodeState, NodeStatus, Status};
 use crate::ffmpeg::cmdline::shell_join;
 use crate::protocol::{
-    Capabilities, FileOffer, JobId, JobRequest, JobSpec, PROTOCOL_VERSION, RemoteExit, ToNode, ToShim,
+    Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, PROTOCOL_VERSION, RemoteExit, ToNode, ToShim,
 };
 
 /// Finished jobs kept for the status document.
@@ -28,6 +40,10 @@ pub(crate) struct Registry {
     next_job: JobId,
     nodes: BTreeMap<u64, Node>,
     running: BTreeMap<JobId, RunningJob>,
+    splits: BTreeMap<JobId, SplitJob>,
+    /// Chunk attempt → its split job. Attempt ids come from `next_job` too, so a
+    /// node's job id names either a whole job or an attempt, never both.
+    attempts: BTreeMap<JobId, JobId>,
     /// Newest first.
     finished: VecDeque<FinishedJob>,
 }
@@ -48,8 +64,11 @@ struct Node {
     /// Milliseconds since `epoch` of the last message; written by the node's link
     /// without taking the lock.
     last_seen: Arc<AtomicU64>,
+    /// Whole jobs and chunk attempts: both take a slot.
     jobs: BTreeSet<JobId>,
     outbox: Outbox<ToNode>,
+    /// Seconds of content per second, averaged over its finished chunks.
+    rate: Option<f64>,
 }
 
 struct RunningJob {
@@ -66,7 +85,9 @@ struct RunningJob {
 
 struct FinishedJob {
     id: JobId,
-    node_name: String,
+    mode: JobMode,
+    /// None for split jobs.
+    node_name: Option<String>,
     args: String,
     reason: String,
     started_unix_ms: u64,
@@ -74,6 +95,7 @@ struct FinishedJob {
     state: JobState,
     exit_code: Option<i32>,
     error: Option<String>,
+    split: Option<Progress>,
 }
 
 /// How a job ended.
@@ -99,6 +121,15 @@ pub(crate) struct Placed {
     pub node: Outbox<ToNode>,
 }
 
+/// Whose a node's message about a job id is.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// A whole job: relay as is.
+    Whole(Arc<ShimConn>),
+    /// A chunk attempt of a split job, for chunk `chunk`.
+    Chunk { shim: Arc<ShimConn>, chunk: u32 },
+}
+
 /// A file the input relay may serve.
 #[derive(Debug)]
 pub(crate) struct Servable {
@@ -115,6 +146,8 @@ impl Registry {
             next_job: 1,
             nodes: BTreeMap::new(),
             running: BTreeMap::new(),
+            splits: BTreeMap::new(),
+            attempts: BTreeMap::new(),
             finished: VecDeque::new(),
         }
     }
@@ -128,20 +161,34 @@ impl Registry {
         self.epoch
     }
 
-    /// Registers a node; returns its id and the cell its link refreshes on every message.
+    /// Registers a node; returns its id and the cell its link refreshes on every
+    /// message. Gives it no work: the caller queues the welcome first, then
+    /// calls [`Registry::dispatch`].
     pub(crate) fn add_node(&mut self, info: NodeInfo, outbox: Outbox<ToNode>, now: Instant) -> (u64, Arc<AtomicU64>) {
         let id = self.next_node;
         self.next_node += 1;
         let last_seen = Arc::new(AtomicU64::new(Self::stamp(self.epoch, now)));
-        self.nodes
-            .insert(id, Node { info, connected: now, last_seen: last_seen.clone(), jobs: BTreeSet::new(), outbox });
+        self.nodes.insert(
+            id,
+            Node { info, connected: now, last_seen: last_seen.clone(), jobs: BTreeSet::new(), outbox, rate: None },
+        );
         (id, last_seen)
     }
 
-    /// Unregisters a node and fails every job it was running with `reason`.
+    /// Unregisters a node and fails every whole job it was running with
+    /// `reason`; its chunk attempts fail too, and their chunks go elsewhere.
     pub(crate) fn remove_node(&mut self, id: u64, reason: &str, now: Instant) -> Vec<Ended> {
         let Some(node) = self.nodes.remove(&id) else { return Vec::new() };
-        node.jobs.iter().filter_map(|job| self.finish(*job, None, Outcome::Failed(reason.to_owned()), now)).collect()
+        let mut ended = Vec::new();
+        for job in node.jobs {
+            if self.attempts.contains_key(&job) {
+                self.end_attempt(job, AttemptEnd::Lost(reason.to_owned()), now);
+            } else if let Some(e) = self.end_whole(job, None, Outcome::Failed(reason.to_owned()), now) {
+                ended.push(e);
+            }
+        }
+        self.dispatch(now);
+        ended
     }
 
     /// Chooses a node for `request` and records the job. The `Accepted` to the
@@ -156,18 +203,7 @@ impl Registry {
         now: Instant,
         now_unix_ms: u64,
     ) -> Result<Placed, scheduler::NoPlacement> {
-        let candidates: Vec<Candidate<'_>> = self
-            .nodes
-            .iter()
-            .map(|(id, n)| Candidate {
-                id: *id,
-                name: &n.info.name,
-                slots: n.info.slots,
-                running: count(n.jobs.len()),
-                caps: &n.info.caps,
-            })
-            .collect();
-        let node_id = scheduler::choose(&candidates, &request.needs)?;
+        let node_id = scheduler::choose(&self.candidates(), &request.needs)?;
         let node = self.nodes.get_mut(&node_id).expect("the scheduler picks a registered node");
         let job = self.next_job;
         self.next_job += 1;
@@ -193,15 +229,39 @@ impl Registry {
         Ok(Placed { job, node_name, node: node.outbox.clone() })
     }
 
-    /// The shim of a running job, if node `node` runs it: a node never reaches
-    /// another node's job.
-    pub(crate) fn shim_of(&self, job: JobId, node: u64) -> Option<Arc<ShimConn>> {
-        self.running.get(&job).filter(|j| j.node == node).map(|j| j.shim.clone())
+    /// Whose job `job` is, if node `node` runs it: a whole job, or a chunk
+    /// attempt. A node never reaches another node's job.
+    pub(crate) fn target(&self, job: JobId, node: u64) -> Option<Target> {
+        if let Some(j) = self.running.get(&job) {
+            return (j.node == node).then(|| Target::Whole(j.shim.clone()));
+        }
+        let split = self.splits.get(self.attempts.get(&job)?)?;
+        let attempt = split.attempts.get(&job).filter(|a| a.node == node)?;
+        let chunk = u32::try_from(attempt.chunk).unwrap_or(u32::MAX);
+        Some(Target::Chunk { shim: split.shim.clone(), chunk })
     }
 
-    /// Ends a running job. With `node`, only when that node runs it. Returns None
-    /// when the job was not running (already ended, or another node's).
+    /// The shim of a running job or attempt, if node `node` runs it.
+    #[cfg(test)]
+    pub(crate) fn shim_of(&self, job: JobId, node: u64) -> Option<Arc<ShimConn>> {
+        self.target(job, node).map(|t| match t {
+            Target::Whole(shim) | Target::Chunk { shim, .. } => shim,
+        })
+    }
+
+    /// Ends a running whole job. With `node`, only when that node runs it.
+    /// Returns None when the job was not running (already ended, or another
+    /// node's).
     pub(crate) fn finish(&mut self, job: JobId, node: Option<u64>, outcome: Outcome, now: Instant) -> Option<Ended> {
+        let ended = self.end_whole(job, node, outcome, now);
+        if ended.is_some() {
+            // A slot is free.
+            self.dispatch(now);
+        }
+        ended
+    }
+
+    fn end_whole(&mut self, job: JobId, node: Option<u64>, outcome: Outcome, now: Instant) -> Option<Ended> {
         if node.is_some_and(|n| self.running.get(&job).is_none_or(|j| j.node != n)) {
             return None;
         }
@@ -217,9 +277,10 @@ impl Registry {
             Outcome::Failed(reason) => (JobState::Failed, None, Some(reason)),
             Outcome::Cancelled => (JobState::Cancelled, None, None),
         };
-        self.finished.push_front(FinishedJob {
+        self.record(FinishedJob {
             id: job,
-            node_name: run.node_name,
+            mode: JobMode::Whole,
+            node_name: Some(run.node_name),
             args: shell_join(&run.args).to_string(),
             reason: run.reason,
             started_unix_ms: run.started_unix_ms,
@@ -227,9 +288,297 @@ impl Registry {
             state,
             exit_code,
             error,
+            split: None,
         });
-        self.finished.truncate(FINISHED_KEPT);
         Some(Ended { shim: run.shim, node: node_outbox })
+    }
+
+    fn record(&mut self, job: FinishedJob) {
+        self.finished.push_front(job);
+        self.finished.truncate(FINISHED_KEPT);
+    }
+
+    /// Accepts a split job if any connected node could run it, busy or not
+    /// (the same refusals as [`Registry::place`] otherwise), and hands out its
+    /// first chunks. `Accepted` is queued before any `ChunkStarted`.
+    pub(crate) fn place_split(
+        &mut self,
+        request: JobRequest,
+        access: String,
+        shim: Arc<ShimConn>,
+        now: Instant,
+        now_unix_ms: u64,
+    ) -> Result<JobId, SplitRefused> {
+        if let Some(plan) = &request.split {
+            check_plan(plan)?;
+        }
+        let eligible = {
+            let candidates = self.candidates();
+            scheduler::eligible(&candidates, &request.needs)?.len()
+        };
+        let job = self.next_job;
+        let split = SplitJob::new(job, request, access, shim, eligible, now, now_unix_ms)?;
+        self.next_job += 1;
+        split.shim.out.json(ToShim::Accepted { job, node: "split".into() });
+        self.splits.insert(job, split);
+        self.dispatch(now);
+        Ok(job)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn split(&self, job: JobId) -> Option<&SplitJob> {
+        self.splits.get(&job)
+    }
+
+    fn candidates(&self) -> Vec<Candidate<'_>> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| Candidate {
+                id: *id,
+                name: &n.info.name,
+                slots: n.info.slots,
+                running: count(n.jobs.len()),
+                caps: &n.info.caps,
+            })
+            .collect()
+    }
+
+    /// An `Output` event of attempt `attempt` from node `node`.
+    pub(crate) fn chunk_output(&mut self, attempt: JobId, node: u64, event: &OutputEvent) {
+        if let Some(split) = self.split_of(attempt, node) {
+            split.output_event(attempt, event);
+        }
+    }
+
+    /// Stderr bytes of attempt `attempt` from node `node`.
+    pub(crate) fn chunk_stderr(&mut self, attempt: JobId, node: u64, bytes: &[u8]) {
+        if let Some(split) = self.split_of(attempt, node) {
+            split.stderr(attempt, bytes);
+        }
+    }
+
+    /// Queues an encoded output frame of attempt `attempt` (`payload` bytes) to
+    /// its shim with budget taken beforehand. Done under the lock so that no
+    /// byte of an attempt follows its `ChunkFailed` or `ChunkDone`; false when
+    /// the attempt is over.
+    pub(crate) fn chunk_bytes(
+        &mut self,
+        attempt: JobId,
+        node: u64,
+        payload: usize,
+        frame: Vec<u8>,
+        share: Reserved,
+    ) -> bool {
+        self.split_of(attempt, node).is_some_and(|split| split.forward(attempt, payload, frame, share))
+    }
+
+    fn split_of(&mut self, attempt: JobId, node: u64) -> Option<&mut SplitJob> {
+        let split = self.splits.get_mut(self.attempts.get(&attempt)?)?;
+        split.attempts.get(&attempt).is_some_and(|a| a.node == node).then_some(split)
+    }
+
+    /// Attempt `attempt` ended on node `node`; false when that node does not
+    /// run it. Retries, the job's end and new work follow from here.
+    pub(crate) fn attempt_ended(&mut self, attempt: JobId, node: u64, end: AttemptEnd, now: Instant) -> bool {
+        if self.split_of(attempt, node).is_none() {
+            return false;
+        }
+        self.end_attempt(attempt, end, now);
+        self.dispatch(now);
+        true
+    }
+
+    fn end_attempt(&mut self, attempt: JobId, end: AttemptEnd, now: Instant) {
+        let Some(job) = self.attempts.remove(&attempt) else { return };
+        let Some(split) = self.splits.get_mut(&job) else { return };
+        let Some(ending) = split.end_attempt(attempt, end, now) else { return };
+        if let Some(n) = self.nodes.get_mut(&ending.node) {
+            n.jobs.remove(&attempt);
+            if let Some(sample) = ending.sample {
+                n.rate = Some(ewma(n.rate, sample));
+            }
+        }
+        for (loser, node) in ending.losers {
+            self.attempts.remove(&loser);
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.jobs.remove(&loser);
+                n.outbox.json(ToNode::Cancel { job: loser });
+            }
+        }
+        match ending.fate {
+            Fate::Running => {}
+            Fate::Complete => {
+                info!(job, "split job complete");
+                let done = RemoteExit { code: Some(0), signal: None };
+                self.end_split(job, Outcome::Exited(done), now);
+            }
+            Fate::Failed(reason) => {
+                warn!(job, "split job failed: {reason}");
+                if let Some(split) = self.splits.get(&job) {
+                    split.shim.finish(ToShim::Failed { reason: reason.clone() });
+                }
+                self.end_split(job, Outcome::Failed(reason), now);
+            }
+        }
+    }
+
+    /// Ends a split job because its shim went away (or the controller stops):
+    /// cancels its running attempts. False when it is not running (complete,
+    /// failed, or not a split job).
+    pub(crate) fn abandon_split(&mut self, job: JobId, outcome: Outcome, now: Instant) -> bool {
+        let ended = self.end_split(job, outcome, now);
+        if ended {
+            self.dispatch(now);
+        }
+        ended
+    }
+
+    /// Removes a split job, cancelling whatever of it still runs, and records it.
+    fn end_split(&mut self, job: JobId, outcome: Outcome, now: Instant) -> bool {
+        let Some(mut split) = self.splits.remove(&job) else { return false };
+        for (attempt, node) in split.take_attempts() {
+            self.attempts.remove(&attempt);
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.jobs.remove(&attempt);
+                n.outbox.json(ToNode::Cancel { job: attempt });
+            }
+        }
+        let (state, exit_code, error) = match outcome {
+            Outcome::Exited(exit) => (JobState::Done, exit.code, None),
+            Outcome::Failed(reason) => (JobState::Failed, None, Some(reason)),
+            Outcome::Cancelled => (JobState::Cancelled, None, None),
+        };
+        let progress = split.progress();
+        self.record(FinishedJob {
+            id: job,
+            mode: JobMode::Split,
+            node_name: None,
+            args: shell_join(&split.args).to_string(),
+            reason: split.reason,
+            started_unix_ms: split.started_unix_ms,
+            duration: now.saturating_duration_since(split.started),
+            state,
+            exit_code,
+            error,
+            split: Some(progress),
+        });
+        true
+    }
+
+    /// The periodic look: late chunks, stalled jobs, slots freed without an
+    /// event (none today, but dispatch is cheap and idempotent).
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.dispatch(now);
+    }
+
+    /// Hands out split jobs' chunks to free slots, most urgent first (see
+    /// [`pick`]), until no free slot can take anything; fails jobs that no
+    /// connected node has been able to run for too long.
+    pub(crate) fn dispatch(&mut self, now: Instant) {
+        if self.splits.is_empty() {
+            return;
+        }
+        self.fail_stalled(now);
+        let rates = self.rates();
+        // Each round takes a slot or finds a planner dry; this bounds the loop
+        // even if something else went wrong.
+        let slots: usize = self.nodes.values().map(|n| n.info.slots as usize).sum();
+        for _ in 0..slots + self.splits.len() + 1 {
+            let choice = {
+                let views: Vec<NodeView<'_>> = self
+                    .nodes
+                    .iter()
+                    .map(|(id, n)| NodeView {
+                        id: *id,
+                        caps: &n.info.caps,
+                        running: count(n.jobs.len()),
+                        slots: n.info.slots,
+                        speed: rates.get(id).copied().flatten().unwrap_or(n.info.caps.speed),
+                    })
+                    .collect();
+                if !views.iter().any(|v| v.running < v.slots) {
+                    return;
+                }
+                let work: Vec<_> = self.splits.values().flat_map(|s| s.work(now, &rates)).collect();
+                pick(&work, &views).map(|(i, node)| (work[i].job, work[i].kind, work[i].chunk, node))
+            };
+            let Some((job, kind, chunk, node)) = choice else { return };
+            self.assign(job, kind, chunk, node, &rates, now);
+        }
+    }
+
+    /// Starts an attempt of a chunk of `job` on `node_id` (planning it first
+    /// when it is new).
+    fn assign(
+        &mut self,
+        job: JobId,
+        kind: WorkKind,
+        chunk: usize,
+        node_id: u64,
+        rates: &BTreeMap<u64, Option<f64>>,
+        now: Instant,
+    ) {
+        let Some(split) = self.splits.get_mut(&job) else { return };
+        let Some(node) = self.nodes.get(&node_id) else { return };
+        let chunk = match kind {
+            WorkKind::New => {
+                let pace = |id: &u64, n: &Node| (rates.get(id).copied().flatten(), n.info.caps.speed);
+                let among: Vec<(Option<f64>, f64)> = self
+                    .nodes
+                    .iter()
+                    .filter(|(id, n)| n.info.slots > 0 && (**id == node_id || split.can_use(&n.info.caps)))
+                    .map(|(id, n)| pace(id, n))
+                    .collect();
+                let speed = relative_speed(pace(&node_id, node), &among);
+                match split.plan_next(speed) {
+                    Some(i) => i,
+                    None => {
+                        // Only when rounding left the planner short of the end:
+                        // what was planned is the job, and it may be done.
+                        if split.complete() {
+                            let done = RemoteExit { code: Some(0), signal: None };
+                            self.end_split(job, Outcome::Exited(done), now);
+                        }
+                        return;
+                    }
+                }
+            }
+            WorkKind::Pending | WorkKind::Reissue => chunk,
+        };
+        let attempt = self.next_job;
+        self.next_job += 1;
+        let node = self.nodes.get_mut(&node_id).expect("looked up above");
+        let (name, version) = (node.info.name.clone(), node.info.caps.ffmpeg_version.clone());
+        let on = Taker { id: node_id, name: &name, version: &version };
+        let spec = split.start(chunk, attempt, on, kind == WorkKind::Reissue, now);
+        debug!(job, chunk, attempt, node = %name, ?kind, "chunk attempt started");
+        node.jobs.insert(attempt);
+        node.outbox.json(ToNode::Run { job: attempt, spec });
+        self.attempts.insert(attempt, job);
+    }
+
+    /// Seconds of content per second of every node (see [`throughputs`]).
+    fn rates(&self) -> BTreeMap<u64, Option<f64>> {
+        let paces: Vec<Pace> =
+            self.nodes.values().map(|n| Pace { score: n.info.caps.speed, measured: n.rate }).collect();
+        self.nodes.keys().copied().zip(throughputs(&paces)).collect()
+    }
+
+    fn fail_stalled(&mut self, now: Instant) {
+        let mut stalled = Vec::new();
+        for (id, split) in &mut self.splits {
+            let capable = self.nodes.values().any(|n| n.info.slots > 0 && split.can_use(&n.info.caps));
+            if split.stalled(capable, now) {
+                stalled.push((*id, split.stall_reason()));
+            }
+        }
+        for (job, reason) in stalled {
+            warn!(job, "split job failed: {reason}");
+            if let Some(split) = self.splits.get(&job) {
+                split.shim.finish(ToShim::Failed { reason: reason.clone() });
+            }
+            self.end_split(job, Outcome::Failed(reason), now);
+        }
     }
 
     /// Jobs a node reports running that it was not given or that have ended:
@@ -239,19 +588,22 @@ impl Registry {
         reported.iter().copied().filter(|j| !mine.is_some_and(|m| m.contains(j))).collect()
     }
 
-    /// The file `file` of the running job holding capability `access`.
+    /// The file `file` of the running job holding capability `access` (a split
+    /// job's attempts share the job's).
     pub(crate) fn servable(&self, access: &str, file: u32) -> Option<Servable> {
         // Compare every capability in constant time rather than hashing: a lookup
         // whose timing depends on the secret would leak it.
+        let whole = self.running.iter().map(|(id, j)| (*id, &j.access, &j.files, &j.shim));
+        let split = self.splits.iter().map(|(id, j)| (*id, &j.access, &j.files, &j.shim));
         let mut found = None;
-        for (id, job) in &self.running {
-            if crate::protocol::secret_eq(job.access.as_bytes(), access.as_bytes()) {
-                found = Some((*id, job));
+        for (id, cap, files, shim) in whole.chain(split) {
+            if crate::protocol::secret_eq(cap.as_bytes(), access.as_bytes()) {
+                found = Some((id, files, shim));
             }
         }
-        let (job, run) = found?;
-        let offer = run.files.iter().find(|f| f.id == file)?;
-        Some(Servable { job, size: offer.size, shim: run.shim.clone() })
+        let (job, files, shim) = found?;
+        let offer = files.iter().find(|f| f.id == file)?;
+        Some(Servable { job, size: offer.size, shim: shim.clone() })
     }
 
     pub(crate) fn status(&self, now: Instant, now_unix_ms: u64) -> Status {
@@ -289,20 +641,35 @@ impl Registry {
             duration_ms: millis(now.saturating_duration_since(j.started)),
             exit_code: None,
             error: None,
+            ..split_fields(None)
+        });
+        let splits = self.splits.iter().map(|(id, j)| JobStatus {
+            id: *id,
+            mode: JobMode::Split,
+            state: JobState::Running,
+            node: None,
+            args: shell_join(&j.args).to_string(),
+            reason: j.reason.clone(),
+            started_unix_ms: j.started_unix_ms,
+            duration_ms: millis(now.saturating_duration_since(j.started)),
+            exit_code: None,
+            error: None,
+            ..split_fields(Some(j.progress()))
         });
         let finished = self.finished.iter().map(|j| JobStatus {
             id: j.id,
-            mode: JobMode::Whole,
+            mode: j.mode,
             state: j.state,
-            node: Some(j.node_name.clone()),
+            node: j.node_name.clone(),
             args: j.args.clone(),
             reason: j.reason.clone(),
             started_unix_ms: j.started_unix_ms,
             duration_ms: millis(j.duration),
             exit_code: j.exit_code,
             error: j.error.clone(),
+            ..split_fields(j.split.clone())
         });
-        let mut jobs: Vec<JobStatus> = running.chain(finished).collect();
+        let mut jobs: Vec<JobStatus> = running.chain(splits).chain(finished).collect();
         jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -312,6 +679,27 @@ impl Registry {
             nodes,
             jobs,
         }
+    }
+}
+
+/// A status entry carrying only a split job's counters (the rest is replaced).
+fn split_fields(p: Option<Progress>) -> JobStatus {
+    JobStatus {
+        id: 0,
+        mode: JobMode::Whole,
+        state: JobState::Running,
+        node: None,
+        args: String::new(),
+        reason: String::new(),
+        started_unix_ms: 0,
+        duration_ms: 0,
+        exit_code: None,
+        error: None,
+        chunks_done: p.as_ref().map(|p| p.done),
+        chunks_running: p.as_ref().map(|p| p.running),
+        chunks_planned: p.as_ref().map(|p| p.planned),
+        reissued: p.as_ref().map(|p| p.reissued),
+        nodes: p.map(|p| p.nodes),
     }
 }
 

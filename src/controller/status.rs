@@ -75,6 +75,22 @@ pub struct JobStatus {
     pub exit_code: Option<i32>,
     /// Why it failed (or how ffmpeg died).
     pub error: Option<String>,
+    /// Split jobs: chunks finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks_done: Option<u32>,
+    /// Split jobs: chunks with an attempt running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks_running: Option<u32>,
+    /// Split jobs: chunks planned so far (chunks are planned as nodes take them,
+    /// so this grows until the last one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks_planned: Option<u32>,
+    /// Split jobs: the nodes that ran its chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    /// Split jobs: chunks given a second attempt because the first was late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reissued: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +98,8 @@ pub struct JobStatus {
 pub enum JobMode {
     /// The whole command line on one node.
     Whole,
+    /// Cut into chunks encoded on several nodes and joined by the shim.
+    Split,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +127,7 @@ impl JobMode {
     pub fn as_str(self) -> &'static str {
         match self {
             JobMode::Whole => "whole",
+            JobMode::Split => "split",
         }
     }
 }
@@ -153,15 +172,36 @@ mod tests {
             duration_ms: 2,
             exit_code: None,
             error: None,
+            chunks_done: None,
+            chunks_running: None,
+            chunks_planned: None,
+            nodes: None,
+            reissued: None,
         };
         let v = serde_json::to_value(&j).unwrap();
         assert_eq!(v["mode"], "whole");
         assert_eq!(v["state"], "cancelled");
+        assert!(v.get("chunks_done").is_none(), "split fields are left out of whole jobs: {v}");
         assert_eq!(serde_json::from_value::<JobStatus>(v).unwrap(), j);
+        let split = JobStatus {
+            mode: JobMode::Split,
+            node: None,
+            chunks_done: Some(5),
+            chunks_running: Some(2),
+            chunks_planned: Some(9),
+            nodes: Some(vec!["a".into(), "b".into()]),
+            reissued: Some(1),
+            ..j
+        };
+        let v = serde_json::to_value(&split).unwrap();
+        assert_eq!((&v["mode"], &v["chunks_done"], &v["nodes"][1]), (&"split".into(), &5.into(), &"b".into()));
+        assert_eq!(serde_json::from_value::<JobStatus>(v).unwrap(), split);
         assert_eq!(serde_json::to_value(NodeState::Busy).unwrap(), "busy");
         for s in [JobState::Running, JobState::Done, JobState::Failed, JobState::Cancelled] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
         }
-        assert_eq!(serde_json::to_value(JobMode::Whole).unwrap(), JobMode::Whole.to_string());
+        for m in [JobMode::Whole, JobMode::Split] {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.to_string());
+        }
     }
 }

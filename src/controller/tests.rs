@@ -1,6 +1,7 @@
 //! The controller in-process, with a fake node and fake shims speaking the
 //! protocol over real sockets.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,13 +18,16 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use super::http_client::{self, HttpResponse, StatusError, fetch_status};
-use super::status::{JobState, NodeState, Status};
+use super::status::{JobMode, JobState, NodeState, Status};
 use super::{ControllerConfig, ControllerError, run};
+use crate::ffmpeg::cmdline::CommandLine;
 use crate::ffmpeg::decision::Needs;
+use crate::plan::Chunk;
 use crate::protocol::{
-    Capabilities, FILES_PATH, FileOffer, Frame, FrameKind, JobRequest, JobSignal, JobSpec, NODE_PATH, NodeMsg,
+    Capabilities, FILES_PATH, FileOffer, Frame, FrameKind, JobId, JobRequest, JobSignal, JobSpec, NODE_PATH, NodeMsg,
     OutputEvent, PROTOCOL_VERSION, RemoteExit, SHIM_PATH, ShimMsg, ToNode, ToShim, WriteMode,
 };
+use crate::split::{self, Probe, SplitPlan};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -79,7 +83,7 @@ impl Controller {
     /// A shim that submitted `request`, and the controller's first answer.
     async fn shim(&self, request: JobRequest) -> (Ws, ToShim) {
         let mut ws = self.connect(SHIM_PATH, Some(TOKEN)).await.unwrap();
-        send(&mut ws, &ShimMsg::Submit { request }).await;
+        send(&mut ws, &ShimMsg::Submit { request: Box::new(request) }).await;
         let first = recv_json(&mut ws).await;
         (ws, first)
     }
@@ -485,4 +489,250 @@ async fn no_token_no_controller() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let r = run(listener, ControllerConfig::new(" "), async {}).await;
     assert!(matches!(r, Err(ControllerError::NoToken)));
+}
+
+/// A split job: an HLS transcode of 20 s of 25 fps video on a 3 s grid, planned
+/// as the shim plans it.
+fn split_request() -> (JobRequest, SplitPlan) {
+    let args: Vec<&str> = "-i /media/in.mkv -map 0:0 -c:v libx264 -preset veryfast \
+         -force_key_frames expr:gte(t,n_forced*3) -f hls -hls_time 3 -hls_playlist_type vod \
+         -hls_segment_filename /tmp/t/x%d.ts /tmp/t/x.m3u8"
+        .split_whitespace()
+        .collect();
+    let probe = Probe::from_json(
+        r#"{"streams":[{"index":0,"codec_type":"video","r_frame_rate":"25/1","avg_frame_rate":"25/1",
+            "start_time":"0.000000","disposition":{"attached_pic":0}}],
+            "format":{"start_time":"0.000000","duration":"20.000000"}}"#,
+    )
+    .unwrap();
+    let plan = split::split(&CommandLine::parse(&args).unwrap(), &probe).unwrap().plan;
+    let offer = FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size: 1 << 20 };
+    let request = JobRequest {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        cwd: "/tmp/t".into(),
+        files: vec![offer],
+        needs: Needs { encoders: ["libx264".to_owned()].into(), ..Default::default() },
+        reason: "split.hls".into(),
+        split: Some(plan.clone()),
+    };
+    (request, plan)
+}
+
+/// What a fake node writes for attempt `job`: distinct per attempt.
+fn chunk_payload(job: JobId) -> Vec<u8> {
+    format!("mpegts of attempt {job} ").repeat(50).into_bytes()
+}
+
+async fn send_frame(ws: &mut Ws, frame: Frame<'_>) {
+    ws.send(Message::binary(frame.encode())).await.unwrap();
+}
+
+/// A node that runs each chunk it is given at once, as the real agent streams
+/// `pipe:1`: Open, stderr and output frames, Done, Exited. Returns the runs it
+/// got once the controller closes the connection.
+async fn chunk_node(mut ws: Ws) -> Vec<(JobId, JobSpec)> {
+    let mut runs = Vec::new();
+    while let Some(Ok(msg)) = ws.next().await {
+        let Message::Text(text) = msg else { continue };
+        match serde_json::from_str::<ToNode>(&text).unwrap() {
+            ToNode::Run { job, spec } => {
+                let data = chunk_payload(job);
+                let (a, b) = data.split_at(data.len() / 2);
+                let open = OutputEvent::Open { file: 0, path: "pipe:1".into(), mode: WriteMode::Stdout };
+                send(&mut ws, &NodeMsg::Output { job, event: open }).await;
+                send_frame(&mut ws, Frame::new(FrameKind::Stderr, job, 0, 0, b"frame=1 fps=99")).await;
+                send_frame(&mut ws, Frame::new(FrameKind::Output, job, 0, 0, a)).await;
+                send_frame(&mut ws, Frame::new(FrameKind::Output, job, 0, a.len() as u64, b)).await;
+                let done = OutputEvent::Done { file: 0, size: data.len() as u64 };
+                send(&mut ws, &NodeMsg::Output { job, event: done }).await;
+                send(&mut ws, &NodeMsg::Exited { job, exit: RemoteExit { code: Some(0), signal: None } }).await;
+                runs.push((job, spec));
+            }
+            ToNode::Heartbeat => send(&mut ws, &NodeMsg::Heartbeat { running: vec![] }).await,
+            ToNode::Cancel { .. } => {}
+            other => panic!("unexpected message to a node: {other:?}"),
+        }
+    }
+    runs
+}
+
+/// A chunk as the shim learnt it from `ChunkStarted`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Started {
+    chunk: u32,
+    start: f64,
+    end: f64,
+    last: bool,
+}
+
+#[tokio::test]
+async fn a_split_job_runs_its_chunks_across_nodes_end_to_end() {
+    let c = Controller::default().await;
+    let n1 = tokio::spawn(chunk_node(c.node("n1", 1, &["libx264"]).await));
+    let n2 = tokio::spawn(chunk_node(c.node("n2", 1, &["libx264"]).await));
+    let (request, plan) = split_request();
+    let (mut shim, first) = c.shim(request.clone()).await;
+    let ToShim::Accepted { job, node } = first else { panic!("expected accepted, got {first:?}") };
+    assert_eq!(node, "split");
+
+    // The shim's view: every attempt announced before its bytes, bytes in order
+    // and re-tagged (job = attempt, id = chunk), each chunk done once.
+    let mut started: BTreeMap<JobId, Started> = BTreeMap::new();
+    let mut bytes: BTreeMap<JobId, Vec<u8>> = BTreeMap::new();
+    let mut done: BTreeMap<u32, JobId> = BTreeMap::new();
+    let mut void: BTreeSet<JobId> = BTreeSet::new();
+    let mut last = None;
+    while !last.is_some_and(|l| (0..=l).all(|i| done.contains_key(&i))) {
+        match next(&mut shim).await {
+            Some(Message::Text(t)) => match serde_json::from_str::<ToShim>(&t).unwrap() {
+                ToShim::ChunkStarted { chunk, attempt, node, start, end, last: is_last } => {
+                    assert!(node == "n1" || node == "n2", "{node}");
+                    let s = Started { chunk, start, end, last: is_last };
+                    assert!(started.insert(attempt, s).is_none(), "attempt {attempt} started twice");
+                    if is_last {
+                        last = Some(chunk);
+                    }
+                }
+                ToShim::ChunkDone { chunk, attempt, size } => {
+                    assert_eq!(started[&attempt].chunk, chunk);
+                    let got = bytes.remove(&attempt).unwrap_or_default();
+                    assert!(got == chunk_payload(attempt), "chunk {chunk}: bytes differ");
+                    assert_eq!(size, got.len() as u64);
+                    assert!(done.insert(chunk, attempt).is_none(), "chunk {chunk} done twice");
+                }
+                // A slow test machine may see a chunk re-issued; the loser is void.
+                ToShim::ChunkFailed { attempt, reason, .. } => {
+                    assert_eq!(reason, "superseded");
+                    void.insert(attempt);
+                }
+                other => panic!("unexpected message to the shim: {other:?}"),
+            },
+            Some(Message::Binary(b)) => {
+                let f = Frame::decode(&b).unwrap();
+                assert_eq!(f.kind, FrameKind::Output, "stderr of chunks stays with the controller");
+                let s = started.get(&f.job).expect("ChunkStarted comes before the attempt's bytes");
+                assert_eq!(f.id, s.chunk);
+                assert!(!void.contains(&f.job), "bytes after the attempt was void");
+                let have = bytes.entry(f.job).or_default();
+                assert_eq!(f.offset, have.len() as u64);
+                have.extend_from_slice(f.payload);
+            }
+            other => panic!("the shim's connection ended before the job was complete: {other:?}"),
+        }
+    }
+
+    // The chunks cover the plan's timeline exactly, in order, and each ran the
+    // recipe's command line for its bounds.
+    let chunks: Vec<Started> = done.values().map(|a| started[a]).collect();
+    assert!(chunks.len() >= 4, "{chunks:?}");
+    assert_eq!(chunks[0].start, plan.start);
+    assert!((chunks.last().unwrap().end - plan.end).abs() < 1e-6, "{chunks:?}");
+    for (i, w) in chunks.windows(2).enumerate() {
+        assert_eq!(w[0].end, w[1].start, "chunk {i}");
+        assert!(!w[0].last);
+    }
+
+    let doc = c.status().await;
+    let j = &doc.jobs[0];
+    assert_eq!(
+        (j.id, j.mode, j.state, j.exit_code, j.node.as_deref()),
+        (job, JobMode::Split, JobState::Done, Some(0), None)
+    );
+    let planned = u32::try_from(chunks.len()).unwrap();
+    assert_eq!((j.chunks_done, j.chunks_planned, j.chunks_running), (Some(planned), Some(planned), Some(0)));
+    assert_eq!(j.nodes.as_deref(), Some(&["n1".to_owned(), "n2".to_owned()][..]));
+    assert!(doc.nodes.iter().all(|n| n.running == 0));
+
+    // The shim closes once its finisher is done: the job stays done.
+    drop(shim);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(c.status().await.jobs[0].state, JobState::Done);
+
+    c.stop().await;
+    let runs: Vec<(JobId, JobSpec)> = [n1.await.unwrap(), n2.await.unwrap()].concat();
+    assert_eq!(runs.len(), started.len());
+    for (attempt, spec) in &runs {
+        let s = started[attempt];
+        let chunk = Chunk { index: s.chunk as usize, start: s.start, end: s.end, first_segment: 0 };
+        assert_eq!(spec.args, plan.recipe.args(&chunk, s.chunk == 0, s.last));
+        assert!(spec.args.windows(2).any(|w| w == ["-f", "mpegts"]), "{:?}", spec.args);
+        assert_eq!(spec.args.last().map(String::as_str), Some("pipe:1"));
+        assert_eq!((spec.cwd.as_str(), &spec.files), (request.cwd.as_str(), &request.files));
+        assert_eq!(spec.access, runs[0].1.access, "attempts share the job's capability");
+    }
+}
+
+#[tokio::test]
+async fn a_chunk_of_a_lost_node_runs_again_on_another() {
+    let c = Controller::default().await;
+    let mut n1 = c.node("n1", 1, &["libx264"]).await;
+    let mut n2 = c.node("n2", 1, &["libx264"]).await;
+    let (request, _) = split_request();
+    let (mut shim, first) = c.shim(request).await;
+    assert!(matches!(first, ToShim::Accepted { .. }), "{first:?}");
+
+    // Chunk 0 to the older node, chunk 1 to the other.
+    let (a0, spec0) = run_msg(&mut n1).await;
+    let (b1, _) = run_msg(&mut n2).await;
+    let chunk0 = match recv_json::<ToShim>(&mut shim).await {
+        ToShim::ChunkStarted { chunk: 0, attempt, node, start, end, last: false } if attempt == a0 && node == "n1" => {
+            (start, end)
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(recv_json(&mut shim).await, ToShim::ChunkStarted { chunk: 1, attempt, .. } if attempt == b1));
+
+    // n1 dies part-way through chunk 0.
+    let open = OutputEvent::Open { file: 0, path: "pipe:1".into(), mode: WriteMode::Stdout };
+    send(&mut n1, &NodeMsg::Output { job: a0, event: open.clone() }).await;
+    send_frame(&mut n1, Frame::new(FrameKind::Output, a0, 0, 0, b"half")).await;
+    let f = recv_binary(&mut shim).await;
+    assert_eq!(Frame::decode(&f).unwrap(), Frame::new(FrameKind::Output, a0, 0, 0, b"half"));
+    drop(n1);
+    assert_eq!(
+        recv_json::<ToShim>(&mut shim).await,
+        ToShim::ChunkFailed { chunk: 0, attempt: a0, reason: "node n1 lost".into() }
+    );
+
+    // n2 finishes chunk 1; then, before anything later, it re-runs chunk 0 with
+    // the same bounds and the same command line.
+    send(&mut n2, &NodeMsg::Output { job: b1, event: open }).await;
+    send_frame(&mut n2, Frame::new(FrameKind::Output, b1, 0, 0, b"one")).await;
+    send(&mut n2, &NodeMsg::Output { job: b1, event: OutputEvent::Done { file: 0, size: 3 } }).await;
+    send(&mut n2, &NodeMsg::Exited { job: b1, exit: RemoteExit { code: Some(0), signal: None } }).await;
+    let f = recv_binary(&mut shim).await;
+    assert_eq!(Frame::decode(&f).unwrap(), Frame::new(FrameKind::Output, b1, 1, 0, b"one"));
+    assert_eq!(recv_json::<ToShim>(&mut shim).await, ToShim::ChunkDone { chunk: 1, attempt: b1, size: 3 });
+    let (c0, spec) = run_msg(&mut n2).await;
+    assert_eq!(spec.args, spec0.args);
+    match recv_json::<ToShim>(&mut shim).await {
+        ToShim::ChunkStarted { chunk: 0, attempt, node, start, end, last: false } => {
+            assert_eq!((attempt, node.as_str(), (start, end)), (c0, "n2", chunk0));
+        }
+        other => panic!("{other:?}"),
+    }
+    let doc = c.status().await;
+    assert_eq!(
+        (doc.jobs[0].state, doc.jobs[0].chunks_done, doc.jobs[0].chunks_running),
+        (JobState::Running, Some(1), Some(1))
+    );
+
+    // The shim goes before the job is complete: the running attempt is cancelled.
+    drop(shim);
+    assert_eq!(node_recv(&mut n2).await, ToNode::Cancel { job: c0 });
+    let doc = c.status().await;
+    assert_eq!((doc.jobs[0].mode, doc.jobs[0].state), (JobMode::Split, JobState::Cancelled));
+    assert_eq!(doc.nodes[0].running, 0);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_split_job_no_node_can_run_is_rejected() {
+    let c = Controller::default().await;
+    let _node = c.node("n1", 1, &["h264_nvenc"]).await;
+    let (request, _) = split_request();
+    let (mut shim, r) = c.shim(request).await;
+    assert_eq!(r, ToShim::Rejected { reason: "no node has encoder libx264".into() });
+    expect_closed(&mut shim).await;
+    c.stop().await;
 }

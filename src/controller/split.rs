@@ -1,0 +1,1106 @@
+//! Split jobs: one submission whose timeline is cut into chunks, each run as an
+//! ordinary node job (an *attempt*) and streamed back to the shim, which joins
+//! them with its local finisher.
+//!
+//! [`SplitJob`] is one job's state machine. It lives in the registry, under its
+//! lock, and queues the shim's control messages itself; the registry owns the
+//! nodes and applies what [`SplitJob`] decides (runs, cancels, throughput).
+//!
+//! The policy is pure and tested on its own:
+//! * [`pick`]: which work a free slot takes. Every job's earliest unfinished
+//!   chunk beats any job's later chunks, older jobs win ties, and a late chunk
+//!   is re-issued only when no slot can take anything else.
+//! * [`late`]: when a running attempt is overdue.
+//! * [`throughputs`] and [`relative_speed`]: how fast nodes are, measured from
+//!   finished chunks, estimated from the benchmark score until then.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::outbox::Reserved;
+use super::scheduler::NoPlacement;
+use super::shim_link::ShimConn;
+use crate::ffmpeg::decision::Needs;
+use crate::plan::{Chunk, Planner, Sizing};
+use crate::protocol::{Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, RemoteExit, ToShim};
+use crate::split::SplitPlan;
+
+/// Failed attempts of one chunk after which the whole job fails: a chunk that
+/// fails that often fails for a reason another try will not fix.
+pub(crate) const MAX_FAILURES: u32 = 3;
+/// How long a job may have work but no connected node able to do it (all gone,
+/// or none left with its ffmpeg build) before it fails, so that the shim can
+/// fall back instead of waiting forever. Long enough to ride out a node's
+/// reconnection.
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(15);
+/// Stderr kept per attempt for the failure reason.
+const STDERR_TAIL: usize = 4096;
+/// Weight of the newest sample in a node's throughput average.
+const RATE_WEIGHT: f64 = 0.5;
+/// The planner's largest chunk for a node of average speed.
+const MAX_CHUNK_SECONDS: f64 = 30.0;
+/// A chunk ending this close to the plan's end is the last one.
+const END_SLACK: f64 = 1e-6;
+
+/// Why a split job is not taken; the text goes to the shim, which runs the job
+/// locally.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum SplitRefused {
+    #[error(transparent)]
+    Placement(#[from] NoPlacement),
+    #[error("the split plan is unusable: {0}")]
+    Plan(String),
+}
+
+/// Refuses plans the planner cannot cut (it would loop or divide by zero).
+pub(crate) fn check_plan(plan: &SplitPlan) -> Result<(), SplitRefused> {
+    let p = plan.grid.period;
+    if !(p.is_finite() && p > 0.0 && plan.grid.origin.is_finite()) {
+        return Err(SplitRefused::Plan(format!("segment grid of period {p} at {}", plan.grid.origin)));
+    }
+    if !(plan.start.is_finite() && plan.end.is_finite() && plan.end > plan.start) {
+        return Err(SplitRefused::Plan(format!("empty timeline {}..{}", plan.start, plan.end)));
+    }
+    Ok(())
+}
+
+/// How an attempt ended, as its node or the registry saw it.
+#[derive(Debug, Clone)]
+pub(crate) enum AttemptEnd {
+    Exited(RemoteExit),
+    Refused(String),
+    /// The node went away (the reason says which).
+    Lost(String),
+}
+
+/// What the registry must do after an attempt ended.
+#[derive(Debug)]
+pub(crate) struct Ending {
+    /// The node that ran the attempt.
+    pub node: u64,
+    /// Attempts of the same chunk that lost the race: to cancel on their nodes.
+    pub losers: Vec<(JobId, u64)>,
+    /// Seconds of content per wall second the attempt achieved, when it won.
+    pub sample: Option<f64>,
+    pub fate: Fate,
+}
+
+/// Where the job stands after an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Fate {
+    Running,
+    /// Every chunk is done.
+    Complete,
+    /// A chunk failed [`MAX_FAILURES`] times.
+    Failed(String),
+}
+
+/// Counters for the status document.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Progress {
+    pub done: u32,
+    pub running: u32,
+    pub planned: u32,
+    pub nodes: Vec<String>,
+    pub reissued: u32,
+}
+
+/// One planned chunk.
+#[derive(Debug)]
+struct ChunkState {
+    chunk: Chunk,
+    last: bool,
+    /// Bytes of the winning attempt, once one won.
+    done: Option<u64>,
+    failures: u32,
+    /// Nodes an attempt failed on: another node is preferred for the retry.
+    failed_on: BTreeSet<u64>,
+}
+
+/// The node an attempt starts on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taker<'a> {
+    pub id: u64,
+    pub name: &'a str,
+    /// Its `caps.ffmpeg_version`.
+    pub version: &'a str,
+}
+
+/// One run of a chunk on a node.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    pub(crate) chunk: usize,
+    pub(crate) node: u64,
+    node_name: String,
+    started: Instant,
+    /// Bytes forwarded to the shim.
+    sent: u64,
+    /// The size the node announced in its `Done`.
+    announced: Option<u64>,
+    stderr: VecDeque<u8>,
+}
+
+#[derive(Debug)]
+pub(crate) struct SplitJob {
+    pub(crate) id: JobId,
+    plan: SplitPlan,
+    planner: Planner,
+    /// The planner ran dry without a chunk reaching the end (rounding): what
+    /// was planned is all there is.
+    exhausted: bool,
+    needs: Needs,
+    pub(crate) args: Vec<String>,
+    pub(crate) reason: String,
+    cwd: String,
+    pub(crate) files: Vec<FileOffer>,
+    pub(crate) access: String,
+    pub(crate) started: Instant,
+    pub(crate) started_unix_ms: u64,
+    pub(crate) shim: Arc<ShimConn>,
+    /// The ffmpeg build every chunk is encoded with (`caps.ffmpeg_version` of
+    /// the first node that took one): chunks from different builds need not
+    /// join into the stream one ffmpeg would have made.
+    version: Option<String>,
+    chunks: Vec<ChunkState>,
+    /// Running attempts.
+    pub(crate) attempts: BTreeMap<JobId, Attempt>,
+    nodes_used: BTreeSet<String>,
+    reissued: u32,
+    /// Since when no connected node can run its chunks.
+    stalled_since: Option<Instant>,
+}
+
+impl SplitJob {
+    /// The job for `request`, whose plan it checks. `nodes` is how many nodes
+    /// could run it when it was submitted: chunks are sized so that each gets a
+    /// share.
+    pub(crate) fn new(
+        id: JobId,
+        mut request: JobRequest,
+        access: String,
+        shim: Arc<ShimConn>,
+        nodes: usize,
+        now: Instant,
+        now_unix_ms: u64,
+    ) -> Result<SplitJob, SplitRefused> {
+        let plan = request.split.take().ok_or_else(|| SplitRefused::Plan("the job has no split plan".into()))?;
+        check_plan(&plan)?;
+        let sizing =
+            Sizing { first: 1, small_chunks: nodes.max(3), max_seconds: MAX_CHUNK_SECONDS, nodes: nodes.max(1) };
+        let planner = Planner::new(plan.grid, plan.start, plan.end, plan.start_number, sizing);
+        Ok(SplitJob {
+            id,
+            plan,
+            planner,
+            exhausted: false,
+            needs: request.needs,
+            args: request.args,
+            reason: request.reason,
+            cwd: request.cwd,
+            files: request.files,
+            access,
+            started: now,
+            started_unix_ms: now_unix_ms,
+            shim,
+            version: None,
+            chunks: Vec::new(),
+            attempts: BTreeMap::new(),
+            nodes_used: BTreeSet::new(),
+            reissued: 0,
+            stalled_since: None,
+        })
+    }
+
+    /// Whether a node with `caps` may run this job's chunks.
+    pub(crate) fn can_use(&self, caps: &Capabilities) -> bool {
+        self.version.as_deref().is_none_or(|v| v == caps.ffmpeg_version) && caps.missing(&self.needs).is_empty()
+    }
+
+    /// Index of the first chunk not done (the next to plan when all are).
+    fn earliest(&self) -> usize {
+        self.chunks.iter().position(|c| c.done.is_none()).unwrap_or(self.chunks.len())
+    }
+
+    fn planned_all(&self) -> bool {
+        self.exhausted || self.chunks.last().is_some_and(|c| c.last)
+    }
+
+    pub(crate) fn complete(&self) -> bool {
+        self.planned_all() && !self.chunks.is_empty() && self.chunks.iter().all(|c| c.done.is_some())
+    }
+
+    fn running(&self, chunk: usize) -> impl Iterator<Item = (&JobId, &Attempt)> {
+        self.attempts.iter().filter(move |(_, a)| a.chunk == chunk)
+    }
+
+    /// What this job offers free slots now: chunks waiting for a retry, the next
+    /// new chunk, and chunks whose only attempt is late (`rates`: throughput of
+    /// each node, see [`throughputs`]).
+    pub(crate) fn work(&self, now: Instant, rates: &BTreeMap<u64, Option<f64>>) -> Vec<Work<'_>> {
+        let earliest = self.earliest();
+        let base = |kind, chunk, exclude| Work {
+            job: self.id,
+            kind,
+            chunk,
+            earliest,
+            needs: &self.needs,
+            version: self.version.as_deref(),
+            avoid: self.chunks.get(chunk).map(|c| &c.failed_on),
+            exclude,
+        };
+        let mut out = Vec::new();
+        for (i, c) in self.chunks.iter().enumerate().skip(earliest) {
+            if c.done.is_some() {
+                continue;
+            }
+            let running: Vec<&Attempt> = self.running(i).map(|(_, a)| a).collect();
+            match running.as_slice() {
+                [] => out.push(base(WorkKind::Pending, i, Vec::new())),
+                // Only a chunk's single attempt is re-issued: at most two run.
+                [a] => {
+                    let rate = rates.get(&a.node).copied().flatten();
+                    if late(now.saturating_duration_since(a.started), c.chunk.end - c.chunk.start, rate) {
+                        out.push(base(WorkKind::Reissue, i, vec![a.node]));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !self.planned_all() {
+            out.push(base(WorkKind::New, self.chunks.len(), Vec::new()));
+        }
+        out
+    }
+
+    /// Plans the next chunk for a node of relative `speed`; its index, or None
+    /// when the timeline is covered.
+    pub(crate) fn plan_next(&mut self, speed: f64) -> Option<usize> {
+        if self.planned_all() {
+            return None;
+        }
+        let Some(chunk) = self.planner.next(speed) else {
+            self.exhausted = true;
+            return None;
+        };
+        let last = chunk.end >= self.plan.end - END_SLACK;
+        self.chunks.push(ChunkState { chunk, last, done: None, failures: 0, failed_on: BTreeSet::new() });
+        Some(self.chunks.len() - 1)
+    }
+
+    /// Starts attempt `attempt` of `chunk` on a node: tells the shim (before any
+    /// of the attempt's bytes can exist) and returns what the node must run.
+    pub(crate) fn start(
+        &mut self,
+        chunk: usize,
+        attempt: JobId,
+        on: Taker<'_>,
+        reissue: bool,
+        now: Instant,
+    ) -> JobSpec {
+        let c = &self.chunks[chunk];
+        self.version.get_or_insert_with(|| on.version.to_owned());
+        self.nodes_used.insert(on.name.to_owned());
+        if reissue {
+            self.reissued += 1;
+        }
+        self.shim.out.json(ToShim::ChunkStarted {
+            chunk: wire(chunk),
+            attempt,
+            node: on.name.to_owned(),
+            start: c.chunk.start,
+            end: c.chunk.end,
+            last: c.last,
+        });
+        let args = self.plan.recipe.args(&c.chunk, c.chunk.index == 0, c.last);
+        self.attempts.insert(
+            attempt,
+            Attempt {
+                chunk,
+                node: on.id,
+                node_name: on.name.to_owned(),
+                started: now,
+                sent: 0,
+                announced: None,
+                stderr: VecDeque::new(),
+            },
+        );
+        JobSpec { args, cwd: self.cwd.clone(), files: self.files.clone(), access: self.access.clone() }
+    }
+
+    /// An `Output` event of an attempt: only its announced size matters (the
+    /// shim knows where chunk bytes go).
+    pub(crate) fn output_event(&mut self, attempt: JobId, event: &OutputEvent) {
+        if let (Some(a), OutputEvent::Done { size, .. }) = (self.attempts.get_mut(&attempt), event) {
+            a.announced = Some(*size);
+        }
+    }
+
+    /// Stderr of an attempt: nobody reads it live, but its end explains a failure.
+    pub(crate) fn stderr(&mut self, attempt: JobId, bytes: &[u8]) {
+        let Some(a) = self.attempts.get_mut(&attempt) else { return };
+        a.stderr.extend(bytes);
+        let over = a.stderr.len().saturating_sub(STDERR_TAIL);
+        a.stderr.drain(..over);
+    }
+
+    /// Queues an output frame of a running attempt (`payload` bytes of the
+    /// encoded `frame`). False when the attempt is over: its bytes are void.
+    pub(crate) fn forward(&mut self, attempt: JobId, payload: usize, frame: Vec<u8>, share: Reserved) -> bool {
+        let Some(a) = self.attempts.get_mut(&attempt) else { return false };
+        a.sent += payload as u64;
+        self.shim.out.binary_reserved(frame, share)
+    }
+
+    /// Ends a running attempt. None when it was not running.
+    pub(crate) fn end_attempt(&mut self, attempt: JobId, end: AttemptEnd, now: Instant) -> Option<Ending> {
+        let a = self.attempts.remove(&attempt)?;
+        let failure = match &end {
+            AttemptEnd::Exited(exit) if exit.success() => match a.announced {
+                Some(n) if n != a.sent => {
+                    Some(format!("{} announced {n} bytes of output but {} arrived", a.node_name, a.sent))
+                }
+                _ => None,
+            },
+            AttemptEnd::Exited(exit) => Some(exit_reason(*exit, &a)),
+            AttemptEnd::Refused(why) => Some(format!("refused by {}: {why}", a.node_name)),
+            AttemptEnd::Lost(why) => Some(why.clone()),
+        };
+        Some(match failure {
+            None => self.won(attempt, a, now),
+            Some(reason) => self.failed(attempt, a, reason),
+        })
+    }
+
+    fn won(&mut self, attempt: JobId, a: Attempt, now: Instant) -> Ending {
+        let idx = a.chunk;
+        let c = &mut self.chunks[idx];
+        // Losers are removed when a chunk is won, so no second result arrives.
+        c.done = Some(a.sent);
+        let chunk = c.chunk;
+        self.shim.out.json(ToShim::ChunkDone { chunk: wire(idx), attempt, size: a.sent });
+        let wall = now.saturating_duration_since(a.started).as_secs_f64().max(1e-3);
+        info!(
+            job = self.id,
+            chunk = idx,
+            attempt,
+            node = %a.node_name,
+            bytes = a.sent,
+            seconds = format!("{:.1}-{:.1}", chunk.start, chunk.end),
+            wall = format!("{wall:.2}"),
+            "chunk done"
+        );
+        let beaten: Vec<JobId> = self.running(idx).map(|(id, _)| *id).collect();
+        let mut losers = Vec::new();
+        for id in beaten {
+            if let Some(l) = self.attempts.remove(&id) {
+                self.shim.out.json(ToShim::ChunkFailed { chunk: wire(idx), attempt: id, reason: "superseded".into() });
+                losers.push((id, l.node));
+            }
+        }
+        let fate = if self.complete() { Fate::Complete } else { Fate::Running };
+        Ending { node: a.node, losers, sample: Some((chunk.end - chunk.start) / wall), fate }
+    }
+
+    fn failed(&mut self, attempt: JobId, a: Attempt, reason: String) -> Ending {
+        let idx = a.chunk;
+        warn!(job = self.id, chunk = idx, attempt, node = %a.node_name, "chunk attempt failed: {reason}");
+        self.shim.out.json(ToShim::ChunkFailed { chunk: wire(idx), attempt, reason: reason.clone() });
+        let c = &mut self.chunks[idx];
+        c.failures += 1;
+        c.failed_on.insert(a.node);
+        let fate = if c.failures >= MAX_FAILURES {
+            Fate::Failed(format!(
+                "chunk {idx} ({:.3}-{:.3} s) failed {} times; last: {reason}",
+                c.chunk.start, c.chunk.end, c.failures
+            ))
+        } else {
+            Fate::Running
+        };
+        // Nothing encoded survives: the next chunk may pin another build.
+        if self.attempts.is_empty() && self.chunks.iter().all(|c| c.done.is_none()) {
+            self.version = None;
+        }
+        Ending { node: a.node, losers: Vec::new(), sample: None, fate }
+    }
+
+    /// Takes every running attempt (the job is ending): `(attempt, node)`.
+    pub(crate) fn take_attempts(&mut self) -> Vec<(JobId, u64)> {
+        std::mem::take(&mut self.attempts).into_iter().map(|(id, a)| (id, a.node)).collect()
+    }
+
+    /// Notes whether a connected node could run this job's chunks; true when
+    /// none could for [`STALL_LIMIT`] while work waits.
+    pub(crate) fn stalled(&mut self, capable: bool, now: Instant) -> bool {
+        if capable || !self.attempts.is_empty() || self.complete() {
+            self.stalled_since = None;
+            return false;
+        }
+        let since = *self.stalled_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= STALL_LIMIT
+    }
+
+    pub(crate) fn stall_reason(&self) -> String {
+        match &self.version {
+            Some(v) => format!("no connected node can run its chunks with {v}"),
+            None => "no connected node can run its chunks".into(),
+        }
+    }
+
+    pub(crate) fn progress(&self) -> Progress {
+        let chunks_running: BTreeSet<usize> = self.attempts.values().map(|a| a.chunk).collect();
+        Progress {
+            done: count(self.chunks.iter().filter(|c| c.done.is_some()).count()),
+            running: count(chunks_running.len()),
+            planned: count(self.chunks.len()),
+            nodes: self.nodes_used.iter().cloned().collect(),
+            reissued: self.reissued,
+        }
+    }
+}
+
+fn exit_reason(exit: RemoteExit, a: &Attempt) -> String {
+    let how = match (exit.code, exit.signal) {
+        (Some(c), _) => format!("ffmpeg exited with code {c} on {}", a.node_name),
+        (None, Some(s)) => format!("ffmpeg was killed by signal {s} on {}", a.node_name),
+        (None, None) => format!("ffmpeg ended without a status on {}", a.node_name),
+    };
+    let tail: Vec<u8> = a.stderr.iter().copied().collect();
+    let text = String::from_utf8_lossy(&tail);
+    // A cut tail starts mid-line; start at the next whole one.
+    let text = if a.stderr.len() >= STDERR_TAIL { text.split_once('\n').map_or(&*text, |(_, r)| r) } else { &text };
+    let text = text.trim();
+    if text.is_empty() { how } else { format!("{how}: {text}") }
+}
+
+/// The chunk index as the protocol carries it.
+fn wire(chunk: usize) -> u32 {
+    u32::try_from(chunk).unwrap_or(u32::MAX)
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+// ---------------------------------------------------------------------------
+// Policy (pure).
+
+/// What kind of work a free slot may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkKind {
+    /// A planned chunk with no attempt running (its last one failed).
+    Pending,
+    /// The next chunk of the job's planner.
+    New,
+    /// A second attempt of a late chunk.
+    Reissue,
+}
+
+/// One piece of work a free slot could take.
+#[derive(Debug, Clone)]
+pub(crate) struct Work<'a> {
+    pub job: JobId,
+    pub kind: WorkKind,
+    /// The chunk's index (for `New`, the index it will get).
+    pub chunk: usize,
+    /// The job's earliest unfinished chunk.
+    pub earliest: usize,
+    pub needs: &'a Needs,
+    /// The ffmpeg build the job is pinned to.
+    pub version: Option<&'a str>,
+    /// Nodes the chunk failed on: not chosen while the job has other capable nodes.
+    pub avoid: Option<&'a BTreeSet<u64>>,
+    /// Nodes that must not take it (they run it already).
+    pub exclude: Vec<u64>,
+}
+
+impl Work<'_> {
+    /// Lower is more urgent: how far the chunk lies past its job's earliest
+    /// unfinished one, then the older job.
+    fn urgency(&self) -> (usize, JobId) {
+        (self.chunk.saturating_sub(self.earliest), self.job)
+    }
+
+    fn capable(&self, n: &NodeView<'_>) -> bool {
+        n.slots > 0
+            && !self.exclude.contains(&n.id)
+            && self.version.is_none_or(|v| v == n.caps.ffmpeg_version)
+            && n.caps.missing(self.needs).is_empty()
+    }
+
+    fn avoided(&self, node: u64) -> bool {
+        self.avoid.is_some_and(|a| a.contains(&node))
+    }
+}
+
+/// A connected node as dispatch sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NodeView<'a> {
+    pub id: u64,
+    pub caps: &'a Capabilities,
+    /// Whole jobs and chunk attempts.
+    pub running: u32,
+    pub slots: u32,
+    /// Only compared between nodes (throughput, or the benchmark score).
+    pub speed: f64,
+}
+
+impl NodeView<'_> {
+    fn free(&self) -> bool {
+        self.running < self.slots
+    }
+}
+
+/// The most urgent work any free slot can take, and the node to run it on:
+/// `(index into work, node id)`. Re-issues come last, so a late chunk gets a
+/// second attempt only when no free slot can take anything else. Among free
+/// capable nodes the least loaded wins, then the fastest, then the oldest.
+pub(crate) fn pick(work: &[Work<'_>], nodes: &[NodeView<'_>]) -> Option<(usize, u64)> {
+    let mut order: Vec<usize> = (0..work.len()).collect();
+    order.sort_by_key(|&i| (work[i].kind == WorkKind::Reissue, work[i].urgency()));
+    for i in order {
+        let w = &work[i];
+        let capable: Vec<&NodeView<'_>> = nodes.iter().filter(|n| w.capable(n)).collect();
+        // A retry goes elsewhere when the job has anywhere else to go, even if
+        // that means waiting for a slot there.
+        let elsewhere = capable.iter().any(|n| !w.avoided(n.id));
+        let best =
+            capable.into_iter().filter(|n| n.free() && !(elsewhere && w.avoided(n.id))).min_by(|a, b| better(a, b));
+        if let Some(n) = best {
+            return Some((i, n.id));
+        }
+    }
+    None
+}
+
+fn better(a: &NodeView<'_>, b: &NodeView<'_>) -> std::cmp::Ordering {
+    // running/slots compared without division; slots > 0 for capable nodes.
+    let load = (u64::from(a.running) * u64::from(b.slots)).cmp(&(u64::from(b.running) * u64::from(a.slots)));
+    load.then_with(|| b.speed.total_cmp(&a.speed)).then_with(|| a.id.cmp(&b.id))
+}
+
+/// Whether an attempt running for `elapsed` on `seconds` of content is late on
+/// a node doing `throughput` seconds of content per second: past half again
+/// what it should take, and at least a second past it (start-up costs dominate
+/// short chunks). Never without a throughput to expect anything from.
+pub(crate) fn late(elapsed: Duration, seconds: f64, throughput: Option<f64>) -> bool {
+    let Some(t) = throughput.filter(|t| t.is_finite() && *t > 0.0) else { return false };
+    let expected = seconds / t;
+    elapsed.as_secs_f64() > (1.5 * expected).max(expected + 1.0)
+}
+
+/// The next value of a node's throughput average.
+pub(crate) fn ewma(old: Option<f64>, sample: f64) -> f64 {
+    match old {
+        Some(o) => RATE_WEIGHT * sample + (1.0 - RATE_WEIGHT) * o,
+        None => sample,
+    }
+}
+
+/// What is known of a node's speed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Pace {
+    /// The benchmark score (`caps.speed`, frames per second of a standard encode).
+    pub score: f64,
+    /// Measured seconds of content per second, from finished chunks.
+    pub measured: Option<f64>,
+}
+
+/// Seconds of content per second for each node: its measurement, else its
+/// benchmark score converted at the mean ratio measured nodes show between the
+/// two. None where neither exists (nothing measured yet, or no score).
+pub(crate) fn throughputs(paces: &[Pace]) -> Vec<Option<f64>> {
+    let ratios: Vec<f64> =
+        paces.iter().filter_map(|p| p.measured.filter(|_| p.score > 0.0).map(|m| m / p.score)).collect();
+    let ratio = (!ratios.is_empty()).then(|| ratios.iter().sum::<f64>() / ratios.len() as f64);
+    paces
+        .iter()
+        .map(|p| p.measured.or_else(|| ratio.map(|r| r * p.score)).filter(|t| t.is_finite() && *t > 0.0))
+        .collect()
+}
+
+/// `of`'s speed relative to the mean of `among` (which includes it), as the
+/// planner wants it: by throughput when all have one, else by benchmark score,
+/// else 1.0.
+pub(crate) fn relative_speed(of: (Option<f64>, f64), among: &[(Option<f64>, f64)]) -> f64 {
+    let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let measured: Option<Vec<f64>> = among.iter().map(|(t, _)| *t).collect();
+    if let (Some(t), Some(all)) = (of.0, measured) {
+        let m = mean(&all);
+        if m > 0.0 {
+            return t / m;
+        }
+    }
+    let scores: Vec<f64> = among.iter().map(|(_, s)| *s).collect();
+    let m = mean(&scores);
+    if of.1 > 0.0 && m > 0.0 { of.1 / m } else { 1.0 }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::outbox::{Out, Outbox};
+    use super::super::state::{NodeInfo, Outcome, Registry};
+    use super::super::status::{JobMode, JobState};
+    use super::*;
+    use crate::ffmpeg::cmdline::CommandLine;
+    use crate::protocol::{Frame, FrameKind, ToNode};
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    // ---- pure policy ----
+
+    fn caps(version: &str, speed: f64) -> Capabilities {
+        Capabilities {
+            ffmpeg_version: version.into(),
+            encoders: ["libx264".to_owned()].into(),
+            speed,
+            ..Default::default()
+        }
+    }
+
+    fn view(id: u64, caps: &Capabilities, running: u32, slots: u32) -> NodeView<'_> {
+        NodeView { id, caps, running, slots, speed: caps.speed }
+    }
+
+    fn work<'a>(job: JobId, kind: WorkKind, chunk: usize, earliest: usize, needs: &'a Needs) -> Work<'a> {
+        Work { job, kind, chunk, earliest, needs, version: None, avoid: None, exclude: Vec::new() }
+    }
+
+    #[test]
+    fn every_jobs_earliest_chunk_comes_first() {
+        let needs = Needs::default();
+        let c = caps("v1", 100.0);
+        let nodes = [view(1, &c, 0, 1)];
+        // Job 1 (older) is at chunk 5; job 2 just started.
+        let w = [
+            work(1, WorkKind::New, 6, 5, &needs),
+            work(1, WorkKind::Pending, 5, 5, &needs),
+            work(2, WorkKind::New, 0, 0, &needs),
+        ];
+        // Both earliest chunks tie on distance; the older job wins.
+        assert_eq!(pick(&w, &nodes), Some((1, 1)));
+        // Job 1's chunk 5 done: its next (6) is its earliest now; job 2's chunk 0 ties, older job wins.
+        let w = [work(1, WorkKind::New, 6, 6, &needs), work(2, WorkKind::New, 0, 0, &needs)];
+        assert_eq!(pick(&w, &nodes), Some((0, 1)));
+        // Job 1 runs chunk 5 already: its chunk 6 is behind job 2's chunk 0.
+        let w = [work(1, WorkKind::New, 6, 5, &needs), work(2, WorkKind::New, 0, 0, &needs)];
+        assert_eq!(pick(&w, &nodes), Some((1, 1)));
+        // A new job's chunk 0 beats an older job's chunk 5 waiting behind its chunk 4.
+        let w = [work(1, WorkKind::Pending, 5, 4, &needs), work(3, WorkKind::New, 0, 0, &needs)];
+        assert_eq!(pick(&w, &nodes), Some((1, 1)));
+        // No free slot, no work.
+        assert_eq!(pick(&w, &[view(1, &c, 1, 1)]), None);
+        assert_eq!(pick(&[], &nodes), None);
+    }
+
+    #[test]
+    fn the_least_loaded_then_fastest_node_takes_it_and_incapable_ones_never() {
+        let needs = Needs { encoders: ["libx264".to_owned()].into(), ..Default::default() };
+        let slow = caps("v1", 50.0);
+        let fast = caps("v1", 200.0);
+        let none = Capabilities { speed: 999.0, ..Default::default() };
+        let w = [work(1, WorkKind::New, 0, 0, &needs)];
+        assert_eq!(pick(&w, &[view(1, &slow, 0, 2), view(2, &fast, 0, 2), view(3, &none, 0, 9)]), Some((0, 2)));
+        assert_eq!(pick(&w, &[view(1, &slow, 0, 2), view(2, &fast, 1, 2)]), Some((0, 1)));
+        assert_eq!(pick(&w, &[view(3, &none, 0, 9)]), None);
+    }
+
+    #[test]
+    fn a_failed_chunk_prefers_another_node_while_the_job_has_one() {
+        let needs = Needs::default();
+        let c = caps("v1", 100.0);
+        let failed_on: BTreeSet<u64> = [1].into();
+        let retry = Work { avoid: Some(&failed_on), ..work(1, WorkKind::Pending, 3, 3, &needs) };
+        let later = work(1, WorkKind::New, 4, 3, &needs);
+        // Node 2 is busy: node 1 takes the new chunk rather than the retry.
+        let nodes = [view(1, &c, 0, 1), view(2, &c, 1, 1)];
+        assert_eq!(pick(&[retry.clone(), later.clone()], &nodes), Some((1, 1)));
+        // Node 2 free: the retry goes there.
+        let nodes = [view(1, &c, 0, 1), view(2, &c, 0, 1)];
+        assert_eq!(pick(&[retry.clone(), later], &nodes), Some((0, 2)));
+        // Node 1 is all there is: it retries.
+        assert_eq!(pick(&[retry], &[view(1, &c, 0, 1)]), Some((0, 1)));
+    }
+
+    #[test]
+    fn a_late_chunk_is_reissued_only_to_another_node_when_nothing_else_waits() {
+        let needs = Needs::default();
+        let c = caps("v1", 100.0);
+        let reissue = Work { exclude: vec![1], ..work(1, WorkKind::Reissue, 2, 2, &needs) };
+        let new = work(2, WorkKind::New, 7, 3, &needs);
+        let nodes = [view(1, &c, 0, 2), view(2, &c, 0, 1)];
+        // Any other work first, however far down its job it is.
+        assert_eq!(pick(&[reissue.clone(), new], &nodes), Some((1, 1)));
+        // Nothing else: to node 2, never to node 1 which runs it.
+        assert_eq!(pick(std::slice::from_ref(&reissue), &nodes), Some((0, 2)));
+        assert_eq!(pick(&[reissue], &[view(1, &c, 0, 2)]), None);
+    }
+
+    #[test]
+    fn a_pinned_version_excludes_other_builds() {
+        let needs = Needs::default();
+        let v1 = caps("ffmpeg version 5.1", 100.0);
+        let v2 = caps("ffmpeg version 6.0", 900.0);
+        let w = [Work { version: Some("ffmpeg version 5.1"), ..work(1, WorkKind::New, 1, 0, &needs) }];
+        assert_eq!(pick(&w, &[view(1, &v1, 1, 1), view(2, &v2, 0, 4)]), None);
+        assert_eq!(pick(&w, &[view(1, &v1, 0, 1), view(2, &v2, 0, 4)]), Some((0, 1)));
+    }
+
+    #[test]
+    fn lateness() {
+        let s = Duration::from_secs_f64;
+        // 3 s of content at 1.0: expected 3 s, late after 4.5 s.
+        assert!(!late(s(4.4), 3.0, Some(1.0)));
+        assert!(late(s(4.6), 3.0, Some(1.0)));
+        // Short chunks: at least a second of slack.
+        assert!(!late(s(1.4), 1.0, Some(2.0)));
+        assert!(late(s(1.6), 1.0, Some(2.0)));
+        // Without a throughput nothing is late.
+        assert!(!late(s(1000.0), 3.0, None));
+        assert!(!late(s(1000.0), 3.0, Some(0.0)));
+    }
+
+    #[test]
+    fn speeds_are_measured_then_estimated_from_the_score() {
+        assert_eq!(ewma(None, 2.0), 2.0);
+        assert_eq!(ewma(Some(2.0), 4.0), 3.0);
+        // Nothing measured: no throughput, relative speed by score.
+        let p = [Pace { score: 100.0, measured: None }, Pace { score: 300.0, measured: None }];
+        assert_eq!(throughputs(&p), [None, None]);
+        assert_eq!(relative_speed((None, 300.0), &[(None, 100.0), (None, 300.0)]), 1.5);
+        // One measured at 2 s/s for score 100: the other is estimated at 6 s/s.
+        let p = [
+            Pace { score: 100.0, measured: Some(2.0) },
+            Pace { score: 300.0, measured: None },
+            Pace { score: 0.0, measured: None },
+        ];
+        assert_eq!(throughputs(&p), [Some(2.0), Some(6.0), None]);
+        assert_eq!(relative_speed((Some(2.0), 100.0), &[(Some(2.0), 100.0), (Some(6.0), 300.0)]), 0.5);
+        // Unknown everything: average.
+        assert_eq!(relative_speed((None, 0.0), &[(None, 0.0)]), 1.0);
+    }
+
+    // ---- the state machine, through the registry ----
+
+    /// A Jellyfin-like HLS job on a 3 s grid over `duration` seconds of 25 fps video.
+    pub(crate) fn plan(duration: f64) -> SplitPlan {
+        let args = "-i /media/in.mkv -map 0:0 -c:v libx264 -preset veryfast -force_key_frames expr:gte(t,n_forced*3) \
+                    -f hls -hls_time 3 -hls_playlist_type vod -hls_segment_filename /tmp/t/x%d.ts /tmp/t/x.m3u8";
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let json = format!(
+            r#"{{"streams":[{{"index":0,"codec_type":"video","r_frame_rate":"25/1","avg_frame_rate":"25/1","start_time":"0.000000"}}],
+                "format":{{"start_time":"0.000000","duration":"{duration:.6}"}}}}"#
+        );
+        let probe = crate::split::Probe::from_json(&json).unwrap();
+        crate::split::split(&CommandLine::parse(&args).unwrap(), &probe).unwrap().plan
+    }
+
+    pub(crate) fn split_request(plan: SplitPlan) -> JobRequest {
+        JobRequest {
+            args: vec!["-i".into(), "/media/in.mkv".into(), "/tmp/t/x.m3u8".into()],
+            cwd: "/tmp/t".into(),
+            files: vec![FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size: 1000 }],
+            needs: Needs { encoders: ["libx264".to_owned()].into(), ..Default::default() },
+            reason: "split.hls".into(),
+            split: Some(plan),
+        }
+    }
+
+    struct Rig {
+        t0: Instant,
+        reg: Registry,
+        nodes: Vec<(u64, UnboundedReceiver<Out<ToNode>>)>,
+        shim: UnboundedReceiver<Out<ToShim>>,
+        shim_conn: Arc<ShimConn>,
+    }
+
+    impl Rig {
+        /// Nodes as `(name, slots, ffmpeg version, speed score)`.
+        fn new(nodes: &[(&str, u32, &str, f64)]) -> Rig {
+            let t0 = Instant::now();
+            let mut reg = Registry::new(t0);
+            let nodes = nodes
+                .iter()
+                .map(|(name, slots, version, speed)| {
+                    let (outbox, rx) = Outbox::new(1 << 20);
+                    let info = NodeInfo {
+                        name: (*name).into(),
+                        agent: "test".into(),
+                        slots: *slots,
+                        caps: caps(version, *speed),
+                        address: "127.0.0.1:1".into(),
+                    };
+                    (reg.add_node(info, outbox, t0).0, rx)
+                })
+                .collect();
+            let (out, shim) = Outbox::new(1 << 20);
+            Rig { t0, reg, nodes, shim, shim_conn: Arc::new(ShimConn::new(out)) }
+        }
+
+        fn submit(&mut self, duration: f64) -> JobId {
+            let shim = self.shim_conn.clone();
+            self.reg.place_split(split_request(plan(duration)), "cap".into(), shim, self.t0, 0).unwrap()
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.t0 + Duration::from_millis(ms)
+        }
+
+        /// Runs node `n` was sent since last asked: `(attempt, args)`.
+        fn runs(&mut self, n: usize) -> Vec<(JobId, Vec<String>)> {
+            let mut out = Vec::new();
+            while let Ok(m) = self.nodes[n].1.try_recv() {
+                if let Out::Json(ToNode::Run { job, spec }) = m {
+                    out.push((job, spec.args));
+                }
+            }
+            out
+        }
+
+        fn cancels(&mut self, n: usize) -> Vec<JobId> {
+            let mut out = Vec::new();
+            while let Ok(m) = self.nodes[n].1.try_recv() {
+                if let Out::Json(ToNode::Cancel { job }) = m {
+                    out.push(job);
+                }
+            }
+            out
+        }
+
+        fn shim_msgs(&mut self) -> Vec<ToShim> {
+            let mut out = Vec::new();
+            while let Ok(m) = self.shim.try_recv() {
+                if let Out::Json(j) = m {
+                    out.push(j);
+                }
+            }
+            out
+        }
+
+        fn node_id(&self, n: usize) -> u64 {
+            self.nodes[n].0
+        }
+
+        fn exit(&mut self, attempt: JobId, n: usize, code: i32, ms: u64) {
+            let end = AttemptEnd::Exited(RemoteExit { code: Some(code), signal: None });
+            assert!(self.reg.attempt_ended(attempt, self.node_id(n), end, self.at(ms)), "attempt {attempt} ran");
+        }
+    }
+
+    fn started(msgs: &[ToShim]) -> Vec<(u32, JobId, String, f64, f64, bool)> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                ToShim::ChunkStarted { chunk, attempt, node, start, end, last } => {
+                    Some((*chunk, *attempt, node.clone(), *start, *end, *last))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_are_planned_lazily_and_sized_by_speed() {
+        // a is three times as fast as b by score; one slot each.
+        let mut rig = Rig::new(&[("a", 1, "v1", 300.0), ("b", 1, "v1", 100.0)]);
+        let job = rig.submit(120.0);
+        let first = started(&rig.shim_msgs());
+        // One chunk per free slot, nothing planned ahead.
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert_eq!((first[0].0, &*first[0].2, first[1].0, &*first[1].2), (0, "a", 1, "b"));
+        assert_eq!(rig.reg.status(rig.t0, 0).jobs[0].chunks_planned, Some(2));
+        let (a0, args) = rig.runs(0).remove(0);
+        assert!(args.windows(2).any(|w| w == ["-f", "mpegts"]) && args.last().unwrap() == "pipe:1", "{args:?}");
+        let (b1, _) = rig.runs(1).remove(0);
+        // The first max(3, nodes) chunks are one segment each.
+        rig.exit(a0, 0, 0, 1000);
+        let (a2, _) = rig.runs(0).remove(0);
+        rig.exit(a2, 0, 0, 2000);
+        let s = started(&rig.shim_msgs());
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s.iter().all(|c| (c.4 - c.3 - 3.0).abs() < 1e-9 || c.0 == 3), "{s:?}");
+        // Chunk 3 went to the fast node; chunk 4 to the slow one gets less.
+        rig.exit(b1, 1, 0, 3000);
+        let s = started(&rig.shim_msgs());
+        assert_eq!(s.len(), 1);
+        let fast = rig.reg.split(job).unwrap().chunks[3].chunk;
+        let slow = rig.reg.split(job).unwrap().chunks[4].chunk;
+        assert!(fast.end - fast.start > slow.end - slow.start, "{fast:?} vs {slow:?}");
+        // Contiguous.
+        assert_eq!(fast.end, slow.start);
+    }
+
+    #[test]
+    fn a_failed_chunk_is_retried_with_the_same_bounds_elsewhere() {
+        let mut rig = Rig::new(&[("a", 1, "v1", 100.0), ("b", 1, "v1", 100.0)]);
+        rig.submit(60.0);
+        let (a0, args0) = rig.runs(0).remove(0);
+        let (b1, _) = rig.runs(1).remove(0);
+        let before = started(&rig.shim_msgs());
+        // Stderr explains the failure.
+        rig.reg.chunk_stderr(a0, rig.node_id(0), b"frame=1\n[libx264] broken\n");
+        rig.exit(a0, 0, 1, 500);
+        let msgs = rig.shim_msgs();
+        assert!(
+            matches!(&msgs[0], ToShim::ChunkFailed { chunk: 0, attempt, reason }
+                if *attempt == a0 && reason == "ffmpeg exited with code 1 on a: frame=1\n[libx264] broken"),
+            "{msgs:?}"
+        );
+        // b is busy; a does not retry chunk 0 while b could: it moves on to chunk 2.
+        let s = started(&msgs);
+        assert_eq!(s.iter().map(|c| c.0).collect::<Vec<_>>(), [2]);
+        let (a2, _) = rig.runs(0).remove(0);
+        rig.exit(b1, 1, 0, 1000);
+        // The retry runs on b with the same bounds and the same command line.
+        let s = started(&rig.shim_msgs());
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].0, &*s[0].2, s[0].3, s[0].4), (0, "b", before[0].3, before[0].4));
+        let (b0, args) = rig.runs(1).remove(0);
+        assert_eq!(args, args0);
+        assert_ne!(b0, a0);
+        rig.exit(a2, 0, 0, 1500);
+        rig.exit(b0, 1, 0, 2000);
+        assert!(
+            rig.shim_msgs().iter().any(|m| matches!(m, ToShim::ChunkDone { chunk: 0, attempt, .. } if *attempt == b0))
+        );
+    }
+
+    #[test]
+    fn three_failures_of_one_chunk_end_the_job() {
+        let mut rig = Rig::new(&[("a", 1, "v1", 100.0)]);
+        let job = rig.submit(60.0);
+        for i in 0..3 {
+            let (attempt, _) = rig.runs(0).remove(0);
+            let end = AttemptEnd::Refused(format!("no scratch space {i}"));
+            assert!(rig.reg.attempt_ended(attempt, rig.node_id(0), end, rig.at(i * 100)));
+        }
+        let msgs = rig.shim_msgs();
+        let failed: Vec<&ToShim> = msgs.iter().filter(|m| matches!(m, ToShim::ChunkFailed { .. })).collect();
+        assert_eq!(failed.len(), 3);
+        match msgs.last() {
+            Some(ToShim::Failed { reason }) => {
+                assert_eq!(reason, "chunk 0 (0.000-3.000 s) failed 3 times; last: refused by a: no scratch space 2")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(rig.runs(0).is_empty(), "nothing more is run");
+        assert!(rig.reg.split(job).is_none());
+        let doc = rig.reg.status(rig.at(300), 0);
+        assert_eq!((doc.jobs[0].mode, doc.jobs[0].state), (JobMode::Split, JobState::Failed));
+        assert_eq!(doc.nodes[0].running, 0);
+        assert!(rig.reg.servable("cap", 0).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_first_result_wins_and_the_loser_is_cancelled() {
+        // a's chunk 2 runs late while b idles: b gets a second attempt of it.
+        let mut rig = Rig::new(&[("a", 1, "v1", 100.0), ("b", 1, "v1", 100.0)]);
+        let job = rig.submit(9.0);
+        let (a0, _) = rig.runs(0).remove(0);
+        let (b1, _) = rig.runs(1).remove(0);
+        // Chunk 0 takes 1 s: a does 3 s of content per second.
+        rig.exit(a0, 0, 0, 1000);
+        let (a2, _) = rig.runs(0).remove(0);
+        assert_eq!(rig.reg.split(job).unwrap().attempts[&a2].chunk, 2);
+        rig.exit(b1, 1, 0, 1200);
+        // Nothing left to plan (9 s = 3 chunks): b idles until chunk 2 is late
+        // (3 s at 3 s/s: expected 1 s, late after 2 s).
+        assert!(rig.runs(1).is_empty());
+        rig.reg.tick(rig.at(2900));
+        assert!(rig.runs(1).is_empty(), "not late yet");
+        rig.reg.tick(rig.at(3100));
+        let (b2, _) = rig.runs(1).remove(0);
+        let s = started(&rig.shim_msgs());
+        assert_eq!((s.last().unwrap().0, s.last().unwrap().1, &*s.last().unwrap().2), (2, b2, "b"));
+        assert_eq!(rig.reg.status(rig.at(3100), 0).jobs[0].reissued, Some(1));
+        // Never a third attempt, never on a again.
+        rig.reg.tick(rig.at(9000));
+        assert!(rig.runs(0).is_empty() && rig.runs(1).is_empty());
+        // b's copy finishes first: a's is cancelled and void.
+        let frame = Frame::new(FrameKind::Output, b2, 2, 0, b"ts").encode();
+        let share = rig.shim_conn.out.reserve(frame.len()).await.unwrap();
+        assert!(rig.reg.chunk_bytes(b2, rig.node_id(1), 2, frame, share));
+        rig.exit(b2, 1, 0, 9100);
+        assert_eq!(rig.cancels(0), [a2]);
+        let msgs = rig.shim_msgs();
+        assert!(msgs.contains(&ToShim::ChunkDone { chunk: 2, attempt: b2, size: 2 }), "{msgs:?}");
+        assert!(msgs.contains(&ToShim::ChunkFailed { chunk: 2, attempt: a2, reason: "superseded".into() }));
+        // The job is complete; a's late exit is nobody's.
+        assert!(rig.reg.split(job).is_none());
+        assert!(!rig.reg.attempt_ended(a2, rig.node_id(0), AttemptEnd::Lost("x".into()), rig.at(9200)));
+        let doc = rig.reg.status(rig.at(9200), 0);
+        let j = &doc.jobs[0];
+        assert_eq!(
+            (j.state, j.exit_code, j.chunks_done, j.chunks_planned),
+            (JobState::Done, Some(0), Some(3), Some(3))
+        );
+        assert_eq!(j.nodes.as_deref(), Some(&["a".to_owned(), "b".to_owned()][..]));
+        assert_eq!((doc.nodes[0].running, doc.nodes[1].running), (0, 0));
+    }
+
+    #[test]
+    fn the_first_chunk_pins_the_ffmpeg_build() {
+        let mut rig = Rig::new(&[("old", 1, "ffmpeg version 5.1", 100.0), ("new", 2, "ffmpeg version 6.0", 100.0)]);
+        let job = rig.submit(60.0);
+        // Equal load and speed: the older node takes chunk 0 and pins 5.1.
+        assert_eq!(rig.runs(0).len(), 1);
+        assert!(rig.runs(1).is_empty(), "another build gets none of the job's chunks");
+        let doc = rig.reg.status(rig.t0, 0);
+        assert_eq!(doc.jobs[0].chunks_planned, Some(1));
+        // The 5.1 node goes before anything was encoded: the pin is lifted and
+        // the other build takes over, chunk 0 included.
+        rig.reg.remove_node(rig.node_id(0), "node old lost", rig.at(100));
+        assert!(rig.reg.split(job).is_some());
+        assert_eq!(rig.runs(1).len(), 2);
+        let s = started(&rig.shim_msgs());
+        assert_eq!(s.iter().map(|c| (c.0, &*c.2)).collect::<Vec<_>>(), [(0, "old"), (0, "new"), (1, "new")]);
+    }
+
+    #[test]
+    fn a_job_with_no_capable_node_left_fails_after_a_while() {
+        let mut rig = Rig::new(&[("a", 1, "v1", 100.0), ("b", 1, "v2", 100.0)]);
+        let job = rig.submit(60.0);
+        let (a0, _) = rig.runs(0).remove(0);
+        rig.exit(a0, 0, 0, 500);
+        let (a1, _) = rig.runs(0).remove(0);
+        assert!(rig.runs(1).is_empty());
+        rig.reg.remove_node(rig.node_id(0), "node a lost", rig.at(600));
+        let msgs = rig.shim_msgs();
+        assert!(msgs.contains(&ToShim::ChunkFailed { chunk: 1, attempt: a1, reason: "node a lost".into() }));
+        rig.reg.tick(rig.at(600) + STALL_LIMIT - Duration::from_millis(1));
+        assert!(rig.reg.split(job).is_some());
+        rig.reg.tick(rig.at(600) + STALL_LIMIT);
+        assert!(rig.reg.split(job).is_none());
+        assert_eq!(rig.shim_msgs(), [ToShim::Failed { reason: "no connected node can run its chunks with v1".into() }]);
+    }
+
+    #[test]
+    fn split_jobs_are_refused_like_whole_ones_and_share_the_slots() {
+        let mut rig = Rig::new(&[]);
+        let shim = rig.shim_conn.clone();
+        let err = rig.reg.place_split(split_request(plan(60.0)), "c".into(), shim.clone(), rig.t0, 0).unwrap_err();
+        assert_eq!(err.to_string(), "no nodes connected");
+        let mut bad = plan(60.0);
+        bad.grid.period = 0.0;
+        let err = rig.reg.place_split(split_request(bad), "c".into(), shim, rig.t0, 0).unwrap_err();
+        assert!(matches!(err, SplitRefused::Plan(_)), "{err}");
+
+        // A split job holding the only slot makes a whole job wait elsewhere.
+        let mut rig = Rig::new(&[("a", 1, "v1", 100.0)]);
+        let job = rig.submit(60.0);
+        let (a0, _) = rig.runs(0).remove(0);
+        let mut whole = split_request(plan(60.0));
+        whole.split = None;
+        let err = rig.reg.place(whole, "w".into(), rig.shim_conn.clone(), rig.t0, 0).unwrap_err();
+        assert_eq!(err.to_string(), "all 1 capable nodes are busy");
+        // The attempt's node reaches its job; the job's capability serves its files.
+        assert!(rig.reg.shim_of(a0, rig.node_id(0)).is_some());
+        assert_eq!(rig.reg.strays(rig.node_id(0), &[a0, 99]), [99]);
+        assert!(rig.reg.servable("cap", 0).is_some_and(|s| s.job == job && s.size == 1000));
+        // The shim goes: the attempt is cancelled and the job recorded as cancelled.
+        assert!(rig.reg.abandon_split(job, Outcome::Cancelled, rig.at(10)));
+        assert_eq!(rig.cancels(0), [a0]);
+        assert!(rig.reg.servable("cap", 0).is_none());
+        assert_eq!(rig.reg.status(rig.at(10), 0).jobs[0].state, JobState::Cancelled);
+    }
+}
