@@ -1,11 +1,11 @@
-//! Where to cut a job's timeline into chunks for several nodes (groundwork for
-//! splitting; nothing calls it yet). Pure: no IO.
+//! Where to cut a job's timeline into chunks for several nodes. Pure: no IO.
 //!
 //! * [`Grid::of`]: the job's segment grid: the period of its forced keyframes
 //!   (`-force_key_frames expr:gte(t,n_forced*N)`, or `-g` frames at a known rate)
-//!   checked against `-hls_time`, and where the grid starts: with `-copyts`
-//!   output timestamps stay source-absolute, so the grid is anchored at 0 even
-//!   after a seek; without it, at the seek point.
+//!   checked against `-hls_time`, and where the grid starts. ffmpeg measures the
+//!   keyframe expression's `t` from the first frame it encodes, with or without
+//!   `-copyts`, so the grid starts at the seek point; `split` moves it to the
+//!   exact first frame once ffprobe has told it the frame rate.
 //! * [`Planner`]: hands out chunks on that grid one at a time, as nodes ask
 //!   for work. The first chunks are one segment long so that segment 0 is ready
 //!   about as soon as a direct run would have it; later chunks grow with the
@@ -39,9 +39,10 @@ impl Grid {
                 return None;
             }
         }
+        // ffmpeg measures `t` of the keyframe expression from the first frame it
+        // encodes, with or without -copyts; `split` refines this to that frame.
         let seek = cl.inputs.first().and_then(|i| i.last_value("ss")).and_then(parse_time).unwrap_or(0.0);
-        let copyts = cl.global_flag("copyts");
-        Some(Grid { period, origin: if copyts { 0.0 } else { seek } })
+        Some(Grid { period, origin: seek })
     }
 
     /// Grid line at or after `t`.
@@ -194,7 +195,7 @@ mod tests {
             "-i in.mkv -c:v libx264 -force_key_frames:0 expr:gte(t,n_forced*3) -copyts -f hls -hls_time 3 -y a.m3u8";
         assert_eq!(grid(hls), Some(Grid { period: 3.0, origin: 0.0 }));
         let seek = format!("-ss 00:27:33.000 {hls}");
-        assert_eq!(grid(&seek), Some(Grid { period: 3.0, origin: 0.0 }), "copyts keeps source time");
+        assert_eq!(grid(&seek), Some(Grid { period: 3.0, origin: 1653.0 }), "keyframes count from the first frame");
         let no_copyts =
             "-ss 9 -i in.mkv -c:v libx264 -force_key_frames expr:gte(t,n_forced*2) -f hls -hls_time 6 a.m3u8";
         assert_eq!(grid(no_copyts), Some(Grid { period: 2.0, origin: 9.0 }));

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use ffcluster::ffmpeg::CommandLine;
 use ffcluster::ffmpeg::decision::Verdict;
-use ffcluster::protocol::{Frame, FrameKind, JobRequest, JobSignal, OutputEvent, SHIM_PATH, ShimMsg, ToShim, ws_url};
+use ffcluster::protocol::{
+    Frame, FrameKind, JobId, JobRequest, JobSignal, OutputEvent, SHIM_PATH, ShimMsg, ToShim, ws_url,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -52,9 +54,6 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outco
     let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
         return Outcome::Fallback("no controller or token configured".into());
     };
-    if verdict.decision == ffcluster::ffmpeg::Decision::Split {
-        log.line(format_args!("splitting across nodes is not available yet: the whole job goes to one node"));
-    }
     let cl = match CommandLine::parse(args) {
         Ok(cl) => cl,
         Err(e) => return Outcome::Fallback(e.to_string()),
@@ -84,7 +83,7 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outco
     runtime.block_on(Session::new(offers, log).run(controller, token, request, read_stdin))
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Session<'a> {
     offers: Offers,
@@ -115,30 +114,13 @@ impl<'a> Session<'a> {
             Err(e) => return Outcome::Fallback(format!("cannot reach the controller at {controller}: {e}")),
         };
         let (mut tx, mut rx) = ws.split();
-        if let Err(e) = tx.send(text(&ShimMsg::Submit { request })).await {
+        if let Err(e) = tx.send(text(&ShimMsg::Submit { request: Box::new(request) })).await {
             return Outcome::Fallback(format!("controller closed the connection: {e}"));
         }
         let started = Instant::now();
-        let accepted = tokio::time::timeout(ACCEPT_TIMEOUT, async {
-            while let Some(msg) = rx.next().await {
-                match msg {
-                    Ok(Message::Text(t)) => match serde_json::from_str::<ToShim>(&t) {
-                        Ok(ToShim::Accepted { job, node }) => return Ok((job, node)),
-                        Ok(ToShim::Rejected { reason }) => return Err(format!("the cluster declined: {reason}")),
-                        Ok(other) => return Err(format!("unexpected message before acceptance: {other:?}")),
-                        Err(e) => return Err(format!("bad message from controller: {e}")),
-                    },
-                    Ok(Message::Close(_)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-            Err("controller closed the connection".to_owned())
-        })
-        .await;
-        let (job, node) = match accepted {
-            Ok(Ok(a)) => a,
-            Ok(Err(why)) => return Outcome::Fallback(why),
-            Err(_) => return Outcome::Fallback("the controller did not place the job in time".into()),
+        let (job, node) = match accepted(&mut rx).await {
+            Ok(a) => a,
+            Err(why) => return Outcome::Fallback(why),
         };
         self.log.line(format_args!("cluster: job {job} runs on node {node}"));
 
@@ -235,13 +217,8 @@ impl<'a> Session<'a> {
     async fn on_message(&mut self, m: ToShim, tx: &mut futures_util::stream::SplitSink<Ws, Message>) -> Step {
         match m {
             ToShim::Read { req, file, offset, len } => {
-                let reply = match self.offers.read(file, offset, len) {
-                    Ok(data) => {
-                        self.bytes_served += data.len() as u64;
-                        Message::Binary(Frame::new(FrameKind::ReadData, 0, req, offset, &data).encode().into())
-                    }
-                    Err(e) => text(&ShimMsg::ReadFailed { req, error: e.to_string() }),
-                };
+                let (reply, served) = answer_read(&self.offers, req, file, offset, len);
+                self.bytes_served += served;
                 match tx.send(reply).await {
                     Ok(()) => Step::Continue,
                     Err(e) => Step::Lost(format!("connection to the controller failed: {e}")),
@@ -298,7 +275,39 @@ enum Step {
     Lost(String),
 }
 
-async fn connect(controller: &str, token: &str) -> Result<Ws, String> {
+/// Waits for the controller to place the submitted job: its id and where it runs.
+pub(crate) async fn accepted(rx: &mut futures_util::stream::SplitStream<Ws>) -> Result<(JobId, String), String> {
+    let placed = tokio::time::timeout(ACCEPT_TIMEOUT, async {
+        while let Some(msg) = rx.next().await {
+            match msg {
+                Ok(Message::Text(t)) => match serde_json::from_str::<ToShim>(&t) {
+                    Ok(ToShim::Accepted { job, node }) => return Ok((job, node)),
+                    Ok(ToShim::Rejected { reason }) => return Err(format!("the cluster declined: {reason}")),
+                    Ok(other) => return Err(format!("unexpected message before acceptance: {other:?}")),
+                    Err(e) => return Err(format!("bad message from controller: {e}")),
+                },
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        Err("controller closed the connection".to_owned())
+    })
+    .await;
+    placed.unwrap_or_else(|_| Err("the controller did not place the job in time".into()))
+}
+
+/// The answer to the controller's read of an offered file, and the bytes it carries.
+pub(crate) fn answer_read(offers: &Offers, req: u32, file: u32, offset: u64, len: u32) -> (Message, u64) {
+    match offers.read(file, offset, len) {
+        Ok(data) => {
+            let n = data.len() as u64;
+            (Message::Binary(Frame::new(FrameKind::ReadData, 0, req, offset, &data).encode().into()), n)
+        }
+        Err(e) => (text(&ShimMsg::ReadFailed { req, error: e.to_string() }), 0),
+    }
+}
+
+pub(crate) async fn connect(controller: &str, token: &str) -> Result<Ws, String> {
     let mut req = ws_url(controller, SHIM_PATH).into_client_request().map_err(|e| e.to_string())?;
     let auth = format!("Bearer {token}").parse().map_err(|_| "the token is not a valid header value".to_owned())?;
     req.headers_mut().insert("authorization", auth);
@@ -309,7 +318,7 @@ async fn connect(controller: &str, token: &str) -> Result<Ws, String> {
     }
 }
 
-fn text(m: &ShimMsg) -> Message {
+pub(crate) fn text(m: &ShimMsg) -> Message {
     Message::Text(serde_json::to_string(m).expect("protocol messages serialise").into())
 }
 

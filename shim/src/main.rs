@@ -23,6 +23,7 @@ mod probe_cache;
 mod publish;
 mod real;
 mod route;
+mod split;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -87,12 +88,47 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     if let (Route::Cluster, Some(a), Some(v)) = (&route, &utf8, &verdict) {
+        if v.decision == ffmpeg::Decision::Split && cfg.mode != config::Mode::Whole {
+            match try_split(a, v, &cfg, &me, &log) {
+                Some(cluster::Outcome::Exit(code)) => return ExitCode::from(code),
+                Some(cluster::Outcome::Fallback(why)) => {
+                    log.line(format_args!("local fallback: {why}"));
+                    return exec_local(program, &argv0, &args, &cfg, &me, &log);
+                }
+                None => {}
+            }
+        }
         match cluster::run(a, v, &cfg, &log) {
             cluster::Outcome::Exit(code) => return ExitCode::from(code),
             cluster::Outcome::Fallback(why) => log.line(format_args!("local fallback: {why}")),
         }
     }
     exec_local(program, &argv0, &args, &cfg, &me, &log)
+}
+
+/// Splits the job across nodes. `None`: it cannot be split, offload it whole.
+fn try_split(
+    args: &[String],
+    verdict: &ffmpeg::decision::Verdict,
+    cfg: &Config,
+    me: &real::SelfLocation,
+    log: &Log,
+) -> Option<cluster::Outcome> {
+    let found = real::find(Program::Ffmpeg, cfg, me).and_then(|f| Ok((f, real::find(Program::Ffprobe, cfg, me)?)));
+    let (ffmpeg, ffprobe) = match found {
+        Ok(p) => p,
+        Err(e) => {
+            log.line(format_args!("split: {e}; the whole job goes to one node"));
+            return None;
+        }
+    };
+    match split::run(args, verdict, cfg, &ffmpeg, &ffprobe, log) {
+        split::Attempt::Done(outcome) => Some(outcome),
+        split::Attempt::Whole(why) => {
+            log.line(format_args!("split: not split ({why}); the whole job goes to one node"));
+            None
+        }
+    }
 }
 
 /// Answers a cacheable probe. `None` means "just run it for real".

@@ -27,6 +27,9 @@
 //! `trim=end=` on source timestamps (an input `-t` would count from the chunk's
 //! first frame, which is not the grid line).
 
+pub mod assemble;
+pub mod mpegts;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ffmpeg::cmdline::{CommandLine, Opt};
@@ -693,9 +696,7 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
                 return Err(NotSplit::Streams("-vn: no video to split".into()));
             }
             video_opts.extend(retarget(o, covers_video));
-        } else if o.avoption && o.spec().is_none() && is_muxer_avoption(name) {
-            fin_out.opts.push(o.clone());
-        } else if covers_video == Some(false) {
+        } else if (o.avoption && o.spec().is_none() && is_muxer_avoption(name)) || covers_video == Some(false) {
             fin_out.opts.push(o.clone());
         } else if only_video {
             video_opts.extend(retarget(o, covers_video));

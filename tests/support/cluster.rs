@@ -206,7 +206,8 @@ impl Cluster {
     }
 
     /// The shim as Jellyfin runs it: `ffmpeg` from the symlink directory, with the
-    /// cluster configured by environment.
+    /// cluster configured by environment, offloading whole jobs
+    /// (`FFCLUSTER_MODE=whole`; tests/split.rs sets `split`).
     pub fn shim(&self) -> Command {
         let mut c = Command::new(self.bin.join("ffmpeg"));
         c.current_dir(&self.work)
@@ -216,7 +217,7 @@ impl Cluster {
             .env("FFCLUSTER_FFPROBE", real("ffprobe"))
             .env("FFCLUSTER_PROBE_CACHE", "off")
             .env("FFCLUSTER_LOG", self.dir.path().join("shim.log"))
-            .env_remove("FFCLUSTER_MODE")
+            .env("FFCLUSTER_MODE", "whole")
             .env_remove("FFCLUSTER_CONFIG");
         c
     }

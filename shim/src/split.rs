@@ -1,0 +1,435 @@
+//! The shim's side of a split job: nodes encode the video in chunks, the
+//! controller streams the chunks here, and a local ffmpeg (the *finisher*) runs
+//! the job's own command line with the video copied from the joined chunks and
+//! the audio encoded once, continuously (see `ffcluster::split`).
+//!
+//! Because the finisher is the real ffmpeg writing the job's real outputs, the
+//! files, their names, the order they appear in, stdout, the progress on stderr,
+//! `q` and `c` on stdin and the exit code are ffmpeg's own. The shim feeds it the
+//! video on descriptor 3 and forwards stdin and signals.
+//!
+//! Until the controller accepts the job nothing has happened here, so any
+//! failure up to then falls back (to a whole-job offload when the job cannot be
+//! split, to a local run when the cluster cannot take it). Once the finisher runs,
+//! a lost job ends it with an error; its outputs stay as incomplete as an
+//! interrupted ffmpeg leaves them (no playlist end, no trailer).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ffcluster::ffmpeg::CommandLine;
+use ffcluster::ffmpeg::decision::Verdict;
+use ffcluster::protocol::{Frame, FrameKind, JobRequest, ShimMsg, ToShim};
+use ffcluster::split::assemble::Assembler;
+use ffcluster::split::{FINISHER_VIDEO_FD, Probe, Split};
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::cluster::{self, Outcome, Ws, connect, text};
+use crate::config::Config;
+use crate::log::Log;
+use crate::offer::Offers;
+
+/// After a stop (`q`, a signal) the finisher gets this long to stop by itself;
+/// then its video input is closed, which ends a read it may be blocked in.
+const STOP_GRACE: Duration = Duration::from_millis(300);
+
+/// What became of a split attempt.
+pub enum Attempt {
+    Done(Outcome),
+    /// The job cannot be split; offload it whole instead (the reason is logged).
+    Whole(String),
+}
+
+pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffprobe: &Path, log: &Log) -> Attempt {
+    let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
+        return Attempt::Done(Outcome::Fallback("no controller or token configured".into()));
+    };
+    let cl = match CommandLine::parse(args) {
+        Ok(cl) => cl,
+        Err(e) => return Attempt::Done(Outcome::Fallback(e.to_string())),
+    };
+    if cl.inputs.len() != 1 || cl.outputs.len() != 1 {
+        return Attempt::Whole("splitting needs exactly one input and one output".into());
+    }
+    let started = Instant::now();
+    let probe = match probe(&cl, ffprobe) {
+        Ok(p) => p,
+        Err(why) => return Attempt::Whole(why),
+    };
+    let split = match ffcluster::split::split(&cl, &probe) {
+        Ok(s) => s,
+        Err(e) => return Attempt::Whole(e.to_string()),
+    };
+    log.line(format_args!(
+        "split: {:.1} s from {:.3} s on a {} s grid; probed in {} ms",
+        split.plan.end - split.plan.start,
+        split.plan.start,
+        split.plan.grid.period,
+        started.elapsed().as_millis()
+    ));
+    let cwd = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => return Attempt::Done(Outcome::Fallback(format!("no working directory: {e}"))),
+    };
+    let offers = match Offers::prepare(&cl, &cwd) {
+        Ok(o) => o,
+        Err(why) => return Attempt::Done(Outcome::Fallback(why)),
+    };
+    let request = JobRequest {
+        args: args.to_vec(),
+        cwd: cwd.to_string_lossy().into_owned(),
+        files: offers.offers.clone(),
+        needs: verdict.needs.clone(),
+        reason: verdict.reason.as_str().to_owned(),
+        split: Some(split.plan.clone()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return Attempt::Done(Outcome::Fallback(format!("cannot start the cluster client: {e}"))),
+    };
+    let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split };
+    Attempt::Done(runtime.block_on(session.run(controller, token, request)))
+}
+
+/// Asks the real ffprobe what the plan needs (tens of milliseconds).
+fn probe(cl: &CommandLine, ffprobe: &Path) -> Result<Probe, String> {
+    let input = &cl.inputs[0];
+    let out = run_ffprobe(ffprobe, &Probe::ffprobe_args(&input.url.raw))?;
+    let mut probe = Probe::from_json(&out).map_err(|e| e.to_string())?;
+    let noaccurate = input.opts_named("accurate_seek").last().is_some_and(|o| !o.is_on());
+    if let (true, Some(ss)) = (noaccurate, input.last_value("ss")) {
+        probe.parse_keyframe(&run_ffprobe(ffprobe, &Probe::keyframe_args(&input.url.raw, ss))?);
+    }
+    Ok(probe)
+}
+
+fn run_ffprobe(ffprobe: &Path, args: &[String]) -> Result<String, String> {
+    let out = Command::new(ffprobe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", ffprobe.display()))?;
+    if !out.status.success() {
+        return Err(format!("ffprobe could not read the input ({})", out.status));
+    }
+    String::from_utf8(out.stdout).map_err(|_| "ffprobe's answer is not UTF-8".into())
+}
+
+struct Session<'a> {
+    offers: Offers,
+    log: &'a Log,
+    ffmpeg: PathBuf,
+    split: Split,
+}
+
+/// Why the loop ended.
+enum End {
+    Finished(ExitStatus),
+    Lost(String),
+}
+
+impl Session<'_> {
+    async fn run(self, controller: &str, token: &str, request: JobRequest) -> Outcome {
+        let ws = match connect(controller, token).await {
+            Ok(ws) => ws,
+            Err(e) => return Outcome::Fallback(format!("cannot reach the controller at {controller}: {e}")),
+        };
+        let (mut tx, mut rx) = ws.split();
+        if let Err(e) = tx.send(text(&ShimMsg::Submit { request: Box::new(request) })).await {
+            return Outcome::Fallback(format!("controller closed the connection: {e}"));
+        }
+        let job = match cluster::accepted(&mut rx).await {
+            Ok((job, _)) => job,
+            Err(why) => return Outcome::Fallback(why),
+        };
+        let started = Instant::now();
+        let (finisher, video) = match spawn_finisher(&self.ffmpeg, &self.split.finisher) {
+            Ok(f) => f,
+            Err(e) => {
+                return Outcome::Fallback(format!("cannot start the finisher {}: {e}", self.ffmpeg.display()));
+            }
+        };
+        self.log.line(format_args!("split: job {job} accepted; finisher pid {} started", finisher.pid));
+        let mut run = Running::new(finisher, video);
+        let end = run.pump(&mut tx, &mut rx, &self.offers).await;
+        // Closing the socket tells the controller to cancel whatever still runs.
+        let _ = tokio::time::timeout(Duration::from_millis(200), tx.close()).await;
+        let code = match end {
+            End::Finished(status) => exit_code(status),
+            End::Lost(why) => {
+                run.kill();
+                let _ = run.exited.recv().await;
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "ffcluster: the split job was lost on the cluster: {why}");
+                self.log.line(format_args!("split: job {job} lost: {why}"));
+                1
+            }
+        };
+        self.log.line(format_args!(
+            "split: job {job}: exit {code} after {:.2} s; {} chunks, {} video bytes joined, {} input bytes served",
+            started.elapsed().as_secs_f64(),
+            run.assembler.head(),
+            run.assembler.written(),
+            run.bytes_served
+        ));
+        Outcome::Exit(code)
+    }
+}
+
+fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => (c & 0xff) as u8,
+        (None, Some(s)) => (128 + s).clamp(0, 255) as u8,
+        _ => 255,
+    }
+}
+
+/// The finisher process and the ends the shim holds.
+struct Finisher {
+    pid: Pid,
+    child: Child,
+}
+
+fn spawn_finisher(ffmpeg: &Path, args: &[String]) -> std::io::Result<(Finisher, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let read_fd = read.as_raw_fd();
+    let shim = nix::unistd::getpid();
+    let mut cmd = Command::new(ffmpeg);
+    cmd.arg0("ffmpeg").args(args).stdin(Stdio::piped()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    // SAFETY: the closure runs between fork and exec and makes only
+    // async-signal-safe system calls (dup2, fcntl, prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if read_fd == FINISHER_VIDEO_FD {
+                // dup2 onto itself would keep close-on-exec.
+                nix::fcntl::fcntl(
+                    std::os::fd::BorrowedFd::borrow_raw(read_fd),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )?;
+            } else if libc_dup2(read_fd, FINISHER_VIDEO_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Jellyfin kills only the shim's PID: the finisher must not outlive it.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != shim {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(read);
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    Ok((Finisher { pid, child }, write))
+}
+
+fn libc_dup2(from: i32, to: i32) -> i32 {
+    // SAFETY: plain dup2 on descriptors this process owns (between fork and exec).
+    unsafe { nix::libc::dup2(from, to) }
+}
+
+/// A split job whose finisher runs.
+struct Running {
+    pid: Pid,
+    assembler: Assembler,
+    /// Joined video on its way to the finisher; `None` once closed.
+    video: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    exited: mpsc::Receiver<ExitStatus>,
+    /// A stop was asked for: close the video input at this moment if the
+    /// finisher is still running then.
+    close_video_at: Option<tokio::time::Instant>,
+    stops: mpsc::UnboundedReceiver<()>,
+    bytes_served: u64,
+}
+
+impl Running {
+    fn new(f: Finisher, video: OwnedFd) -> Running {
+        let Finisher { pid, mut child } = f;
+        let (video_tx, video_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut pipe = std::fs::File::from(video);
+            for buf in video_rx {
+                if pipe.write_all(&buf).is_err() {
+                    // The finisher is gone; its exit says why.
+                    return;
+                }
+            }
+        });
+        let (stop_tx, stops) = mpsc::unbounded_channel();
+        if let Some(stdin) = child.stdin.take() {
+            forward_stdin(stdin, stop_tx);
+        }
+        let (exit_tx, exited) = mpsc::channel(1);
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = exit_tx.blocking_send(status);
+            }
+        });
+        Running {
+            pid,
+            assembler: Assembler::new(),
+            video: Some(video_tx),
+            exited,
+            close_video_at: None,
+            stops,
+            bytes_served: 0,
+        }
+    }
+
+    fn kill(&self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+    }
+
+    fn stop_requested(&mut self) {
+        self.close_video_at.get_or_insert(tokio::time::Instant::now() + STOP_GRACE);
+    }
+
+    async fn pump(
+        &mut self,
+        tx: &mut futures_util::stream::SplitSink<Ws, Message>,
+        rx: &mut futures_util::stream::SplitStream<Ws>,
+        offers: &Offers,
+    ) -> End {
+        let (Ok(mut sigterm), Ok(mut sigint)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            return End::Lost("cannot install signal handlers".into());
+        };
+        let mut socket_open = true;
+        loop {
+            let close_at = self.close_video_at;
+            tokio::select! {
+                status = self.exited.recv() => {
+                    return match status {
+                        Some(s) => End::Finished(s),
+                        None => End::Lost("lost track of the finisher".into()),
+                    };
+                }
+                msg = rx.next(), if socket_open => {
+                    let step = match msg {
+                        Some(Ok(Message::Binary(b))) => self.on_frame(&b),
+                        Some(Ok(Message::Text(t))) => match serde_json::from_str::<ToShim>(&t) {
+                            Ok(m) => self.on_message(m, tx, offers).await,
+                            Err(e) => Err(format!("bad message from controller: {e}")),
+                        },
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                            socket_open = false;
+                            if self.assembler.complete() { Ok(()) } else {
+                                Err("the controller closed the connection".into())
+                            }
+                        }
+                        Some(Ok(_)) => Ok(()),
+                    };
+                    if let Err(why) = step {
+                        return End::Lost(why);
+                    }
+                    self.flush();
+                }
+                Some(()) = self.stops.recv() => self.stop_requested(),
+                _ = sigterm.recv() => {
+                    let _ = kill(self.pid, Signal::SIGTERM);
+                    self.stop_requested();
+                }
+                _ = sigint.recv() => {
+                    let _ = kill(self.pid, Signal::SIGINT);
+                    self.stop_requested();
+                }
+                () = sleep_until(close_at), if close_at.is_some() => {
+                    self.close_video_at = None;
+                    self.video = None;
+                }
+            }
+        }
+    }
+
+    /// Hands the finisher what is ready, and ends its input after the last chunk.
+    fn flush(&mut self) {
+        let bytes = self.assembler.take();
+        if let Some(v) = &self.video {
+            if !bytes.is_empty() && v.send(bytes).is_err() {
+                self.video = None;
+            }
+            if self.assembler.complete() {
+                self.video = None;
+            }
+        }
+    }
+
+    fn on_frame(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let frame = Frame::decode(bytes).map_err(|e| format!("bad frame from controller: {e}"))?;
+        match frame.kind {
+            FrameKind::Output => {
+                self.assembler.data(frame.id, frame.job, frame.offset, frame.payload).map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        m: ToShim,
+        tx: &mut futures_util::stream::SplitSink<Ws, Message>,
+        offers: &Offers,
+    ) -> Result<(), String> {
+        match m {
+            ToShim::ChunkStarted { chunk, attempt, last, .. } => {
+                self.assembler.started(chunk, attempt, last);
+                Ok(())
+            }
+            ToShim::ChunkDone { chunk, attempt, size } => {
+                self.assembler.done(chunk, attempt, size).map_err(|e| e.to_string())
+            }
+            ToShim::ChunkFailed { chunk, attempt, .. } => {
+                self.assembler.failed(chunk, attempt).map_err(|e| e.to_string())
+            }
+            ToShim::Read { req, file, offset, len } => {
+                let (reply, served) = cluster::answer_read(offers, req, file, offset, len);
+                self.bytes_served += served;
+                tx.send(reply).await.map_err(|e| format!("connection to the controller failed: {e}"))
+            }
+            ToShim::Failed { reason } => Err(reason),
+            ToShim::Accepted { .. } | ToShim::Rejected { .. } | ToShim::Output { .. } | ToShim::Exited { .. } => Ok(()),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Copies the shim's stdin to the finisher's (keys such as `q` and `c` are the
+/// finisher's to obey) and reports a `q`, after which the finisher may need its
+/// video input closed to finish.
+fn forward_stdin(mut child: ChildStdin, stops: mpsc::UnboundedSender<()>) {
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if child.write_all(&buf[..n]).and_then(|()| child.flush()).is_err() {
+                        return;
+                    }
+                    if buf[..n].contains(&b'q') {
+                        let _ = stops.send(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    });
+}

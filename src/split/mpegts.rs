@@ -1,0 +1,141 @@
+//! Just enough MPEG-TS to join chunks: where each keyframe starts (a chunk can
+//! be handed over to another attempt of the same chunk only there), and
+//! continuity counters that run on across chunk boundaries (each chunk's muxer
+//! starts them at 0, which the finisher's demuxer would report as packet loss
+//! and flag the frame before the boundary as corrupt).
+
+/// Size of one transport packet.
+pub const PACKET: usize = 188;
+const SYNC: u8 = 0x47;
+const NULL_PID: u16 = 0x1fff;
+
+/// A packet that starts a keyframe's PES packet (payload unit start with the
+/// random access indicator set, as ffmpeg's muxer marks keyframes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keyframe {
+    /// Byte offset of the packet in the stream.
+    pub offset: usize,
+    /// Presentation timestamp in 90 kHz units.
+    pub pts: u64,
+}
+
+/// Keyframes among the whole packets of `bytes` at or after `from` (a packet
+/// boundary).
+pub fn keyframes(bytes: &[u8], from: usize) -> Vec<Keyframe> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at + PACKET <= bytes.len() {
+        if let Some(pts) = keyframe_pts(&bytes[at..at + PACKET]) {
+            out.push(Keyframe { offset: at, pts });
+        }
+        at += PACKET;
+    }
+    out
+}
+
+fn keyframe_pts(p: &[u8]) -> Option<u64> {
+    if p[0] != SYNC || p[1] & 0x40 == 0 {
+        return None;
+    }
+    let afc = (p[3] >> 4) & 3;
+    if afc & 2 == 0 || afc & 1 == 0 {
+        return None;
+    }
+    let af_len = usize::from(p[4]);
+    if af_len == 0 || p[5] & 0x40 == 0 {
+        return None;
+    }
+    let pes = p.get(5 + af_len..)?;
+    if pes.len() < 14 || pes[..3] != [0, 0, 1] || pes[7] & 0x80 == 0 {
+        return None;
+    }
+    let t = &pes[9..14];
+    Some(
+        (u64::from(t[0] >> 1) & 7) << 30
+            | u64::from(t[1]) << 22
+            | (u64::from(t[2]) >> 1) << 15
+            | u64::from(t[3]) << 7
+            | u64::from(t[4]) >> 1,
+    )
+}
+
+/// Rewrites continuity counters so that they run on across joined streams.
+#[derive(Debug, Default)]
+pub struct Continuity {
+    last: std::collections::HashMap<u16, u8>,
+}
+
+impl Continuity {
+    /// Fixes whole packets in place; `bytes.len()` must be a multiple of [`PACKET`].
+    pub fn fix(&mut self, bytes: &mut [u8]) {
+        for p in bytes.chunks_exact_mut(PACKET) {
+            if p[0] != SYNC {
+                continue;
+            }
+            let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+            if pid == NULL_PID {
+                continue;
+            }
+            let has_payload = (p[3] >> 4) & 1 == 1;
+            let cc = match (self.last.get(&pid), has_payload) {
+                (Some(l), true) => (l + 1) & 0x0f,
+                (Some(l), false) => *l,
+                (None, _) => p[3] & 0x0f,
+            };
+            p[3] = (p[3] & 0xf0) | cc;
+            self.last.insert(pid, cc);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A packet on `pid` with payload; a keyframe PES start when `pts` is given.
+    pub(crate) fn packet(pid: u16, cc: u8, pts: Option<u64>) -> Vec<u8> {
+        let mut p = vec![0xffu8; PACKET];
+        p[0] = SYNC;
+        p[1] = ((pid >> 8) as u8 & 0x1f) | if pts.is_some() { 0x40 } else { 0 };
+        p[2] = pid as u8;
+        match pts {
+            Some(pts) => {
+                p[3] = 0x30 | cc;
+                p[4] = 1;
+                p[5] = 0x40;
+                let pes = &mut p[6..];
+                pes[..9].copy_from_slice(&[0, 0, 1, 0xe0, 0, 0, 0x80, 0x80, 5]);
+                pes[9] = 0x21 | (((pts >> 30) as u8 & 7) << 1);
+                pes[10] = (pts >> 22) as u8;
+                pes[11] = ((pts >> 14) as u8) | 1;
+                pes[12] = (pts >> 7) as u8;
+                pes[13] = ((pts << 1) as u8) | 1;
+            }
+            None => p[3] = 0x10 | cc,
+        }
+        p
+    }
+
+    #[test]
+    fn finds_keyframes_and_their_timestamps() {
+        let mut s = packet(0, 0, None);
+        s.extend(packet(256, 0, Some(126_000)));
+        s.extend(packet(256, 1, None));
+        s.extend(packet(256, 2, Some(8_589_934_591)));
+        s.extend(&[0x47, 0, 0]); // a partial packet is not looked at
+        let k = keyframes(&s, 0);
+        assert_eq!(k, [Keyframe { offset: 188, pts: 126_000 }, Keyframe { offset: 564, pts: 8_589_934_591 }]);
+        assert_eq!(keyframes(&s, 376).len(), 1);
+    }
+
+    #[test]
+    fn continuity_runs_on_across_joins() {
+        let mut c = Continuity::default();
+        let mut a: Vec<u8> = [packet(0, 0, None), packet(256, 0, Some(0)), packet(256, 1, None)].concat();
+        c.fix(&mut a);
+        let mut b: Vec<u8> = [packet(0, 0, None), packet(256, 0, Some(9000))].concat();
+        c.fix(&mut b);
+        let cc = |p: &[u8]| p[3] & 0x0f;
+        assert_eq!((cc(&b[..188]), cc(&b[188..])), (1, 2));
+    }
+}
