@@ -138,13 +138,17 @@ pub struct Planner {
     next_segment: i64,
     issued: usize,
     sizing: Sizing,
+    /// Segments per unit of speed once the last round has begun: what was left
+    /// then, shared evenly, so that every node finishes at about the same time
+    /// (recomputing the share for each chunk would shrink it chunk by chunk).
+    tail_unit: Option<f64>,
 }
 
 impl Planner {
     /// `start` is where output begins (after a seek), `end` where it stops, and
     /// `start_number` the index of the segment that begins at `start`.
     pub fn new(grid: Grid, start: f64, end: f64, start_number: i64, sizing: Sizing) -> Planner {
-        Planner { grid, end, cursor: start, next_segment: start_number, issued: 0, sizing }
+        Planner { grid, end, cursor: start, next_segment: start_number, issued: 0, sizing, tail_unit: None }
     }
 
     /// The next chunk for a node whose speed, relative to the cluster's average,
@@ -154,19 +158,32 @@ impl Planner {
             return None;
         }
         let p = self.grid.period;
+        let speed = speed.clamp(0.1, 4.0);
         let segments = if self.issued < self.sizing.small_chunks {
             f64::from(self.sizing.first)
         } else {
-            let by_speed = (self.sizing.max_seconds * speed.clamp(0.1, 4.0) / p).floor();
+            let by_speed = (self.sizing.max_seconds * speed / p).floor().max(1.0);
             let left = ((self.end - self.cursor) / p).ceil();
-            let share = (left / self.sizing.nodes.max(1) as f64).ceil();
-            by_speed.min(share).max(1.0)
+            let nodes = self.sizing.nodes.max(1) as f64;
+            if self.tail_unit.is_none() && left <= nodes * by_speed {
+                self.tail_unit = Some(left / nodes);
+            }
+            match self.tail_unit {
+                Some(unit) => (unit * speed).round().clamp(1.0, by_speed.max(1.0)),
+                None => by_speed,
+            }
         };
         // The first boundary may be off the grid (a seek without -copyts lands on
         // the grid by construction; with it, the seek point is a grid line too).
         let mut stop = self.grid.ceil(self.cursor + segments * p - p * 1e-6);
         if stop <= self.cursor + 1e-9 {
             stop = self.grid.ceil(self.cursor + p);
+        }
+        // What is left after the last grid line (the input rarely ends on one)
+        // is not worth a chunk of its own: it would start an ffmpeg for a frame
+        // or none.
+        if self.end - stop < p * (1.0 - 1e-6) {
+            stop = self.end;
         }
         let stop = stop.min(self.end);
         let chunk = Chunk { index: self.issued, start: self.cursor, end: stop, first_segment: self.next_segment };
@@ -229,6 +246,28 @@ mod tests {
         // Near the end no chunk takes more than an even share of what is left.
         let last_two: Vec<f64> = chunks.iter().rev().take(2).map(|c| c.end - c.start).collect();
         assert!(last_two.iter().all(|d| *d <= 30.0), "{last_two:?}");
+    }
+
+    #[test]
+    fn the_last_round_is_shared_evenly_and_leaves_no_sliver() {
+        // 60 s from 0.005 s (a Matroska video start), 4 nodes: four one-segment
+        // chunks, then the 48 s left go out as four equal chunks; the 37 ms after
+        // the last grid line ride with the last chunk.
+        let g = Grid { period: 3.0, origin: 0.005 };
+        let mut p =
+            Planner::new(g, 0.005, 60.042, 0, Sizing { first: 1, small_chunks: 4, max_seconds: 30.0, nodes: 4 });
+        let mut lens = Vec::new();
+        let mut last = None;
+        while let Some(c) = p.next(1.0) {
+            lens.push(((c.end - c.start) / 3.0).round() as i64);
+            last = Some(c);
+        }
+        assert_eq!(lens, [1, 1, 1, 1, 4, 4, 4, 4]);
+        assert_eq!(last.unwrap().end, 60.042);
+        // One node: no small chunks, one long chunk streamed from the start.
+        let mut one =
+            Planner::new(g, 0.005, 60.042, 0, Sizing { first: 1, small_chunks: 0, max_seconds: 30.0, nodes: 1 });
+        assert_eq!(one.next(1.0).map(|c| c.end), Some(30.005));
     }
 
     #[test]

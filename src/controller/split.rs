@@ -189,7 +189,14 @@ impl SplitJob {
         let plan = request.split.take().ok_or_else(|| SplitRefused::Plan("the job has no split plan".into()))?;
         check_plan(&plan)?;
         let sizing =
-            Sizing { first: 1, small_chunks: nodes.max(3), max_seconds: MAX_CHUNK_SECONDS, nodes: nodes.max(1) };
+            // One-segment chunks get segment 0 out fast when several nodes share
+            // the start; a lone node does better streaming one long chunk.
+            Sizing {
+                first: 1,
+                small_chunks: if nodes <= 1 { 0 } else { nodes.max(3) },
+                max_seconds: MAX_CHUNK_SECONDS,
+                nodes: nodes.max(1),
+            };
         let planner = Planner::new(plan.grid, plan.start, plan.end, plan.start_number, sizing);
         Ok(SplitJob {
             id,
@@ -979,7 +986,7 @@ pub(crate) mod tests {
         assert_eq!(failed.len(), 3);
         match msgs.last() {
             Some(ToShim::Failed { reason }) => {
-                assert_eq!(reason, "chunk 0 (0.000-3.000 s) failed 3 times; last: refused by a: no scratch space 2")
+                assert_eq!(reason, "chunk 0 (0.000-30.000 s) failed 3 times; last: refused by a: no scratch space 2")
             }
             other => panic!("{other:?}"),
         }
