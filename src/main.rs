@@ -1,5 +1,6 @@
 //! `ffcluster`: the controller daemon and the admin CLI.
 
+mod bench;
 mod demo;
 mod explain;
 mod serve;
@@ -27,6 +28,8 @@ enum Command {
     Status(status::Args),
     /// Show how an ffmpeg command line is parsed and where the shim would run it.
     Explain(explain::Args),
+    /// Measure the cluster on this machine (see README, Benchmarks).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Status(args) => status::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
