@@ -29,12 +29,16 @@ pub struct Args {
 }
 
 /// Child processes that are stopped (SIGTERM, then SIGKILL) however the demo ends.
-struct Children(Vec<Child>);
+#[derive(Debug)]
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for c in &self.0 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+        for c in &mut self.0 {
+            // Only a child not yet reaped: a reaped one's pid may belong to another process.
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         for c in &mut self.0 {
@@ -115,7 +119,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     ensure!(gen_status.success(), "generating the clip failed");
 
     let md5 = "d41d8cd98f00b204e9800998ecf8427e";
-    let hls_args = jellyfin_hls_args(&clip, &transcodes, md5);
+    let hls_args = jellyfin_hls_args(&clip, &transcodes, md5, 1280, 720);
     step("running Jellyfin 10.11's HLS command line through the shim");
     let started = Instant::now();
     let mut shim = Command::new(bin.join("ffmpeg"))
@@ -163,14 +167,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let status = fetch_status(&url, &token)?;
     let job = status.jobs.first().context("the controller recorded no job")?;
     let shim_log = std::fs::read_to_string(logs.join("shim.log")).unwrap_or_default();
-    let offloaded = shim_log.contains("runs on node");
+    let offloaded = shim_log.contains("runs on node") || shim_log.contains("split: job");
+    let ran_on = match (&job.node, &job.nodes) {
+        (Some(node), _) => node.clone(),
+        (None, Some(nodes)) => {
+            format!("split across {} in {} chunks", nodes.join(" and "), job.chunks_done.unwrap_or(0))
+        }
+        (None, None) => "?".into(),
+    };
 
     println!();
     println!("ffcluster demo: OK");
     println!("  output     {} ({segments} segments, {frames} frames, no decode errors)", playlist.display());
     println!(
         "  ran on     {} ({} job, exit code {})",
-        if offloaded { job.node.as_deref().unwrap_or("?") } else { "this machine (fallback)" },
+        if offloaded { ran_on.as_str() } else { "this machine (fallback)" },
         job.mode,
         job.exit_code.map_or("-".into(), |c| c.to_string())
     );
@@ -195,17 +206,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn step(what: &str) {
+pub(crate) fn step(what: &str) {
     println!("==> {what}");
 }
 
-fn sibling(dir: &Path, name: &str) -> Result<PathBuf> {
+pub(crate) fn sibling(dir: &Path, name: &str) -> Result<PathBuf> {
     let p = dir.join(name);
     ensure!(p.is_file(), "{} not found: build the whole workspace (cargo build --release --workspace)", p.display());
     Ok(p)
 }
 
-fn fetch_status(url: &str, token: &str) -> Result<Status> {
+pub(crate) fn fetch_status(url: &str, token: &str) -> Result<Status> {
     Ok(ffcluster::controller::http_client::fetch_status(url, token)?)
 }
 
@@ -243,7 +254,7 @@ fn relay_progress(stderr: impl Read + Send + 'static, log: PathBuf) -> std::thre
     })
 }
 
-fn count_frames(ffprobe: &Path, path: &Path) -> Result<u64> {
+pub(crate) fn count_frames(ffprobe: &Path, path: &Path) -> Result<u64> {
     let out = Command::new(ffprobe)
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
         .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
@@ -258,11 +269,12 @@ fn count_frames(ffprobe: &Path, path: &Path) -> Result<u64> {
         .with_context(|| format!("ffprobe frame count: {text:?}"))
 }
 
-/// Jellyfin 10.11's HLS transcode (CONTRACT.md §5.3): libx264, 720p cap, 5.1 to
-/// stereo AAC, 3 s mpegts segments.
-fn jellyfin_hls_args(input: &Path, dir: &Path, md5: &str) -> Vec<String> {
+/// Jellyfin 10.11's HLS transcode (CONTRACT.md §5.3): libx264 scaled to fit
+/// `width`x`height` (the demo's is 720p), 5.1 to stereo AAC, 3 s mpegts segments.
+pub(crate) fn jellyfin_hls_args(input: &Path, dir: &Path, md5: &str, width: u32, height: u32) -> Vec<String> {
+    let (w, h) = (width, height);
     let scale =
-        r"scale=trunc(min(max(iw\,ih*a)\,min(1280\,720*a))/2)*2:trunc(min(max(iw/a\,ih)\,min(1280/a\,720))/2)*2";
+        format!(r"scale=trunc(min(max(iw\,ih*a)\,min({w}\,{h}*a))/2)*2:trunc(min(max(iw/a\,ih)\,min({w}/a\,{h}))/2)*2");
     let vf = format!("setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709,{scale},format=yuv420p");
     let mut a: Vec<String> = ["-analyzeduration", "200M", "-probesize", "1G", "-i"].map(String::from).to_vec();
     a.push(format!("file:{}", input.display()));

@@ -175,12 +175,21 @@ impl Session<'_> {
                 1
             }
         };
+        let cpu = |who| {
+            nix::sys::resource::getrusage(who).map_or(0.0, |u| {
+                let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+                secs(u.user_time()) + secs(u.system_time())
+            })
+        };
         self.log.line(format_args!(
-            "split: job {job}: exit {code} after {:.2} s; {} chunks, {} video bytes joined, {} input bytes served",
+            "split: job {job}: exit {code} after {:.2} s; {} chunks, {} video bytes joined, {} input bytes served; \
+             CPU: shim {:.2} s, finisher {:.2} s",
             started.elapsed().as_secs_f64(),
             run.assembler.head(),
             run.assembler.written(),
-            run.bytes_served
+            run.bytes_served,
+            cpu(nix::sys::resource::UsageWho::RUSAGE_SELF),
+            cpu(nix::sys::resource::UsageWho::RUSAGE_CHILDREN),
         ));
         Outcome::Exit(code)
     }
