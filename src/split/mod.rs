@@ -322,22 +322,11 @@ impl ChunkRecipe {
         if let Some(vf) = vf {
             a.extend(["-vf".into(), vf]);
         }
-        a.extend(
-            [
-                "-an",
-                "-sn",
-                "-dn",
-                "-avoid_negative_ts",
-                "disabled",
-                "-f",
-                "mpegts",
-                "-muxdelay",
-                "0",
-                "-muxpreload",
-                "0",
-            ]
-            .map(str::to_owned),
-        );
+        // -flush_packets: each frame leaves at once instead of waiting in a
+        // 32 KiB buffer (a quarter second of video at 1 Mb/s), which the
+        // finisher, and so segment 0, would wait for.
+        let tail = "-an -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 -flush_packets 1";
+        a.extend(tail.split(' ').map(str::to_owned));
         a.push("pipe:1".into());
         a
     }
