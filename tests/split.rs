@@ -131,7 +131,7 @@ fn hls_split_matches_direct(fmp4: bool, seek: Option<(&str, u32)>) {
     let job = &status["jobs"][0];
     assert_eq!(job["mode"], "split", "{job}\n{}", c.log("shim.log"));
     assert_eq!(job["state"], "done", "{job}");
-    assert!(job["chunks_done"].as_u64().unwrap() >= 3, "{job}");
+    assert!(job["chunks_done"].as_u64().unwrap() >= 2, "{job}");
     assert_eq!(job["nodes"].as_array().unwrap().len(), 2, "both nodes took chunks: {job}");
 
     assert_eq!(names(&direct), names(&split), "file names differ");
