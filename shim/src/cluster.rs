@@ -109,17 +109,9 @@ impl<'a> Session<'a> {
     }
 
     async fn run(mut self, controller: &str, token: &str, request: JobRequest, read_stdin: bool) -> Outcome {
-        let ws = match connect(controller, token).await {
-            Ok(ws) => ws,
-            Err(e) => return Outcome::Fallback(format!("cannot reach the controller at {controller}: {e}")),
-        };
-        let (mut tx, mut rx) = ws.split();
-        if let Err(e) = tx.send(text(&ShimMsg::Submit { request: Box::new(request) })).await {
-            return Outcome::Fallback(format!("controller closed the connection: {e}"));
-        }
         let started = Instant::now();
-        let (job, node) = match accepted(&mut rx).await {
-            Ok(a) => a,
+        let (mut tx, mut rx, job, node) = match submit(controller, token, request).await {
+            Ok(placed) => placed,
             Err(why) => return Outcome::Fallback(why),
         };
         self.log.line(format_args!("cluster: job {job} runs on node {node}"));
@@ -275,8 +267,26 @@ enum Step {
     Lost(String),
 }
 
+/// The socket's two halves once the controller has placed a job.
+pub(crate) type Placed =
+    (futures_util::stream::SplitSink<Ws, Message>, futures_util::stream::SplitStream<Ws>, JobId, String);
+
+/// Connects, submits `request` and waits until the controller places it: the
+/// socket, the job's id and where it runs. An error means nothing has happened
+/// yet, so the caller can still fall back.
+pub(crate) async fn submit(controller: &str, token: &str, request: JobRequest) -> Result<Placed, String> {
+    let ws =
+        connect(controller, token).await.map_err(|e| format!("cannot reach the controller at {controller}: {e}"))?;
+    let (mut tx, mut rx) = ws.split();
+    tx.send(text(&ShimMsg::Submit { request: Box::new(request) }))
+        .await
+        .map_err(|e| format!("controller closed the connection: {e}"))?;
+    let (job, node) = accepted(&mut rx).await?;
+    Ok((tx, rx, job, node))
+}
+
 /// Waits for the controller to place the submitted job: its id and where it runs.
-pub(crate) async fn accepted(rx: &mut futures_util::stream::SplitStream<Ws>) -> Result<(JobId, String), String> {
+async fn accepted(rx: &mut futures_util::stream::SplitStream<Ws>) -> Result<(JobId, String), String> {
     let placed = tokio::time::timeout(ACCEPT_TIMEOUT, async {
         while let Some(msg) = rx.next().await {
             match msg {
@@ -307,7 +317,7 @@ pub(crate) fn answer_read(offers: &Offers, req: u32, file: u32, offset: u64, len
     }
 }
 
-pub(crate) async fn connect(controller: &str, token: &str) -> Result<Ws, String> {
+async fn connect(controller: &str, token: &str) -> Result<Ws, String> {
     let mut req = ws_url(controller, SHIM_PATH).into_client_request().map_err(|e| e.to_string())?;
     let auth = format!("Bearer {token}").parse().map_err(|_| "the token is not a valid header value".to_owned())?;
     req.headers_mut().insert("authorization", auth);

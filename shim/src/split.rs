@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use ffcluster::ffmpeg::CommandLine;
 use ffcluster::ffmpeg::decision::Verdict;
-use ffcluster::protocol::{Frame, FrameKind, JobRequest, ShimMsg, ToShim};
+use ffcluster::protocol::{Frame, FrameKind, JobRequest, ToShim};
 use ffcluster::split::assemble::Assembler;
 use ffcluster::split::{FINISHER_VIDEO_FD, Probe, Split};
 use futures_util::{SinkExt, StreamExt};
@@ -33,7 +33,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cluster::{self, Outcome, Ws, connect, text};
+use crate::cluster::{self, Outcome, Ws};
 use crate::config::Config;
 use crate::log::Log;
 use crate::offer::Offers;
@@ -140,16 +140,8 @@ enum End {
 
 impl Session<'_> {
     async fn run(self, controller: &str, token: &str, request: JobRequest) -> Outcome {
-        let ws = match connect(controller, token).await {
-            Ok(ws) => ws,
-            Err(e) => return Outcome::Fallback(format!("cannot reach the controller at {controller}: {e}")),
-        };
-        let (mut tx, mut rx) = ws.split();
-        if let Err(e) = tx.send(text(&ShimMsg::Submit { request: Box::new(request) })).await {
-            return Outcome::Fallback(format!("controller closed the connection: {e}"));
-        }
-        let job = match cluster::accepted(&mut rx).await {
-            Ok((job, _)) => job,
+        let (mut tx, mut rx, job, _) = match cluster::submit(controller, token, request).await {
+            Ok(placed) => placed,
             Err(why) => return Outcome::Fallback(why),
         };
         let started = Instant::now();

@@ -58,7 +58,6 @@ struct Chunk {
     /// After the committed attempt failed at a keyframe: the keyframe to go on
     /// from, in whichever attempt reaches it.
     resume: Option<u64>,
-    last: bool,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +81,6 @@ impl Assembler {
         }
         let c = self.chunks.entry(chunk).or_default();
         c.attempts.entry(attempt).or_default();
-        c.last |= last;
         if last {
             self.last = Some(chunk);
         }
@@ -233,11 +231,9 @@ impl Assembler {
                 continue;
             }
             if finished {
-                let last = c.last;
                 self.chunks.remove(&head);
                 self.head += 1;
-                if last {
-                    self.last = Some(head);
+                if self.last == Some(head) {
                     return Ok(());
                 }
                 continue;

@@ -626,16 +626,15 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
             Some(spec) => Some(spec_covers(spec, vidx, &outs).ok_or_else(|| NotSplit::Option(o.key.clone()))?),
         };
         let only_video = covers_video == Some(true)
-            && outs.len() > 1
             && (0..outs.len()).all(|i| i == vidx || spec_covers(o.spec().unwrap_or(""), i, &outs) == Some(false));
-        let only_video = only_video || (covers_video == Some(true) && outs.len() == 1);
         match name {
             "map" => {
                 // The finisher takes the video from its second input.
                 let mut m = o.clone();
                 let v = o.value.as_deref().unwrap_or("");
-                if !v.starts_with('-') && resolve_maps(&[v], &probe.streams)?.iter().any(|s| s.index == vstream.index) {
-                    if resolve_maps(&[v], &probe.streams)?.len() != 1 {
+                let picked = if v.starts_with('-') { Vec::new() } else { resolve_maps(&[v], &probe.streams)? };
+                if picked.iter().any(|s| s.index == vstream.index) {
+                    if picked.len() != 1 {
                         return Err(NotSplit::Map(v.to_owned()));
                     }
                     m.value = Some("1:0".into());
@@ -726,11 +725,10 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
         },
     };
     let (period, start_number) = match shape {
-        OutputShape::Hls { hls_time, start_number, .. } => {
+        OutputShape::Hls { start_number, .. } => {
             let grid = Grid::of(cl, 0, shape).ok_or_else(|| {
                 NotSplit::Shape("HLS keyframes are not forced on a grid that divides -hls_time".into())
             })?;
-            let _ = hls_time;
             (grid.period, *start_number)
         }
         _ => (keyframe_period.unwrap_or(FREE_GRID), 0),
