@@ -76,7 +76,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     step(&format!("controller on {url}"));
     children.0.push(
         Command::new(std::env::current_exe()?)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            // The demo's own cluster: not this machine's installed config files.
+            .args(["serve", "--config", "/dev/null", "--listen", &format!("127.0.0.1:{port}")])
             .env("FFCLUSTER_TOKEN", &token)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(logs.join("controller.log"))?)
@@ -88,8 +89,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         step(&format!("node agent {name}"));
         children.0.push(
             Command::new(&node_exe)
-                .args(["--controller", &url, "--token", &token, "--name", &name, "--slots", "1"])
-                .arg("--scratch")
+                .args(["--config", "/dev/null", "--controller", &url, "--token", &token, "--name", &name])
+                .args(["--slots", "1", "--scratch"])
                 .arg(dir.join(format!("scratch-{name}")))
                 .arg("--ffmpeg")
                 .arg(&ffmpeg)

@@ -15,12 +15,14 @@
 //!   (pure).
 //! * [`split`]: whether a job can be split, each chunk's command line, and the
 //!   local finisher that joins the chunks into the job's real outputs (pure).
+//! * [`config`]: the daemons' layered settings (TOML file, environment, flags).
 //! * `controller` (feature `controller`): the daemon behind `ffcluster serve`
 //!   (node and shim WebSockets, the scheduler, the input relay, the status
 //!   document) and the small HTTP client behind `ffcluster status`.
 //!
 //! Dependency direction: `ffmpeg` ← `protocol` ← `remote` ← `controller`.
 
+pub mod config;
 #[cfg(feature = "controller")]
 pub mod controller;
 pub mod ffmpeg;

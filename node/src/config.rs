@@ -1,9 +1,12 @@
-//! The agent's settings after the command line and the environment are read, and
-//! the two pure rules that touch paths: `--path-map` and name sanitising.
+//! The agent's settings: flags over environment variables over the config file
+//! (`/etc/ffcluster/node.toml`) over defaults, and the two pure rules that touch
+//! paths: `--path-map` and name sanitising.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use ffcluster::config::{self, Key, Layers, Setting, Source};
+use serde::Deserialize;
 
 /// Everything the agent needs to know about where it runs.
 #[derive(Debug, Clone)]
@@ -17,6 +20,231 @@ pub struct Config {
     pub scratch: PathBuf,
     pub ffmpeg: PathBuf,
     pub path_maps: Vec<PathMap>,
+}
+
+/// The config file read when neither --config nor FFCLUSTER_NODE_CONFIG names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ffcluster/node.toml";
+/// Not `FFCLUSTER_CONFIG`: that names the shim's file, and a Jellyfin host that
+/// is also a node has both in one environment.
+const CONFIG_ENV: &str = "FFCLUSTER_NODE_CONFIG";
+
+const CONTROLLER: Key = Key { name: "controller", env: "FFCLUSTER_CONTROLLER", flag: "--controller" };
+const TOKEN: Key = Key { name: "token", env: "FFCLUSTER_TOKEN", flag: "--token" };
+const TOKEN_FILE: Key = Key { name: "token_file", env: "FFCLUSTER_TOKEN_FILE", flag: "--token-file" };
+const NAME: Key = Key { name: "name", env: "FFCLUSTER_NODE_NAME", flag: "--name" };
+const SLOTS: Key = Key { name: "slots", env: "FFCLUSTER_NODE_SLOTS", flag: "--slots" };
+const SCRATCH: Key = Key { name: "scratch", env: "FFCLUSTER_NODE_SCRATCH", flag: "--scratch" };
+const FFMPEG: Key = Key { name: "ffmpeg", env: "FFCLUSTER_NODE_FFMPEG", flag: "--ffmpeg" };
+const PATH_MAP: Key = Key { name: "path_map", env: "FFCLUSTER_NODE_PATH_MAP", flag: "--path-map" };
+const LOG_LEVEL: Key = Key { name: "log_level", env: "FFCLUSTER_NODE_LOG_LEVEL", flag: "--log-level" };
+/// Every key of `node.toml`, in the order of contrib/config/node.toml.
+#[cfg(test)]
+pub const KEYS: [Key; 9] = [CONTROLLER, TOKEN, TOKEN_FILE, NAME, SLOTS, SCRATCH, FFMPEG, PATH_MAP, LOG_LEVEL];
+
+/// Each setting is taken from its flag, else its environment variable, else the
+/// config file, else the default (README, Configuration).
+#[derive(Debug, Default, clap::Args)]
+pub struct Flags {
+    /// TOML config file (env FFCLUSTER_NODE_CONFIG) [default: /etc/ffcluster/node.toml, if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the settings in effect, each with where it came from, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// The controller's base URL, e.g. http://10.0.0.2:9470 (env FFCLUSTER_CONTROLLER). Required.
+    #[arg(long, value_name = "URL")]
+    pub controller: Option<String>,
+    /// The shared secret for the controller (env FFCLUSTER_TOKEN).
+    #[arg(long, value_name = "SECRET")]
+    pub token: Option<String>,
+    /// Read the shared secret from this file, e.g. a Docker secret (env FFCLUSTER_TOKEN_FILE).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// This node's name (env FFCLUSTER_NODE_NAME) [default: the host name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Jobs run at once (env FFCLUSTER_NODE_SLOTS) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub slots: Option<String>,
+    /// Working directory for jobs (env FFCLUSTER_NODE_SCRATCH) [default: $TMPDIR/ffcluster-node-<name>].
+    #[arg(long, value_name = "DIR")]
+    pub scratch: Option<String>,
+    /// The ffmpeg to run (env FFCLUSTER_NODE_FFMPEG) [default: ffmpeg found on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub ffmpeg: Option<String>,
+    /// FROM=TO: the shim's files under FROM are readable here under TO (a shared
+    /// mount); such inputs are read directly instead of through the controller.
+    /// Repeatable (env FFCLUSTER_NODE_PATH_MAP, comma-separated).
+    #[arg(long = "path-map", value_name = "FROM=TO")]
+    pub path_map: Vec<String>,
+    /// Log level or tracing directives, e.g. debug or info,ffcluster_node=debug
+    /// (env FFCLUSTER_NODE_LOG_LEVEL) [default: $RUST_LOG, else info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The keys of `node.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    controller: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    name: Option<String>,
+    slots: Option<u32>,
+    scratch: Option<String>,
+    ffmpeg: Option<String>,
+    path_map: Option<Vec<String>>,
+    log_level: Option<String>,
+}
+
+/// The agent's settings before anything is resolved on disk, each with where it
+/// came from. `None` values are defaults computed later (the scratch directory
+/// depends on the name, the ffmpeg on `PATH`).
+#[derive(Debug)]
+pub struct Settings {
+    pub file: Option<PathBuf>,
+    pub controller: Setting<String>,
+    pub token: Setting<String>,
+    pub name: Setting<String>,
+    pub slots: Setting<u32>,
+    pub scratch: Setting<Option<PathBuf>>,
+    pub ffmpeg: Setting<Option<PathBuf>>,
+    pub path_maps: Setting<Vec<PathMap>>,
+    pub log_level: Setting<String>,
+}
+
+fn default<T>(value: T) -> Setting<T> {
+    Setting { value, source: Source::Default }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() { Err("empty".into()) } else { Ok(s.to_owned()) }
+}
+
+fn parse_slots(s: &str) -> Result<u32, String> {
+    let n: u32 = s.trim().parse().map_err(|_| format!("{s:?} is not a whole number"))?;
+    check_slots(n)
+}
+
+fn check_slots(n: u32) -> Result<u32, String> {
+    if n == 0 { Err("must be at least 1".into()) } else { Ok(n) }
+}
+
+fn parse_path_maps<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<PathMap>, String> {
+    items.filter(|s| !s.trim().is_empty()).map(|s| s.parse::<PathMap>().map_err(|e| e.to_string())).collect()
+}
+
+impl Settings {
+    pub fn resolve(f: Flags, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
+        let file_path = config::locate(f.config, CONFIG_ENV, env, DEFAULT_CONFIG_PATH);
+        let file: FileConfig = match &file_path {
+            Some(p) => config::read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let layers = Layers { env, file: file_path.as_deref() };
+        let Some(controller) = layers.pick_str(&CONTROLLER, f.controller, file.controller, non_empty)? else {
+            bail!(config::ConfigError::Missing {
+                what: "controller URL",
+                key: CONTROLLER.name,
+                env: CONTROLLER.env,
+                flag: CONTROLLER.flag
+            });
+        };
+        let Some(token) =
+            layers.token((&TOKEN, &TOKEN_FILE), (f.token, f.token_file), (file.token, file.token_file))?
+        else {
+            bail!(
+                "no token: give the controller's shared secret with --token or FFCLUSTER_TOKEN, \
+                 --token-file or FFCLUSTER_TOKEN_FILE, or `token`/`token_file` in the config file"
+            );
+        };
+        let name = match layers.pick_str(&NAME, f.name, file.name, non_empty)? {
+            Some(n) => n,
+            None => default(
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "node".to_owned()),
+            ),
+        };
+        let slots = layers.pick(&SLOTS, f.slots, file.slots, parse_slots, check_slots)?.unwrap_or_else(|| default(1));
+        let path = |s: &str| non_empty(s).map(|p| Some(PathBuf::from(p)));
+        let scratch = layers.pick_str(&SCRATCH, f.scratch, file.scratch, path)?.unwrap_or_else(|| default(None));
+        let ffmpeg = layers.pick_str(&FFMPEG, f.ffmpeg, file.ffmpeg, path)?.unwrap_or_else(|| default(None));
+        // The flag repeats; the environment variable is a comma-separated list.
+        let flag_maps = (!f.path_map.is_empty()).then(|| f.path_map.join(","));
+        let path_maps = layers
+            .pick(
+                &PATH_MAP,
+                flag_maps,
+                file.path_map,
+                |s| parse_path_maps(s.split(',')),
+                |v| parse_path_maps(v.iter().map(String::as_str)),
+            )?
+            .unwrap_or_else(|| default(Vec::new()));
+        let log_level = match layers.pick_str(&LOG_LEVEL, f.log_level, file.log_level, config::parse_log_level)? {
+            Some(level) => level,
+            None => match env("RUST_LOG") {
+                Some(filter) => Setting { value: filter, source: Source::Env("RUST_LOG") },
+                None => default("info".to_owned()),
+            },
+        };
+        Ok(Settings { file: file_path, controller, token, name, slots, scratch, ffmpeg, path_maps, log_level })
+    }
+
+    /// The ffmpeg to run, absolute: jobs run with the job directory as their
+    /// working directory, so a relative path must be made absolute now; a bare
+    /// name is looked up on `PATH`.
+    pub fn ffmpeg_path(&self) -> anyhow::Result<PathBuf> {
+        let found = match &self.ffmpeg.value {
+            Some(p) => which::which(p)
+                .with_context(|| format!("ffmpeg {} (from {}): not an executable", p.display(), self.ffmpeg.source))?,
+            None => which::which("ffmpeg").context("no ffmpeg on PATH; give one with --ffmpeg")?,
+        };
+        std::path::absolute(&found).with_context(|| format!("resolving {}", found.display()))
+    }
+
+    /// The scratch directory as configured, or the default for this name.
+    pub fn scratch_path(&self) -> PathBuf {
+        self.scratch.value.clone().unwrap_or_else(|| default_scratch(&self.name.value))
+    }
+
+    /// What `--check-config` prints. Nothing is created or cleaned.
+    pub fn report(&self) -> anyhow::Result<String> {
+        let ffmpeg = self.ffmpeg_path()?;
+        let maps: Vec<String> =
+            self.path_maps.value.iter().map(|m| format!("{:?}", format!("{}={}", m.from, m.to))).collect();
+        let rows = [
+            (CONTROLLER.name, format!("{:?}", self.controller.value), self.controller.source.clone()),
+            (TOKEN.name, "<hidden>".to_owned(), self.token.source.clone()),
+            (NAME.name, format!("{:?}", self.name.value), self.name.source.clone()),
+            (SLOTS.name, self.slots.value.to_string(), self.slots.source.clone()),
+            (SCRATCH.name, format!("{:?}", self.scratch_path()), self.scratch.source.clone()),
+            (FFMPEG.name, format!("{:?}", ffmpeg), self.ffmpeg.source.clone()),
+            (PATH_MAP.name, format!("[{}]", maps.join(", ")), self.path_maps.source.clone()),
+            (LOG_LEVEL.name, format!("{:?}", self.log_level.value), self.log_level.source.clone()),
+        ];
+        Ok(config::report(self.file.as_deref(), &rows))
+    }
+
+    /// The agent's configuration: ffmpeg found, scratch created and emptied of
+    /// jobs a previous run left.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let ffmpeg = self.ffmpeg_path()?;
+        let scratch = prepare_scratch(&self.scratch_path())?;
+        Ok(Config {
+            controller: self.controller.value,
+            token: self.token.value,
+            name: self.name.value,
+            slots: self.slots.value,
+            scratch,
+            ffmpeg,
+            path_maps: self.path_maps.value,
+        })
+    }
 }
 
 /// `FROM=TO`: the shim's files under `FROM` are visible on this node under `TO`
@@ -126,6 +354,93 @@ pub fn prepare_scratch(dir: &Path) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: Flags,
+    }
+
+    const EXAMPLE: &str = include_str!("../../contrib/config/node.toml");
+
+    fn resolve(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let m: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cli = Cli::try_parse_from(std::iter::once("ffcluster-node").chain(argv.iter().copied()))?;
+        Settings::resolve(cli.flags, &|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn the_example_documents_every_key() {
+        let problems = config::check_example(EXAMPLE, &KEYS);
+        assert!(problems.is_empty(), "contrib/config/node.toml: {problems:#?}");
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        // token and token_file are alternatives: activate the token.
+        std::fs::write(&path, config::activate_example(EXAMPLE, &["token_file"])).unwrap();
+        let s = resolve(&["--config", path.to_str().unwrap()], &[]).unwrap();
+        let from_file = Source::File(path.clone());
+        assert_eq!(s.controller, Setting { value: "http://10.0.0.2:9470".into(), source: from_file.clone() });
+        assert_eq!(s.name.value, "gpu-box");
+        assert_eq!(s.slots, Setting { value: 1, source: from_file.clone() });
+        assert_eq!(s.ffmpeg.value.as_deref(), Some(Path::new("ffmpeg")));
+        assert_eq!(s.path_maps.value, vec![map("/media=/mnt/nas/media")]);
+        assert_eq!(s.log_level.value, "info");
+    }
+
+    #[test]
+    fn flags_over_env_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "controller = \"http://file:1\"\ntoken = \"t\"\nname = \"file\"\nslots = 2\npath_map = [\"/a=/b\"]\n",
+        )
+        .unwrap();
+        let env = [
+            ("FFCLUSTER_NODE_CONFIG", path.to_str().unwrap()),
+            ("FFCLUSTER_NODE_SLOTS", "3"),
+            ("FFCLUSTER_NODE_PATH_MAP", "/c=/d,/e=/f"),
+            ("FFCLUSTER_CONFIG", "/the/shims/file.toml"),
+        ];
+        let s = resolve(&["--name", "flag"], &env).unwrap();
+        assert_eq!(s.file.as_deref(), Some(path.as_path()));
+        assert_eq!(s.name, Setting { value: "flag".into(), source: Source::Flag("--name") });
+        assert_eq!(s.slots, Setting { value: 3, source: Source::Env("FFCLUSTER_NODE_SLOTS") });
+        assert_eq!(s.path_maps.value, vec![map("/c=/d"), map("/e=/f")]);
+        assert_eq!(s.controller.source, Source::File(path.clone()));
+        let s = resolve(&["--path-map", "/x=/y", "--path-map", "/z=/w"], &env).unwrap();
+        assert_eq!(s.path_maps.value, vec![map("/x=/y"), map("/z=/w")]);
+        assert_eq!(s.scratch_path(), default_scratch("file"));
+    }
+
+    #[test]
+    fn mistakes_name_the_key_and_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let p = path.to_str().unwrap();
+        let base = [("FFCLUSTER_CONTROLLER", "http://c:1"), ("FFCLUSTER_TOKEN", "t")];
+        std::fs::write(&path, "slot = 2\n").unwrap();
+        let err = resolve(&["--config", p], &base).unwrap_err().to_string();
+        assert!(err.contains("`slot`") && err.contains(p), "{err}");
+        std::fs::write(&path, "slots = 0\n").unwrap();
+        let err = resolve(&["--config", p], &base).unwrap_err().to_string();
+        assert!(err.contains("`slots`") && err.contains(p) && err.contains("at least 1"), "{err}");
+        std::fs::write(&path, "path_map = [\"media=/m\"]\n").unwrap();
+        let err = resolve(&["--config", p], &base).unwrap_err().to_string();
+        assert!(err.contains("`path_map`") && err.contains(p), "{err}");
+        let err = resolve(&["--slots", "two"], &base).unwrap_err().to_string();
+        assert!(err.contains("--slots") && err.contains("two"), "{err}");
+        let err = resolve(&[], &[("FFCLUSTER_TOKEN", "t")]).unwrap_err().to_string();
+        assert!(err.contains("--controller") && err.contains("FFCLUSTER_CONTROLLER"), "{err}");
+        let err = resolve(&["--controller", "http://c:1"], &[]).unwrap_err().to_string();
+        assert!(err.starts_with("no token"), "{err}");
+    }
 
     fn map(s: &str) -> PathMap {
         s.parse().unwrap()

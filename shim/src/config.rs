@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ffcluster::config::{Key, Layers};
 use serde::Deserialize;
 
 /// The default config file, used when `FFCLUSTER_CONFIG` is not set.
@@ -46,6 +47,25 @@ impl Mode {
     }
 }
 
+const fn key(name: &'static str, env: &'static str) -> Key {
+    Key { name, env, flag: "" }
+}
+const TOKEN: Key = key("token", "FFCLUSTER_TOKEN");
+const TOKEN_FILE: Key = key("token_file", "FFCLUSTER_TOKEN_FILE");
+/// Every key of `shim.toml` and its environment variable, in the order of
+/// contrib/config/shim.toml.
+#[cfg(test)]
+pub const KEYS: [Key; 8] = [
+    key("ffmpeg", "FFCLUSTER_FFMPEG"),
+    key("ffprobe", "FFCLUSTER_FFPROBE"),
+    key("controller", "FFCLUSTER_CONTROLLER"),
+    TOKEN,
+    TOKEN_FILE,
+    key("mode", "FFCLUSTER_MODE"),
+    key("probe_cache", "FFCLUSTER_PROBE_CACHE"),
+    key("log", "FFCLUSTER_LOG"),
+];
+
 /// The file's keys. Every key has an environment variable of the same meaning.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +78,8 @@ pub struct FileConfig {
     pub controller: Option<String>,
     /// Shared secret (`FFCLUSTER_TOKEN`).
     pub token: Option<String>,
+    /// A file holding the shared secret (`FFCLUSTER_TOKEN_FILE`).
+    pub token_file: Option<PathBuf>,
     /// `auto`, `local`, `whole` or `split` (`FFCLUSTER_MODE`).
     pub mode: Option<String>,
     /// Directory of cached probe answers (`FFCLUSTER_PROBE_CACHE`); `"off"` disables it.
@@ -74,6 +96,9 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid {path}: {source}")]
     Parse { path: PathBuf, source: toml::de::Error },
+    /// A token file that cannot be read, or token and token_file both set.
+    #[error(transparent)]
+    Token(#[from] ffcluster::config::ConfigError),
 }
 
 /// Resolved settings.
@@ -84,8 +109,9 @@ pub struct Config {
     pub controller: Option<String>,
     pub token: Option<String>,
     pub mode: Mode,
-    /// The raw mode string when it was not understood (logged, then treated as auto).
-    pub bad_mode: Option<String>,
+    /// The mode string when it was not understood, and where it came from
+    /// (logged, then treated as auto).
+    pub bad_mode: Option<(String, String)>,
     pub probe_cache: Option<PathBuf>,
     pub log: Option<PathBuf>,
     pub file: Option<PathBuf>,
@@ -103,12 +129,26 @@ impl Config {
             let p = Path::new(DEFAULT_CONFIG_PATH);
             p.exists().then(|| p.to_path_buf())
         });
-        let (file, err) = match &path {
+        let (mut file, mut err) = match &path {
             Some(p) => match read_file(p) {
                 Ok(f) => (f, None),
                 Err(e) => (FileConfig::default(), Some(e)),
             },
             None => (FileConfig::default(), None),
+        };
+        // Read only when a token file is configured, so probes stay cheap.
+        let layers = Layers { env: &env, file: path.as_deref() };
+        let token = match layers.token((&TOKEN, &TOKEN_FILE), (None, None), (file.token.take(), file.token_file.take()))
+        {
+            Ok(t) => t.map(|t| t.value),
+            Err(e) => {
+                err = err.or(Some(ConfigError::Token(e)));
+                None
+            }
+        };
+        let mode_source = match (env("FFCLUSTER_MODE").is_some(), &path) {
+            (false, Some(p)) => format!("`mode` in {}", p.display()),
+            _ => "FFCLUSTER_MODE".to_owned(),
         };
         let mode_str = env("FFCLUSTER_MODE").or(file.mode);
         let mode = mode_str.as_deref().map(Mode::parse);
@@ -121,9 +161,9 @@ impl Config {
             ffmpeg: env("FFCLUSTER_FFMPEG").map(PathBuf::from).or(file.ffmpeg),
             ffprobe: env("FFCLUSTER_FFPROBE").map(PathBuf::from).or(file.ffprobe),
             controller: env("FFCLUSTER_CONTROLLER").or(file.controller),
-            token: env("FFCLUSTER_TOKEN").or(file.token),
+            token,
             mode: mode.flatten().unwrap_or_default(),
-            bad_mode: if mode == Some(None) { mode_str } else { None },
+            bad_mode: if mode == Some(None) { mode_str.map(|m| (m, mode_source)) } else { None },
             probe_cache,
             log: env("FFCLUSTER_LOG").map(PathBuf::from).or(file.log),
             file: path,
@@ -181,9 +221,55 @@ mod tests {
         let (c, err) = Config::load_from(env(&[("FFCLUSTER_CONFIG", f.to_str().unwrap()), ("FFCLUSTER_MODE", "fast")]));
         assert!(matches!(err, Some(ConfigError::Parse { .. })));
         assert_eq!(c.mode, Mode::Auto);
-        assert_eq!(c.bad_mode.as_deref(), Some("fast"));
+        assert_eq!(c.bad_mode, Some(("fast".into(), "FFCLUSTER_MODE".into())));
         let (_, err) = Config::load_from(env(&[("FFCLUSTER_CONFIG", "/nonexistent/shim.toml")]));
         assert!(matches!(err, Some(ConfigError::Read { .. })));
+    }
+
+    const EXAMPLE: &str = include_str!("../../contrib/config/shim.toml");
+
+    #[test]
+    fn the_example_documents_every_key() {
+        let problems = ffcluster::config::check_example(EXAMPLE, &KEYS);
+        assert!(problems.is_empty(), "contrib/config/shim.toml: {problems:#?}");
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shim.toml");
+        // token and token_file are alternatives: activate the token.
+        std::fs::write(&f, ffcluster::config::activate_example(EXAMPLE, &["token_file"])).unwrap();
+        let (c, err) = Config::load_from(env(&[("FFCLUSTER_CONFIG", f.to_str().unwrap())]));
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(c.controller.as_deref(), Some("http://10.0.0.2:9470"));
+        assert_eq!(c.mode, Mode::Auto);
+        assert!(c.bad_mode.is_none());
+        assert_eq!(c.probe_cache.as_deref(), Some(Path::new("/var/cache/ffcluster/probes")));
+        assert!(c.token.is_some());
+    }
+
+    #[test]
+    fn token_file_and_bad_mode_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let f = dir.path().join("shim.toml");
+        std::fs::write(&f, format!("token_file = {:?}\nmode = \"fast\"\n", secret.to_str().unwrap())).unwrap();
+        let (c, err) = Config::load_from(env(&[("FFCLUSTER_CONFIG", f.to_str().unwrap())]));
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(c.token.as_deref(), Some("s3cret"));
+        let (value, source) = c.bad_mode.unwrap();
+        assert_eq!(value, "fast");
+        assert!(source.contains("`mode`") && source.contains("shim.toml"), "{source}");
+        // The environment's token beats the file's token_file.
+        let (c, _) = Config::load_from(env(&[("FFCLUSTER_CONFIG", f.to_str().unwrap()), ("FFCLUSTER_TOKEN", "e")]));
+        assert_eq!(c.token.as_deref(), Some("e"));
+        // Both in the file: reported, and no token (so jobs run here) rather than a guess.
+        std::fs::write(&f, format!("token = \"t\"\ntoken_file = {:?}\n", secret.to_str().unwrap())).unwrap();
+        let (c, err) = Config::load_from(env(&[("FFCLUSTER_CONFIG", f.to_str().unwrap())]));
+        assert!(err.unwrap().to_string().contains("token_file"));
+        assert_eq!(c.token, None);
     }
 
     #[test]

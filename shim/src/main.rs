@@ -55,8 +55,8 @@ fn main() -> ExitCode {
         (None, Some(file)) => log.line(format_args!("config: {}", file.display())),
         (None, None) => {}
     }
-    if let Some(bad) = &cfg.bad_mode {
-        log.line(format_args!("FFCLUSTER_MODE={bad:?} is not one of auto|local|whole|split; using auto"));
+    if let Some((bad, source)) = &cfg.bad_mode {
+        log.line(format_args!("mode {bad:?} (from {source}) is not one of auto|local|whole|split; using auto"));
     }
     let me = real::SelfLocation::detect(&argv0);
 

@@ -97,23 +97,7 @@ impl Cluster {
     /// A controller and `nodes` node agents, all registered.
     pub fn start(nodes: usize) -> Cluster {
         real("ffmpeg");
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        let shim = workspace_bin("ffcluster-shim");
-        symlink(&shim, bin.join("ffmpeg")).unwrap();
-        symlink(&shim, bin.join("ffprobe")).unwrap();
-        let mut c = Cluster {
-            dir,
-            port: free_port(),
-            token: format!("test-token-{}", std::process::id()),
-            controller: None,
-            nodes: Vec::new(),
-            bin,
-            work,
-        };
+        let mut c = Cluster::bare();
         c.start_controller();
         for i in 0..nodes {
             c.add_node(&format!("node{i}"));
@@ -122,20 +106,45 @@ impl Cluster {
         c
     }
 
+    /// The directories, a port and a token, but no processes yet.
+    pub fn bare() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        let shim = workspace_bin("ffcluster-shim");
+        symlink(&shim, bin.join("ffmpeg")).unwrap();
+        symlink(&shim, bin.join("ffprobe")).unwrap();
+        Cluster {
+            dir,
+            port: free_port(),
+            token: format!("test-token-{}", std::process::id()),
+            controller: None,
+            nodes: Vec::new(),
+            bin,
+            work,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     pub fn start_controller(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("controller.log")).unwrap();
-        let child = Command::new(controller_exe())
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+        let mut cmd = isolated(Command::new(controller_exe()));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .env("FFCLUSTER_CONFIG", "/dev/null")
             .env("FFCLUSTER_TOKEN", &self.token)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start ffcluster serve");
+            .env("RUST_LOG", "info");
+        self.spawn_controller(cmd);
+    }
+
+    /// Starts `cmd` (an `ffcluster serve`), logging to `controller.log`, and waits
+    /// until something listens on `self.port`.
+    pub fn spawn_controller(&mut self, mut cmd: Command) {
+        let log = std::fs::File::create(self.dir.path().join("controller.log")).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start ffcluster serve");
         self.controller = Some(Proc { child, name: "controller".into() });
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -146,18 +155,21 @@ impl Cluster {
 
     pub fn add_node(&mut self, name: &str) {
         let scratch = self.dir.path().join(format!("scratch-{name}"));
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
-        let child = Command::new(workspace_bin("ffcluster-node"))
-            .args(["--controller", &self.url(), "--token", &self.token, "--name", name, "--slots", "1"])
+        let mut cmd = isolated(Command::new(workspace_bin("ffcluster-node")));
+        cmd.args(["--controller", &self.url(), "--token", &self.token, "--name", name, "--slots", "1"])
             .arg("--scratch")
             .arg(&scratch)
             .arg("--ffmpeg")
             .arg(real("ffmpeg"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start ffcluster-node");
+            .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
+            .env("RUST_LOG", "info");
+        self.spawn_node(name, cmd);
+    }
+
+    /// Starts `cmd` (an `ffcluster-node`), logging to `<name>.log`.
+    pub fn spawn_node(&mut self, name: &str, mut cmd: Command) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start ffcluster-node");
         self.nodes.push(Proc { child, name: name.into() });
     }
 
@@ -251,6 +263,17 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+/// `cmd` without the `FFCLUSTER_*` variables of the environment running the
+/// tests, so that a developer's own settings do not leak into the cluster.
+pub fn isolated(mut cmd: Command) -> Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FFCLUSTER_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
 }
 
 /// Processes named `name` whose parent is in `parents`.
