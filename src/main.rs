@@ -1,5 +1,6 @@
 //! `ffcluster`: the controller daemon and the admin CLI.
 
+mod admin;
 mod bench;
 mod demo;
 mod explain;
@@ -26,6 +27,14 @@ enum Command {
     Serve(serve::Args),
     /// Show the controller's nodes and jobs.
     Status(status::Args),
+    /// List the connected nodes.
+    Nodes(admin::ListArgs),
+    /// List running and recent jobs.
+    Jobs(admin::ListArgs),
+    /// Stop giving a node new work; what it runs finishes.
+    Drain(admin::DrainArgs),
+    /// Give a drained node work again (same as `drain --undo`).
+    Undrain(admin::UndrainArgs),
     /// Show how an ffmpeg command line is parsed and where the shim would run it.
     Explain(explain::Args),
     /// Measure the cluster on this machine (see README, Benchmarks).
@@ -38,6 +47,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Status(args) => status::run(args),
+        Command::Nodes(args) => admin::nodes(args),
+        Command::Jobs(args) => admin::jobs(args),
+        Command::Drain(args) => admin::drain(args),
+        Command::Undrain(args) => admin::undrain(args),
         Command::Explain(args) => explain::run(args),
         Command::Bench(args) => bench::run(args),
     };

@@ -56,7 +56,7 @@ fn text(doc: &Status) -> String {
     s
 }
 
-fn node_row(n: &NodeStatus) -> Vec<String> {
+pub(crate) fn node_row(n: &NodeStatus) -> Vec<String> {
     let version = n.ffmpeg_version.strip_prefix("ffmpeg version ").unwrap_or(&n.ffmpeg_version);
     vec![
         n.name.clone(),
@@ -68,7 +68,7 @@ fn node_row(n: &NodeStatus) -> Vec<String> {
     ]
 }
 
-fn job_row(j: &JobStatus) -> Vec<String> {
+pub(crate) fn job_row(j: &JobStatus) -> Vec<String> {
     let exit = match (j.exit_code, &j.error) {
         (Some(c), _) => c.to_string(),
         (None, Some(_)) => "!".into(),
@@ -118,7 +118,7 @@ fn shorten(s: &str, max: usize) -> String {
     format!("{cut}…")
 }
 
-fn duration(ms: u64) -> String {
+pub(crate) fn duration(ms: u64) -> String {
     let secs = ms / 1000;
     match secs {
         0..60 => format!("{:.1}s", ms as f64 / 1000.0),
@@ -171,6 +171,7 @@ mod tests {
                     chunks_planned: Some(9),
                     nodes: Some(vec!["a".into(), "b".into()]),
                     reissued: Some(0),
+                    chunks: Vec::new(),
                 },
                 JobStatus {
                     id: 12,
@@ -188,6 +189,7 @@ mod tests {
                     chunks_planned: None,
                     nodes: None,
                     reissued: None,
+                    chunks: Vec::new(),
                 },
             ],
         };

@@ -22,7 +22,7 @@ fn readme_lists_every_reason_code() {
 #[test]
 fn readme_lists_every_variable() {
     let readme = read("README.md");
-    for file in ["shim/src/config.rs", "node/src/main.rs", "src/serve.rs", "src/status.rs"] {
+    for file in ["shim/src/config.rs", "node/src/config.rs", "src/serve.rs", "src/status.rs"] {
         let source = read(file);
         let vars: Vec<&str> = source
             .split('"')
@@ -41,7 +41,26 @@ fn readme_lists_every_command_and_flag() {
     for cmd in ["ffcluster serve", "ffcluster status", "ffcluster demo", "ffcluster explain", "ffcluster-node"] {
         assert!(readme.contains(&format!("`{cmd}")), "README lacks {cmd}");
     }
-    for flag in ["--listen", "--controller", "--token", "--name", "--slots", "--scratch", "--ffmpeg", "--path-map"] {
+    for cmd in ["ffcluster nodes", "ffcluster jobs", "ffcluster drain", "ffcluster undrain", "--undo", "/metrics"] {
+        assert!(readme.contains(cmd), "README lacks {cmd}");
+    }
+    for flag in [
+        "--listen",
+        "--controller",
+        "--token",
+        "--name",
+        "--slots",
+        "--scratch",
+        "--ffmpeg",
+        "--path-map",
+        "--config",
+        "--check-config",
+        "--token-file",
+        "--heartbeat-interval",
+        "--dead-after",
+        "--hello-timeout",
+        "--log-level",
+    ] {
         assert!(readme.contains(&format!("`{flag}")), "README lacks {flag}");
     }
 }

@@ -1,11 +1,12 @@
-//! A tiny blocking HTTP/1.1 client for `ffcluster status`: one GET per
-//! connection over a plain `TcpStream`. Enough for the controller's own answers
+//! A tiny blocking HTTP/1.1 client for `ffcluster status` and the other admin
+//! commands: one request per connection over a plain `TcpStream`. Enough for the controller's own answers
 //! (Content-Length or chunked bodies); `http://` only.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use super::admin::{DrainReply, NODES_PATH};
 use super::status::Status;
 use crate::protocol::{STATUS_PATH, http_url};
 
@@ -74,8 +75,59 @@ pub fn fetch_status(base: &str, token: &str) -> Result<Status, StatusError> {
     }
 }
 
+/// Why a node could not be drained or undrained.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("the controller refused the token (401): check --token / FFCLUSTER_TOKEN")]
+    Unauthorized,
+    #[error("no node named {0:?} is connected (see `ffcluster nodes`)")]
+    NoSuchNode(String),
+    #[error("the controller answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the controller's answer is unreadable: {0}")]
+    Json(serde_json::Error),
+}
+
+/// Drains (`draining`) or undrains the nodes named `node` on the controller at
+/// `base`.
+pub fn set_drain(base: &str, token: &str, node: &str, draining: bool) -> Result<DrainReply, DrainError> {
+    let auth = format!("Bearer {token}");
+    let url = http_url(base, &format!("{NODES_PATH}/{}/drain", percent_encode(node)));
+    let method = if draining { "POST" } else { "DELETE" };
+    let r = request(method, &url, &[("Authorization", &auth)])?;
+    match r.status {
+        200 => serde_json::from_slice(&r.body).map_err(DrainError::Json),
+        401 => Err(DrainError::Unauthorized),
+        404 => Err(DrainError::NoSuchNode(node.to_owned())),
+        status => {
+            let body = String::from_utf8_lossy(&r.body).trim().chars().take(200).collect();
+            Err(DrainError::Status { status, body })
+        }
+    }
+}
+
+/// A path segment with everything but RFC 3986's unreserved characters escaped.
+fn percent_encode(segment: &str) -> String {
+    let mut out = String::new();
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `GET url` with extra request headers.
 pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, HttpError> {
+    request("GET", url, headers)
+}
+
+/// `method url` with extra request headers and no body.
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, HttpError> {
     let (authority, path) = split_url(url)?;
     let host = authority.to_owned();
     let target = if has_port(authority) { authority.to_owned() } else { format!("{authority}:80") };
@@ -96,7 +148,10 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, HttpErro
     let io_err = |error| HttpError::Io { host: host.clone(), error };
     conn.set_read_timeout(Some(TIMEOUT)).map_err(io_err)?;
     conn.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    if method != "GET" {
+        request.push_str("Content-Length: 0\r\n");
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -197,6 +252,8 @@ mod tests {
         assert!(matches!(split_url("http:///x"), Err(HttpError::Url(_))));
         assert!(has_port("h:1") && has_port("[::1]:9470"));
         assert!(!has_port("h") && !has_port("[::1]") && !has_port("h:"));
+        assert_eq!(percent_encode("gpu-box_1.lan~"), "gpu-box_1.lan~");
+        assert_eq!(percent_encode("a b/ü"), "a%20b%2F%C3%BC");
     }
 
     #[test]

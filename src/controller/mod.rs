@@ -15,11 +15,16 @@
 //! * `relay`: the input file route.
 //! * [`status`]: the status document; [`http_client`]: how `ffcluster status`
 //!   fetches it.
+//! * [`admin`] (draining nodes, `/metrics`), `metrics` (the counters) and
+//!   `dashboard` (the web page at `/`).
 //!
 //! Every task watches one shutdown flag (`shutdown`), set when the future given
 //! to [`run`] completes.
 
+pub mod admin;
+mod dashboard;
 pub mod http_client;
+mod metrics;
 mod node_link;
 mod outbox;
 pub mod relay;
@@ -44,7 +49,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -117,6 +122,8 @@ pub enum ControllerError {
 pub(crate) struct Shared {
     config: ControllerConfig,
     registry: Mutex<Registry>,
+    /// The registry's counters, bumped by the links without its lock.
+    metrics: Arc<metrics::Metrics>,
     shutdown: shutdown::Signal,
     /// Dropped with the last `Shared`: `run` knows every link has finished.
     _alive: mpsc::Sender<()>,
@@ -143,9 +150,11 @@ pub async fn run(
     let addr = listener.local_addr().map_err(ControllerError::Listener)?;
     let trigger = shutdown::Trigger::new();
     let (alive, mut all_gone) = mpsc::channel(1);
+    let registry = Registry::new(Instant::now());
     let shared = Arc::new(Shared {
         config,
-        registry: Mutex::new(Registry::new(Instant::now())),
+        metrics: registry.metrics(),
+        registry: Mutex::new(registry),
         shutdown: trigger.signal(),
         _alive: alive,
     });
@@ -201,10 +210,16 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(NODE_PATH, get(node_ws))
         .route(SHIM_PATH, get(shim_ws))
         .route(STATUS_PATH, get(status))
+        .route(admin::METRICS_PATH, get(admin::metrics))
+        .route(&format!("{}/{{name}}/drain", admin::NODES_PATH), post(admin::drain).delete(admin::undrain))
         .route_layer(middleware::from_fn_with_state(shared.clone(), require_token));
     let open = Router::new()
         .route(&format!("{FILES_PATH}/{{access}}/{{file}}"), get(relay::serve_file))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(dashboard::index))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style));
     authed.merge(open).with_state(shared)
 }
 

@@ -16,6 +16,7 @@ use super::Shared;
 use super::outbox::{CLOSE_GOING_AWAY, CLOSE_POLICY, Outbox, close, pump};
 use super::split::AttemptEnd;
 use super::state::{NodeInfo, Outcome, Registry, Target, millis};
+use super::status::JobMode;
 use crate::protocol::{Frame, FrameKind, NodeMsg, PROTOCOL_VERSION, ToNode, ToShim};
 
 /// Stdin bytes queued for one node before the shims sending them are held back.
@@ -261,6 +262,11 @@ impl Link {
             // Waits while the shim is behind: that holds this node back rather
             // than buffering without bound (see `outbox`).
             Some(Target::Whole(shim)) => {
+                if frame.kind == FrameKind::Output {
+                    let metrics = &self.shared.metrics;
+                    metrics.output_bytes(JobMode::Whole, frame.payload.len());
+                    metrics.first_output(&shim.first_output, shim.connected.elapsed());
+                }
                 shim.out.binary(frame.with_job(0).encode()).await;
             }
             Some(Target::Chunk { .. }) if frame.kind == FrameKind::Stderr => {

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::Shared;
+use super::metrics::Metrics;
 use super::shim_link::{ReadResult, ShimConn};
 use crate::protocol::MAX_FRAME_PAYLOAD;
 
@@ -107,7 +108,8 @@ pub(crate) async fn serve_file(
     let body = if method == Method::HEAD || len == 0 {
         Body::empty()
     } else {
-        Body::from_stream(futures_util::stream::unfold(Pull::new(found.shim, file, start, len), |mut pull| async {
+        let pull = Pull::new(found.shim, shared.metrics.clone(), file, start, len);
+        Body::from_stream(futures_util::stream::unfold(pull, |mut pull| async {
             pull.next_chunk().await.map(|chunk| (chunk, pull))
         }))
     };
@@ -130,6 +132,7 @@ fn value(s: String) -> HeaderValue {
 /// The body of one response: reads issued in order, answered in order.
 struct Pull {
     shim: Arc<ShimConn>,
+    metrics: Arc<Metrics>,
     file: u32,
     /// Next offset to ask for.
     next: u64,
@@ -142,8 +145,9 @@ struct Pull {
 }
 
 impl Pull {
-    fn new(shim: Arc<ShimConn>, file: u32, start: u64, len: u64) -> Pull {
-        Pull { shim, file, next: start, end: start + len, inflight: VecDeque::new(), delivered: 0, failed: false }
+    fn new(shim: Arc<ShimConn>, metrics: Arc<Metrics>, file: u32, start: u64, len: u64) -> Pull {
+        let inflight = VecDeque::new();
+        Pull { shim, metrics, file, next: start, end: start + len, inflight, delivered: 0, failed: false }
     }
 
     async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
@@ -182,6 +186,7 @@ impl Pull {
             Ok(Ok(Err(e))) => Err(format!("the shim could not read the file: {e}")),
             Ok(Ok(Ok(bytes))) if bytes.len() == len as usize => {
                 self.delivered += 1;
+                self.metrics.input_bytes(bytes.len());
                 Ok(bytes)
             }
             Ok(Ok(Ok(bytes))) => Err(format!("the shim answered {} bytes for a read of {len}", bytes.len())),

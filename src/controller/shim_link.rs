@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,11 +15,12 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Shared;
 use super::outbox::{CLOSE_NORMAL, CLOSE_POLICY, Outbox, pump};
 use super::state::{Outcome, new_capability, unix_ms_now};
+use super::status::JobMode;
 use crate::protocol::{FRAME_HEADER, Frame, FrameKind, JobId, JobRequest, ShimMsg, ToNode, ToShim};
 
 /// Bulk bytes queued for one shim before the node sending them is held back.
@@ -35,6 +37,10 @@ pub(crate) type ReadResult = Result<Bytes, String>;
 pub(crate) struct ShimConn {
     pub out: Outbox<ToShim>,
     reads: Mutex<Reads>,
+    /// When the shim connected: time to first output is measured from here.
+    pub connected: Instant,
+    /// Whether output of its job has been relayed yet.
+    pub first_output: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -46,7 +52,12 @@ struct Reads {
 
 impl ShimConn {
     pub(crate) fn new(out: Outbox<ToShim>) -> ShimConn {
-        ShimConn { out, reads: Mutex::new(Reads { open: true, next: 0, pending: HashMap::new() }) }
+        ShimConn {
+            out,
+            reads: Mutex::new(Reads { open: true, next: 0, pending: HashMap::new() }),
+            connected: Instant::now(),
+            first_output: AtomicBool::new(false),
+        }
     }
 
     fn reads(&self) -> MutexGuard<'_, Reads> {
@@ -146,7 +157,11 @@ pub(crate) async fn handle(socket: WebSocket, shared: Arc<Shared>, peer: SocketA
         return;
     };
 
-    let end = link.relay(&mut stream, &mut writer, &shared).await;
+    // Everything logged about the job from here on carries its id.
+    let mode = if link.node.is_some() { JobMode::Whole } else { JobMode::Split };
+    let span = info_span!("job", id = link.job, %mode);
+    let end = link.relay(&mut stream, &mut writer, &shared).instrument(span.clone()).await;
+    let _span = span.enter();
     let outcome = match end {
         End::Shutdown => Outcome::Failed("controller shutting down".into()),
         End::Gone => Outcome::Cancelled,
@@ -221,6 +236,7 @@ fn place(shared: &Shared, request: JobRequest, conn: &Arc<ShimConn>, peer: Socke
             }
             Err(why) => {
                 info!(%peer, "split job rejected: {why}: {summary}");
+                shared.metrics.rejected(JobMode::Split);
                 conn.finish(ToShim::Rejected { reason: why.to_string() });
                 None
             }
@@ -234,6 +250,7 @@ fn place(shared: &Shared, request: JobRequest, conn: &Arc<ShimConn>, peer: Socke
         }
         Err(why) => {
             info!(%peer, "job rejected: {why}: {summary}");
+            shared.metrics.rejected(JobMode::Whole);
             conn.finish(ToShim::Rejected { reason: why.to_string() });
             None
         }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
+use super::metrics::{JobResult, Metrics};
 use super::outbox::{Outbox, Reserved};
 use super::scheduler::{self, Candidate};
 use super::shim_link::ShimConn;
@@ -24,7 +25,7 @@ use super::split::{
     AttemptEnd, Fate, NodeView, Pace, Progress, SplitJob, SplitRefused, Taker, WorkKind, check_plan, ewma, pick,
     relative_speed, throughputs,
 };
-use super::status::{JobMode, JobState, JobStatus, NodeState, NodeStatus, Status};
+use super::status::{ChunkRecord, ChunkState, JobMode, JobState, JobStatus, NodeState, NodeStatus, Status};
 use crate::ffmpeg::cmdline::shell_join;
 use crate::protocol::{
     Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, PROTOCOL_VERSION, RemoteExit, ToNode, ToShim,
@@ -32,6 +33,11 @@ use crate::protocol::{
 
 /// Finished jobs kept for the status document.
 const FINISHED_KEPT: usize = 100;
+/// Finished split jobs whose chunk records are kept: a long film has hundreds
+/// of chunks, and the dashboard polls the status document every second.
+pub(crate) const CHUNK_HISTORY_JOBS: usize = 10;
+/// Node names remembered for `ffcluster_node_connected` after they leave.
+const KNOWN_NODES: usize = 1024;
 
 pub(crate) struct Registry {
     /// Time zero for `last_seen` stamps.
@@ -46,6 +52,14 @@ pub(crate) struct Registry {
     attempts: BTreeMap<JobId, JobId>,
     /// Newest first.
     finished: VecDeque<FinishedJob>,
+    /// Chunk attempts of running split jobs, in the order they started.
+    chunk_log: BTreeMap<JobId, Vec<ChunkRecord>>,
+    /// Names an admin drained: their nodes get no new work, across reconnects,
+    /// until undrained.
+    drained: BTreeSet<String>,
+    /// Every node name seen since start (bounded), for the metrics.
+    known: BTreeSet<String>,
+    metrics: Arc<Metrics>,
 }
 
 /// What a node announced in its `Hello`, plus where it connected from.
@@ -69,6 +83,15 @@ struct Node {
     outbox: Outbox<ToNode>,
     /// Seconds of content per second, averaged over its finished chunks.
     rate: Option<f64>,
+    /// Drained by an admin: no new work.
+    draining: bool,
+}
+
+impl Node {
+    /// The slots new work may use: none while draining.
+    fn slots(&self) -> u32 {
+        if self.draining { 0 } else { self.info.slots }
+    }
 }
 
 struct RunningJob {
@@ -96,6 +119,7 @@ struct FinishedJob {
     exit_code: Option<i32>,
     error: Option<String>,
     split: Option<Progress>,
+    chunks: Vec<ChunkRecord>,
 }
 
 /// How a job ended.
@@ -149,7 +173,51 @@ impl Registry {
             splits: BTreeMap::new(),
             attempts: BTreeMap::new(),
             finished: VecDeque::new(),
+            chunk_log: BTreeMap::new(),
+            drained: BTreeSet::new(),
+            known: BTreeSet::new(),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// The counters behind `/metrics`, which the links bump too.
+    pub(crate) fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Names of the nodes seen since start, for the metrics.
+    pub(crate) fn known_nodes(&self) -> Vec<String> {
+        self.known.iter().cloned().collect()
+    }
+
+    /// Drains (`on`) or undrains every node named `name`. Draining needs a
+    /// connected node of that name (a typo should not pass silently);
+    /// undraining also works for a drained name that is not connected. None
+    /// when there is nothing of that name; otherwise how many are connected.
+    pub(crate) fn set_draining(&mut self, name: &str, on: bool, now: Instant) -> Option<usize> {
+        let connected = self.nodes.values().filter(|n| n.info.name == name).count();
+        let was = self.drained.contains(name);
+        // Undraining a drained name that is gone is the only change without a node.
+        let undrain_gone = was && !on;
+        if connected == 0 && !undrain_gone {
+            return None;
+        }
+        if on {
+            self.drained.insert(name.to_owned());
+        } else {
+            self.drained.remove(name);
+        }
+        for n in self.nodes.values_mut().filter(|n| n.info.name == name) {
+            n.draining = on;
+        }
+        if was != on {
+            info!(node = name, "node {}", if on { "drained: it gets no new work" } else { "undrained" });
+        }
+        if !on {
+            // Slots came back: split jobs may be waiting for them.
+            self.dispatch(now);
+        }
+        Some(connected)
     }
 
     /// Milliseconds since the epoch, the unit of `last_seen`.
@@ -168,9 +236,21 @@ impl Registry {
         let id = self.next_node;
         self.next_node += 1;
         let last_seen = Arc::new(AtomicU64::new(Self::stamp(self.epoch, now)));
+        let draining = self.drained.contains(&info.name);
+        if self.known.len() < KNOWN_NODES {
+            self.known.insert(info.name.clone());
+        }
         self.nodes.insert(
             id,
-            Node { info, connected: now, last_seen: last_seen.clone(), jobs: BTreeSet::new(), outbox, rate: None },
+            Node {
+                info,
+                connected: now,
+                last_seen: last_seen.clone(),
+                jobs: BTreeSet::new(),
+                outbox,
+                rate: None,
+                draining,
+            },
         );
         (id, last_seen)
     }
@@ -209,8 +289,14 @@ impl Registry {
         self.next_job += 1;
         node.jobs.insert(job);
         let node_name = node.info.name.clone();
-        shim.out.json(ToShim::Accepted { job, node: node_name.clone() });
-        let spec = JobSpec { args: request.args.clone(), cwd: request.cwd, files: request.files.clone(), access };
+        shim.out.json(ToShim::Accepted { job, node: node_name.clone(), audio: false });
+        let spec = JobSpec {
+            args: request.args.clone(),
+            cwd: request.cwd,
+            files: request.files.clone(),
+            access,
+            light: false,
+        };
         node.outbox.json(ToNode::Run { job, spec: spec.clone() });
         self.running.insert(
             job,
@@ -289,13 +375,18 @@ impl Registry {
             exit_code,
             error,
             split: None,
+            chunks: Vec::new(),
         });
         Some(Ended { shim: run.shim, node: node_outbox })
     }
 
     fn record(&mut self, job: FinishedJob) {
+        self.metrics.job_ended(job.mode, JobResult::of(job.state, job.exit_code));
         self.finished.push_front(job);
         self.finished.truncate(FINISHED_KEPT);
+        for old in self.finished.iter_mut().filter(|j| !j.chunks.is_empty()).skip(CHUNK_HISTORY_JOBS) {
+            old.chunks = Vec::new();
+        }
     }
 
     /// Accepts a split job if any connected node could run it, busy or not
@@ -336,7 +427,7 @@ impl Registry {
             .map(|(id, n)| Candidate {
                 id: *id,
                 name: &n.info.name,
-                slots: n.info.slots,
+                slots: n.slots(),
                 running: count(n.jobs.len()),
                 caps: &n.info.caps,
             })
@@ -369,7 +460,31 @@ impl Registry {
         frame: Vec<u8>,
         share: Reserved,
     ) -> bool {
-        self.split_of(attempt, node).is_some_and(|split| split.forward(attempt, payload, frame, share))
+        let Some(split) = self.split_of(attempt, node) else { return false };
+        let job = split.id;
+        if !split.forward(attempt, payload, frame, share) {
+            return false;
+        }
+        self.metrics.output_bytes(JobMode::Split, payload);
+        if let Some(r) = self.chunk_record(job, attempt) {
+            r.bytes += payload as u64;
+        }
+        true
+    }
+
+    fn chunk_record(&mut self, job: JobId, attempt: JobId) -> Option<&mut ChunkRecord> {
+        self.chunk_log.get_mut(&job)?.iter_mut().rev().find(|r| r.attempt == attempt)
+    }
+
+    /// Closes the record of a running chunk attempt. Attempts without one (the
+    /// audio track) are not chunks and count nowhere here.
+    /// `at`: the job's wall clock (see [`wall`]).
+    fn chunk_ended(&mut self, job: JobId, attempt: JobId, state: ChunkState, error: Option<String>, at: u64) {
+        let Some(r) = self.chunk_record(job, attempt).filter(|r| r.state == ChunkState::Running) else { return };
+        r.state = state;
+        r.finished_unix_ms = Some(at);
+        r.error = error;
+        self.metrics.chunk_ended(state);
     }
 
     fn split_of(&mut self, attempt: JobId, node: u64) -> Option<&mut SplitJob> {
@@ -391,7 +506,30 @@ impl Registry {
     fn end_attempt(&mut self, attempt: JobId, end: AttemptEnd, now: Instant) {
         let Some(job) = self.attempts.remove(&attempt) else { return };
         let Some(split) = self.splits.get_mut(&job) else { return };
+        let why = match &end {
+            AttemptEnd::Exited(exit) if exit.success() => "its output was incomplete".to_owned(),
+            AttemptEnd::Exited(RemoteExit { code: Some(c), .. }) => format!("ffmpeg exited with code {c}"),
+            AttemptEnd::Exited(RemoteExit { signal: Some(s), .. }) => format!("ffmpeg was killed by signal {s}"),
+            AttemptEnd::Exited(_) => "ffmpeg ended without a status".to_owned(),
+            AttemptEnd::Refused(why) => format!("refused: {why}"),
+            AttemptEnd::Lost(why) => why.clone(),
+        };
+        let started = split.started;
+        let at = wall(split, now);
         let Some(ending) = split.end_attempt(attempt, end, now) else { return };
+        if ending.sample.is_some() {
+            let log = self.chunk_log.get(&job).map(Vec::as_slice).unwrap_or_default();
+            let first = log.iter().any(|r| r.attempt == attempt) && log.iter().all(|r| r.state != ChunkState::Done);
+            if first {
+                self.metrics.first_chunk(now.saturating_duration_since(started));
+            }
+            self.chunk_ended(job, attempt, ChunkState::Done, None, at);
+        } else {
+            self.chunk_ended(job, attempt, ChunkState::Failed, Some(why), at);
+        }
+        for (loser, _) in &ending.losers {
+            self.chunk_ended(job, *loser, ChunkState::Superseded, None, at);
+        }
         if let Some(n) = self.nodes.get_mut(&ending.node) {
             n.jobs.remove(&attempt);
             if let Some(sample) = ending.sample {
@@ -436,7 +574,9 @@ impl Registry {
     /// Removes a split job, cancelling whatever of it still runs, and records it.
     fn end_split(&mut self, job: JobId, outcome: Outcome, now: Instant) -> bool {
         let Some(mut split) = self.splits.remove(&job) else { return false };
+        let at = wall(&split, now);
         for (attempt, node) in split.take_attempts() {
+            self.chunk_ended(job, attempt, ChunkState::Cancelled, None, at);
             self.attempts.remove(&attempt);
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.jobs.remove(&attempt);
@@ -449,6 +589,7 @@ impl Registry {
             Outcome::Cancelled => (JobState::Cancelled, None, None),
         };
         let progress = split.progress();
+        let chunks = self.chunk_log.remove(&job).unwrap_or_default();
         self.record(FinishedJob {
             id: job,
             mode: JobMode::Split,
@@ -461,6 +602,7 @@ impl Registry {
             exit_code,
             error,
             split: Some(progress),
+            chunks,
         });
         true
     }
@@ -491,8 +633,8 @@ impl Registry {
                     .map(|(id, n)| NodeView {
                         id: *id,
                         caps: &n.info.caps,
-                        running: count(n.jobs.len()),
-                        slots: n.info.slots,
+                        running: self.chunk_load(n),
+                        slots: n.slots(),
                         speed: rates.get(id).copied().flatten().unwrap_or(n.info.caps.speed),
                     })
                     .collect();
@@ -526,7 +668,7 @@ impl Registry {
                 let among: Vec<(Option<f64>, f64)> = self
                     .nodes
                     .iter()
-                    .filter(|(id, n)| n.info.slots > 0 && (**id == node_id || split.can_use(&n.info.caps)))
+                    .filter(|(id, n)| n.slots() > 0 && (**id == node_id || split.can_use(&n.info.caps)))
                     .map(|(id, n)| pace(id, n))
                     .collect();
                 let speed = relative_speed(pace(&node_id, node), &among);
@@ -550,7 +692,10 @@ impl Registry {
         let node = self.nodes.get_mut(&node_id).expect("looked up above");
         let (name, version) = (node.info.name.clone(), node.info.caps.ffmpeg_version.clone());
         let on = Taker { id: node_id, name: &name, version: &version };
-        let spec = split.start(chunk, attempt, on, kind == WorkKind::Reissue, now);
+        let reissue = kind == WorkKind::Reissue;
+        let spec = split.start(chunk, attempt, on, reissue, now);
+        let (start, end) = split.chunk_span(chunk).unwrap_or_default();
+        let started_unix_ms = wall(split, now);
         debug!(job, chunk, attempt, node = %name, ?kind, "chunk attempt started");
         node.jobs.insert(attempt);
         node.outbox.json(ToNode::Run { job: attempt, spec });
@@ -567,7 +712,7 @@ impl Registry {
     fn fail_stalled(&mut self, now: Instant) {
         let mut stalled = Vec::new();
         for (id, split) in &mut self.splits {
-            let capable = self.nodes.values().any(|n| n.info.slots > 0 && split.can_use(&n.info.caps));
+            let capable = self.nodes.values().any(|n| n.slots() > 0 && split.can_use(&n.info.caps));
             if split.stalled(capable, now) {
                 stalled.push((*id, split.stall_reason()));
             }
@@ -615,8 +760,31 @@ impl Registry {
                 let running = count(n.jobs.len());
                 NodeStatus {
                     id: *id,
+        if reissue {
+            self.metrics.reissued();
+        }
+        let record = ChunkRecord {
+            chunk: count(chunk),
+            attempt,
+            start,
+            end,
+            node: name,
+            state: ChunkState::Running,
+            reissue,
+            started_unix_ms,
+            finished_unix_ms: None,
+            bytes: 0,
+            error: None,
+        };
+        self.chunk_log.entry(job).or_default().push(record);
                     name: n.info.name.clone(),
-                    state: if running >= n.info.slots { NodeState::Busy } else { NodeState::Ready },
+                    state: if n.draining {
+                        NodeState::Draining
+                    } else if running >= n.info.slots {
+                        NodeState::Busy
+                    } else {
+                        NodeState::Ready
+                    },
                     slots: n.info.slots,
                     running,
                     speed: n.info.caps.speed,
@@ -717,6 +885,7 @@ pub(crate) fn unix_ms_now() -> u64 {
 
 /// A fresh unguessable capability: 32 bytes from the kernel, hex.
 pub(crate) fn new_capability() -> std::io::Result<String> {
+            chunks: self.chunk_log.get(id).cloned().unwrap_or_default(),
     let mut bytes = [0u8; 32];
     File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
@@ -730,6 +899,7 @@ mod tests {
     fn info(name: &str, slots: u32) -> NodeInfo {
         NodeInfo {
             name: name.into(),
+            chunks: j.chunks.clone(),
             agent: "test".into(),
             slots,
             caps: Capabilities { speed: 100.0, ..Default::default() },
@@ -763,6 +933,7 @@ mod tests {
         let shim = Arc::new(ShimConn::new(shim_box));
         let placed = reg.place(request(vec![offer(0, 10)]), "cap".into(), shim, t0, 5).unwrap();
         assert_eq!((placed.job, placed.node_name.as_str()), (1, "a"));
+        chunks: Vec::new(),
         assert!(matches!(shim_rx.try_recv(), Ok(super::super::outbox::Out::Json(ToShim::Accepted { job: 1, .. }))));
         assert!(matches!(node_rx.try_recv(), Ok(super::super::outbox::Out::Json(ToNode::Run { job: 1, .. }))));
 
@@ -774,6 +945,12 @@ mod tests {
         assert!(reg.servable("cap", 0).is_some_and(|s| s.size == 10 && s.job == 1));
         assert!(reg.servable("cap", 1).is_none());
         assert!(reg.servable("cax", 0).is_none());
+/// `now` on a split job's wall clock: its start plus the monotonic time since,
+/// so that its chunk records never precede it whatever the system clock does.
+fn wall(split: &SplitJob, now: Instant) -> u64 {
+    split.started_unix_ms + millis(now.saturating_duration_since(split.started))
+}
+
 
         // The only slot is taken; the other node has none.
         let err = reg.place(request(vec![]), "cap2".into(), Arc::new(ShimConn::new(Outbox::new(1).0)), t0, 5);
@@ -822,3 +999,137 @@ mod tests {
         assert_ne!(a, b);
     }
 }
+    #[test]
+    fn a_drained_node_keeps_its_jobs_and_gets_no_new_ones() {
+        let t0 = Instant::now();
+        let mut reg = Registry::new(t0);
+        let (a, _) = reg.add_node(info("a", 2), Outbox::new(1024).0, t0);
+        let shim = || Arc::new(ShimConn::new(Outbox::new(1024).0));
+        let running = reg.place(request(vec![]), "c1".into(), shim(), t0, 0).unwrap().job;
+        assert_eq!(reg.set_draining("nosuch", true, t0), None, "a typo is an error");
+        assert_eq!(reg.set_draining("a", true, t0), Some(1));
+        assert_eq!(reg.status(t0, 0).nodes[0].state, NodeState::Draining);
+        let refused = reg.place(request(vec![]), "c2".into(), shim(), t0, 0).unwrap_err();
+        assert_eq!(refused.to_string(), "all 1 capable nodes are busy");
+        // What it runs goes on and ends normally.
+        assert!(reg.shim_of(running, a).is_some());
+        let exit = RemoteExit { code: Some(0), signal: None };
+        assert!(reg.finish(running, Some(a), Outcome::Exited(exit), t0).is_some());
+        // The drain outlives the connection: the same name reconnecting stays drained.
+        reg.remove_node(a, "node a lost", t0);
+        let (a2, _) = reg.add_node(info("a", 2), Outbox::new(1024).0, t0);
+        assert_eq!(reg.status(t0, 0).nodes[0].state, NodeState::Draining);
+        assert!(reg.place(request(vec![]), "c3".into(), shim(), t0, 0).is_err());
+        assert_eq!(reg.set_draining("a", false, t0), Some(1));
+        assert_eq!(reg.place(request(vec![]), "c4".into(), shim(), t0, 0).unwrap().node_name, "a");
+        assert_eq!(reg.status(t0, 0).nodes[0].state, NodeState::Ready);
+        // Undraining a name that left is fine; draining one is not.
+        reg.set_draining("a", true, t0);
+        reg.remove_node(a2, "gone", t0);
+        assert_eq!(reg.set_draining("a", true, t0), None);
+        assert_eq!(reg.set_draining("a", false, t0), Some(0));
+        assert_eq!(reg.set_draining("a", false, t0), None);
+    }
+
+    /// The chunk records and counters a split job leaves: winners, a late
+    /// chunk's re-issue beating the first attempt, a failure, and the attempts
+    /// cancelled with the job.
+    #[tokio::test]
+    async fn chunk_records_follow_every_attempt() {
+        use super::super::outbox::Out;
+        use super::super::split::tests::{plan, split_request};
+        use crate::protocol::{Frame, FrameKind};
+
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut reg = Registry::new(t0);
+        // Jobs are placed with a wall clock of 0: records read as ms since.
+        let base = 0;
+        let mut rx = Vec::new();
+        let mut ids = Vec::new();
+        for name in ["a", "b"] {
+            let (outbox, r) = Outbox::new(1 << 20);
+            let mut i = info(name, 1);
+            i.caps.encoders = ["libx264".to_owned()].into();
+            ids.push(reg.add_node(i, outbox, t0).0);
+            rx.push(r);
+        }
+        let mut runs = |n: usize| -> Vec<JobId> {
+            let mut out = Vec::new();
+            while let Ok(m) = rx[n].try_recv() {
+                if let Out::Json(ToNode::Run { job, .. }) = m {
+                    out.push(job);
+                }
+            }
+            out
+        };
+        let ok = || AttemptEnd::Exited(RemoteExit { code: Some(0), signal: None });
+        let (out, _shim_rx) = Outbox::new(1 << 20);
+        let shim = Arc::new(ShimConn::new(out));
+
+        // 9 s in three 3 s chunks: a takes 0, b takes 1.
+        let job = reg.place_split(split_request(plan(9.0)), "cap".into(), shim.clone(), t0, 0).unwrap();
+        let (a0, b1) = (runs(0)[0], runs(1)[0]);
+        let frame = Frame::new(FrameKind::Output, a0, 0, 0, b"ts").encode();
+        let share = shim.out.reserve(frame.len()).await.unwrap();
+        assert!(reg.chunk_bytes(a0, ids[0], 2, frame, share));
+        assert!(reg.attempt_ended(a0, ids[0], ok(), at(1000)));
+        let a2 = runs(0)[0];
+        assert!(reg.attempt_ended(b1, ids[1], ok(), at(1200)));
+        // Chunk 2 runs late on a: b gets a second attempt, which wins.
+        reg.tick(at(3100));
+        let b2 = runs(1)[0];
+        assert!(reg.attempt_ended(b2, ids[1], ok(), at(3200)));
+        let doc = reg.status(at(3200), 0);
+        let j = &doc.jobs[0];
+        assert_eq!((j.id, j.state), (job, JobState::Done));
+        let seen: Vec<_> = j
+            .chunks
+            .iter()
+            .map(|c| (c.chunk, c.attempt, c.node.as_str(), c.state, c.reissue, c.finished_unix_ms.map(|f| f - base)))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, a0, "a", ChunkState::Done, false, Some(1000)),
+                (1, b1, "b", ChunkState::Done, false, Some(1200)),
+                (2, a2, "a", ChunkState::Superseded, false, Some(3200)),
+                (2, b2, "b", ChunkState::Done, true, Some(3200)),
+            ]
+        );
+        assert_eq!((j.chunks[0].bytes, j.chunks[0].start, j.chunks[0].end), (2, 0.0, 3.0));
+        assert_eq!(j.chunks[2].started_unix_ms - base, 1000);
+
+        // A second job: a's attempt fails, the rest is cancelled with the job.
+        let job2 = reg.place_split(split_request(plan(9.0)), "cap2".into(), shim.clone(), at(4000), 0).unwrap();
+        // Which chunk each node got depends on their measured speeds.
+        let (a0, _b) = (runs(0)[0], runs(1)[0]);
+        let failed = AttemptEnd::Exited(RemoteExit { code: Some(1), signal: None });
+        assert!(reg.attempt_ended(a0, ids[0], failed, at(4500)));
+        assert!(reg.abandon_split(job2, Outcome::Cancelled, at(5000)));
+        let doc = reg.status(at(5000), 0);
+        let j = &doc.jobs[0];
+        assert_eq!((j.id, j.state), (job2, JobState::Cancelled));
+        let (failed, rest): (Vec<_>, Vec<_>) = j.chunks.iter().partition(|c| c.attempt == a0);
+        assert_eq!(failed[0].state, ChunkState::Failed);
+        assert_eq!(failed[0].error.as_deref(), Some("ffmpeg exited with code 1"));
+        assert!(!rest.is_empty());
+        assert!(rest.iter().all(|c| c.state == ChunkState::Cancelled && c.finished_unix_ms == Some(1000)));
+        assert!(doc.jobs[1].chunks.len() == 4, "the first job keeps its records");
+
+        let m = reg.metrics().render(&doc, &reg.known_nodes());
+        for (series, v) in [
+            ("ffcluster_jobs_total{mode=\"split\",result=\"ok\"} ", 1),
+            ("ffcluster_jobs_total{mode=\"split\",result=\"cancelled\"} ", 1),
+            ("ffcluster_chunk_attempts_total{result=\"done\"} ", 3),
+            ("ffcluster_chunk_attempts_total{result=\"superseded\"} ", 1),
+            ("ffcluster_chunk_attempts_total{result=\"failed\"} ", 1),
+            ("ffcluster_chunk_reissues_total ", 1),
+            ("ffcluster_relay_output_bytes_total{mode=\"split\"} ", 2),
+            ("ffcluster_first_chunk_seconds_count ", 1),
+        ] {
+            assert!(m.contains(&format!("{series}{v}\n")), "{series}{v} in\n{m}");
+        }
+        assert!(m.contains("ffcluster_chunk_attempts_total{result=\"cancelled\"} "), "{m}");
+    }
+

@@ -55,6 +55,9 @@ pub enum NodeState {
     Ready,
     /// Every slot is taken.
     Busy,
+    /// An admin drained it (`ffcluster drain`): it gets no new work, and what
+    /// it runs finishes.
+    Draining,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +94,51 @@ pub struct JobStatus {
     /// Split jobs: chunks given a second attempt because the first was late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reissued: Option<u32>,
+    /// Split jobs: every chunk attempt, in the order they started. Present for
+    /// running split jobs and the most recent finished ones (see
+    /// `CHUNK_HISTORY_JOBS` in the registry): a long film has hundreds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRecord>,
+}
+
+/// One attempt of one chunk of a split job: which node encoded which part of
+/// the timeline, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// The chunk's index in the job (timeline order).
+    pub chunk: u32,
+    /// The attempt's node job id.
+    pub attempt: JobId,
+    /// Media time of the chunk, seconds on the input's timeline: `[start, end)`.
+    pub start: f64,
+    pub end: f64,
+    pub node: String,
+    pub state: ChunkState,
+    /// A second attempt started because the first ran late.
+    #[serde(default)]
+    pub reissue: bool,
+    pub started_unix_ms: u64,
+    /// When it ended; None while it runs.
+    pub finished_unix_ms: Option<u64>,
+    /// Encoded bytes relayed to the shim.
+    pub bytes: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkState {
+    Running,
+    /// Its result is the chunk's.
+    Done,
+    /// ffmpeg failed, the node refused or was lost: the chunk runs again.
+    Failed,
+    /// Another attempt of the same chunk finished first.
+    Superseded,
+    /// The job ended (its shim went away, or another chunk failed for good).
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +167,7 @@ impl NodeState {
         match self {
             NodeState::Ready => "ready",
             NodeState::Busy => "busy",
+            NodeState::Draining => "draining",
         }
     }
 }
@@ -153,7 +202,19 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(NodeState, JobMode, JobState);
+impl ChunkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkState::Running => "running",
+            ChunkState::Done => "done",
+            ChunkState::Failed => "failed",
+            ChunkState::Superseded => "superseded",
+            ChunkState::Cancelled => "cancelled",
+        }
+    }
+}
+
+display_as_str!(NodeState, JobMode, JobState, ChunkState);
 
 #[cfg(test)]
 mod tests {
@@ -177,6 +238,7 @@ mod tests {
             chunks_planned: None,
             nodes: None,
             reissued: None,
+            chunks: Vec::new(),
         };
         let v = serde_json::to_value(&j).unwrap();
         assert_eq!(v["mode"], "whole");
@@ -191,12 +253,34 @@ mod tests {
             chunks_planned: Some(9),
             nodes: Some(vec!["a".into(), "b".into()]),
             reissued: Some(1),
+            chunks: vec![ChunkRecord {
+                chunk: 0,
+                attempt: 4,
+                start: 0.0,
+                end: 3.0,
+                node: "a".into(),
+                state: ChunkState::Superseded,
+                reissue: false,
+                started_unix_ms: 10,
+                finished_unix_ms: Some(20),
+                bytes: 7,
+                error: None,
+            }],
             ..j
         };
         let v = serde_json::to_value(&split).unwrap();
         assert_eq!((&v["mode"], &v["chunks_done"], &v["nodes"][1]), (&"split".into(), &5.into(), &"b".into()));
+        assert_eq!((&v["chunks"][0]["state"], &v["chunks"][0]["node"]), (&"superseded".into(), &"a".into()));
+        assert!(v["chunks"][0].get("error").is_none(), "{v}");
         assert_eq!(serde_json::from_value::<JobStatus>(v).unwrap(), split);
-        assert_eq!(serde_json::to_value(NodeState::Busy).unwrap(), "busy");
+        for s in [NodeState::Ready, NodeState::Busy, NodeState::Draining] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
+        }
+        for s in
+            [ChunkState::Running, ChunkState::Done, ChunkState::Failed, ChunkState::Superseded, ChunkState::Cancelled]
+        {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
+        }
         for s in [JobState::Running, JobState::Done, JobState::Failed, JobState::Cancelled] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
         }

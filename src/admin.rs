@@ -1,0 +1,123 @@
+//! `ffcluster nodes`, `jobs`, `drain` and `undrain`: the admin commands beyond
+//! `status`, all talking to the controller's authenticated API.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use ffcluster::controller::http_client::{fetch_status, set_drain};
+use ffcluster::controller::status::Status;
+
+use crate::status::{job_row, node_row, table};
+
+/// Where the controller is and how to authenticate.
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    /// The controller's base URL.
+    #[arg(long, value_name = "URL", env = "FFCLUSTER_CONTROLLER", default_value = "http://127.0.0.1:9470")]
+    controller: String,
+    /// The controller's shared secret.
+    #[arg(long, env = "FFCLUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Conn {
+    fn token(&self) -> anyhow::Result<&str> {
+        match self.token.as_deref().filter(|t| !t.trim().is_empty()) {
+            Some(t) => Ok(t),
+            None => bail!("no token: pass the controller's token with --token or FFCLUSTER_TOKEN"),
+        }
+    }
+
+    fn status(&self) -> anyhow::Result<Status> {
+        fetch_status(&self.controller, self.token()?).with_context(|| format!("controller at {}", self.controller))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print JSON (the status document's `nodes` or `jobs` array).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// The node's name, as `ffcluster nodes` shows it.
+    node: String,
+    /// Undrain instead: the node gets work again.
+    #[arg(long)]
+    undo: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UndrainArgs {
+    /// The node's name, as `ffcluster nodes` shows it.
+    node: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub fn nodes(a: ListArgs) -> anyhow::Result<ExitCode> {
+    let doc = a.conn.status()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc.nodes)?);
+    } else if doc.nodes.is_empty() {
+        println!("no nodes connected");
+    } else {
+        let rows = doc
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut row = node_row(n);
+                row.insert(row.len() - 1, n.address.clone());
+                row
+            })
+            .collect();
+        print!("{}", table(&["NODE", "STATE", "RUN/SLOTS", "SPEED", "CPUS", "ADDRESS", "FFMPEG"], rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn jobs(a: ListArgs) -> anyhow::Result<ExitCode> {
+    let doc = a.conn.status()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc.jobs)?);
+    } else if doc.jobs.is_empty() {
+        println!("no jobs yet");
+    } else {
+        let rows = doc
+            .jobs
+            .iter()
+            .map(|j| {
+                let mut row = job_row(j);
+                row.insert(1, j.mode.to_string());
+                row
+            })
+            .collect();
+        print!("{}", table(&["JOB", "MODE", "STATE", "NODE", "DURATION", "EXIT", "ARGS"], rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn drain(a: DrainArgs) -> anyhow::Result<ExitCode> {
+    set(&a.conn, &a.node, !a.undo)
+}
+
+pub fn undrain(a: UndrainArgs) -> anyhow::Result<ExitCode> {
+    set(&a.conn, &a.node, false)
+}
+
+fn set(conn: &Conn, node: &str, draining: bool) -> anyhow::Result<ExitCode> {
+    let reply = set_drain(&conn.controller, conn.token()?, node, draining)
+        .with_context(|| format!("controller at {}", conn.controller))?;
+    match (reply.draining, reply.connected) {
+        (true, _) => println!("{}: draining (no new work; running jobs finish)", reply.node),
+        (false, 0) => println!("{}: undrained (not connected)", reply.node),
+        (false, _) => println!("{}: undrained (takes new work)", reply.node),
+    }
+    Ok(ExitCode::SUCCESS)
+}
