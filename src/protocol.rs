@@ -47,6 +47,9 @@ pub const DEAD_AFTER: Duration = Duration::from_millis(3000);
 /// Largest payload of one binary frame. Keeps one slow stream from holding a
 /// WebSocket for long and bounds what a peer must buffer per frame.
 pub const MAX_FRAME_PAYLOAD: usize = 256 * 1024;
+/// The chunk number of a split job's audio track: it is encoded once, whole,
+/// by one node, alongside the video chunks.
+pub const AUDIO_CHUNK: u32 = u32::MAX;
 
 /// Controller-assigned job number, unique for the controller's lifetime.
 pub type JobId = u64;
@@ -149,10 +152,14 @@ pub enum ShimMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToShim {
-    /// The job runs on `node`.
+    /// The job runs on `node` (`split` for a split job).
     Accepted {
         job: JobId,
         node: String,
+        /// Split jobs: a node encodes the audio track (chunk [`AUDIO_CHUNK`]),
+        /// so the finisher copies it rather than encoding it itself.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        audio: bool,
     },
     /// The cluster will not run this job (no capable node, all busy…): run it locally.
     Rejected {
@@ -184,6 +191,7 @@ pub enum ToShim {
     /// attempts at once (a late chunk is re-issued); the first to finish wins.
     /// `last` marks the chunk that ends the job.
     ChunkStarted {
+        /// [`AUDIO_CHUNK`] for the job's audio track.
         chunk: u32,
         attempt: JobId,
         node: String,
@@ -310,6 +318,10 @@ pub struct JobSpec {
     pub files: Vec<FileOffer>,
     /// Capability for `{FILES_PATH}/{access}/{file}`.
     pub access: String,
+    /// Work so small next to a chunk (a split job's audio track) that it does
+    /// not take one of the node's slots.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub light: bool,
 }
 
 /// Binary frame kinds.

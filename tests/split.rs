@@ -133,6 +133,7 @@ fn hls_split_matches_direct(fmp4: bool, seek: Option<(&str, u32)>) {
     assert_eq!(job["state"], "done", "{job}");
     assert!(job["chunks_done"].as_u64().unwrap() >= 2, "{job}");
     assert_eq!(job["nodes"].as_array().unwrap().len(), 2, "both nodes took chunks: {job}");
+    assert!(c.log("shim.log").contains("audio encoded by a node"), "{}", c.log("shim.log"));
 
     assert_eq!(names(&direct), names(&split), "file names differ");
     let playlist = |d: &Path| d.join(format!("{md5}.m3u8"));
@@ -304,8 +305,12 @@ fn a_stalled_chunk_is_reissued_and_the_job_completes() {
     let node1 = c.nodes[1].pid();
     let t = Instant::now();
     let stopped = loop {
+        // A video chunk's ffmpeg (the audio track's is `-vn`).
         let found = children_named(&[node1], "ffmpeg");
-        if let Some(pid) = found.first() {
+        let chunk = |pid: &&i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.split(|b| *b == 0).any(|a| a == b"-vn"))
+        };
+        if let Some(pid) = found.iter().find(chunk) {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGSTOP).unwrap();
             break *pid;
         }
@@ -322,6 +327,63 @@ fn a_stalled_chunk_is_reissued_and_the_job_completes() {
     let t = Instant::now();
     while std::path::Path::new(&format!("/proc/{stopped}")).exists() {
         assert!(t.elapsed() < Duration::from_secs(5), "the stalled chunk ffmpeg was not killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The audio track's ffmpeg stops mid-track (a node gone quiet): another node
+/// runs the track again from the start, the shim checks the repeated bytes
+/// against what the finisher already has and carries on from there, and the
+/// output is the direct run's.
+#[test]
+fn a_stalled_audio_track_is_run_again_and_continues_seamlessly() {
+    let c = Cluster::start(2);
+    let input = film(&c, "film.mkv", 24);
+    let (direct, split) = (c.work.join("direct"), c.work.join("split"));
+    std::fs::create_dir_all(&direct).unwrap();
+    std::fs::create_dir_all(&split).unwrap();
+    let md5 = "00112233445566778899aabbccddeeff";
+    run_ok(Command::new(real("ffmpeg")).args(jellyfin_hls(&input, &direct, md5, false, 3)).stdin(Stdio::null()));
+    let mut child = shim(&c).args(jellyfin_hls(&input, &split, md5, false, 3)).stdin(Stdio::null()).spawn().unwrap();
+    let nodes: Vec<i32> = c.nodes.iter().map(|n| n.pid()).collect();
+    let is_audio = |pid: &&i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"-vn"))
+    };
+    let t = Instant::now();
+    let audio = loop {
+        if let Some(pid) = children_named(&nodes, "ffmpeg").iter().find(is_audio) {
+            break *pid;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no audio track started: {}", c.all_logs());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Stop it once it has written part of the track (it writes 32 KiB at a time).
+    let written = || {
+        let io = std::fs::read_to_string(format!("/proc/{audio}/io")).unwrap_or_default();
+        io.lines().find_map(|l| l.strip_prefix("wchar: ")?.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    let t = Instant::now();
+    while written() < 32 * 1024 {
+        assert!(t.elapsed() < Duration::from_secs(20), "the audio track wrote nothing");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(audio), Signal::SIGSTOP).unwrap();
+    eprintln!("stopped audio ffmpeg {audio} after {} bytes, {:?}", written(), t.elapsed());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", c.all_logs());
+    let shim_log = c.log("shim.log");
+    assert!(shim_log.contains("audio encoded by a node"), "{shim_log}");
+    assert!(shim_log.contains("replays the"), "the second attempt did not pick up mid-track: {}", c.all_logs());
+    let playlist = |d: &Path| d.join(format!("{md5}.m3u8"));
+    assert_eq!(names(&direct), names(&split));
+    assert_eq!(decode_frames(&playlist(&direct)), decode_frames(&playlist(&split)));
+    let (ad, as_) = (audio_samples(&playlist(&direct)), audio_samples(&playlist(&split)));
+    assert!(ad.abs_diff(as_) <= 1024, "audio samples: direct {ad}, split {as_}");
+    assert_eq!(silences(&playlist(&split)), silences(&playlist(&direct)), "audio dropouts");
+    // The stopped one was cancelled.
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{audio}")).exists() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the stopped audio ffmpeg was not killed");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -648,6 +648,7 @@ mod tests {
                 offer(5, "/att/fonts", Some("ok.ttf"), 4),
             ],
             access: "cap/../x".into(),
+            light: false,
         };
         let cl = CommandLine::parse(&spec.args).unwrap();
         let refs = file_refs(&cl).unwrap();

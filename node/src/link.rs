@@ -282,7 +282,7 @@ impl Jobs {
                     tracing::warn!(job, "the controller sent job {job} twice; ignoring the second");
                     return None;
                 }
-                if self.running.values().filter(|h| !h.is_over()).count() >= self.cfg.slots as usize {
+                if !spec.light && self.running.values().filter(|h| !h.is_over()).count() >= self.cfg.slots as usize {
                     tracing::warn!(job, slots = self.cfg.slots, "job beyond this node's slots; running it anyway");
                 }
                 tracing::info!(job, args = ?spec.args, "job received");

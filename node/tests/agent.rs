@@ -454,7 +454,7 @@ impl JobLog {
 
 /// A job with the shim's working folder `/orig`.
 fn job_spec(command: &str, files: Vec<FileOffer>, access: &str) -> JobSpec {
-    JobSpec { args: args(command), cwd: "/orig".into(), files, access: access.into() }
+    JobSpec { args: args(command), cwd: "/orig".into(), files, access: access.into(), light: false }
 }
 
 /// A long real-time job whose output is one growing file.

@@ -110,7 +110,7 @@ impl<'a> Session<'a> {
 
     async fn run(mut self, controller: &str, token: &str, request: JobRequest, read_stdin: bool) -> Outcome {
         let started = Instant::now();
-        let (mut tx, mut rx, job, node) = match submit(controller, token, request).await {
+        let Placed { mut tx, mut rx, job, node, .. } = match submit(controller, token, request).await {
             Ok(placed) => placed,
             Err(why) => return Outcome::Fallback(why),
         };
@@ -267,9 +267,16 @@ enum Step {
     Lost(String),
 }
 
-/// The socket's two halves once the controller has placed a job.
-pub(crate) type Placed =
-    (futures_util::stream::SplitSink<Ws, Message>, futures_util::stream::SplitStream<Ws>, JobId, String);
+/// The socket's two halves once the controller has placed a job, and how.
+pub(crate) struct Placed {
+    pub tx: futures_util::stream::SplitSink<Ws, Message>,
+    pub rx: futures_util::stream::SplitStream<Ws>,
+    pub job: JobId,
+    /// Where it runs (`split` for a split job).
+    pub node: String,
+    /// A split job's audio comes from a node.
+    pub audio: bool,
+}
 
 /// Connects, submits `request` and waits until the controller places it: the
 /// socket, the job's id and where it runs. An error means nothing has happened
@@ -281,17 +288,17 @@ pub(crate) async fn submit(controller: &str, token: &str, request: JobRequest) -
     tx.send(text(&ShimMsg::Submit { request: Box::new(request) }))
         .await
         .map_err(|e| format!("controller closed the connection: {e}"))?;
-    let (job, node) = accepted(&mut rx).await?;
-    Ok((tx, rx, job, node))
+    let (job, node, audio) = accepted(&mut rx).await?;
+    Ok(Placed { tx, rx, job, node, audio })
 }
 
 /// Waits for the controller to place the submitted job: its id and where it runs.
-async fn accepted(rx: &mut futures_util::stream::SplitStream<Ws>) -> Result<(JobId, String), String> {
+async fn accepted(rx: &mut futures_util::stream::SplitStream<Ws>) -> Result<(JobId, String, bool), String> {
     let placed = tokio::time::timeout(ACCEPT_TIMEOUT, async {
         while let Some(msg) = rx.next().await {
             match msg {
                 Ok(Message::Text(t)) => match serde_json::from_str::<ToShim>(&t) {
-                    Ok(ToShim::Accepted { job, node }) => return Ok((job, node)),
+                    Ok(ToShim::Accepted { job, node, audio }) => return Ok((job, node, audio)),
                     Ok(ToShim::Rejected { reason }) => return Err(format!("the cluster declined: {reason}")),
                     Ok(other) => return Err(format!("unexpected message before acceptance: {other:?}")),
                     Err(e) => return Err(format!("bad message from controller: {e}")),

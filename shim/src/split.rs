@@ -1,12 +1,13 @@
 //! The shim's side of a split job: nodes encode the video in chunks, the
 //! controller streams the chunks here, and a local ffmpeg (the *finisher*) runs
 //! the job's own command line with the video copied from the joined chunks and
-//! the audio encoded once, continuously (see `ffcluster::split`).
+//! the audio encoded once, continuously: by another node, which streams it here
+//! too, or, with a lone node, by the finisher itself (see `ffcluster::split`).
 //!
 //! Because the finisher is the real ffmpeg writing the job's real outputs, the
 //! files, their names, the order they appear in, stdout, the progress on stderr,
 //! `q` and `c` on stdin and the exit code are ffmpeg's own. The shim feeds it the
-//! video on descriptor 3 and forwards stdin and signals.
+//! video on descriptor 3 (and the audio on 4) and forwards stdin and signals.
 //!
 //! Until the controller accepts the job nothing has happened here, so any
 //! failure up to then falls back (to a whole-job offload when the job cannot be
@@ -23,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use ffcluster::ffmpeg::CommandLine;
 use ffcluster::ffmpeg::decision::Verdict;
-use ffcluster::protocol::{Frame, FrameKind, JobRequest, ToShim};
+use ffcluster::protocol::{AUDIO_CHUNK, Frame, FrameKind, JobId, JobRequest, ToShim};
 use ffcluster::split::assemble::Assembler;
-use ffcluster::split::{FINISHER_VIDEO_FD, Probe, Split};
+use ffcluster::split::{FINISHER_AUDIO_FD, FINISHER_VIDEO_FD, Probe, Split};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -140,20 +141,31 @@ enum End {
 
 impl Session<'_> {
     async fn run(self, controller: &str, token: &str, request: JobRequest) -> Outcome {
-        let (mut tx, mut rx, job, _) = match cluster::submit(controller, token, request).await {
+        let cluster::Placed { mut tx, mut rx, job, audio, .. } = match cluster::submit(controller, token, request).await
+        {
             Ok(placed) => placed,
             Err(why) => return Outcome::Fallback(why),
         };
         let started = Instant::now();
-        let (finisher, video) = match spawn_finisher(&self.ffmpeg, &self.split.finisher) {
+        let args = match (audio, &self.split.finisher_audio_copy) {
+            (false, _) => &self.split.finisher,
+            (true, Some(args)) => args,
+            // Dropping the socket cancels the job; nothing has been written yet.
+            (true, None) => return Outcome::Fallback("the controller sent audio this job does not have".into()),
+        };
+        let (finisher, video, audio) = match spawn_finisher(&self.ffmpeg, args, audio) {
             Ok(f) => f,
             Err(e) => {
                 return Outcome::Fallback(format!("cannot start the finisher {}: {e}", self.ffmpeg.display()));
             }
         };
-        self.log.line(format_args!("split: job {job} accepted; finisher pid {} started", finisher.pid));
-        let mut run = Running::new(finisher, video);
-        let end = run.pump(&mut tx, &mut rx, &self.offers).await;
+        let audio_from = if audio.is_some() { "a node" } else { "the finisher" };
+        self.log.line(format_args!(
+            "split: job {job} accepted; finisher pid {} started; audio encoded by {audio_from}",
+            finisher.pid
+        ));
+        let mut run = Running::new(finisher, video, audio);
+        let end = run.pump(&mut tx, &mut rx, &self.offers, self.log).await;
         // Closing the socket tells the controller to cancel whatever still runs.
         let _ = tokio::time::timeout(Duration::from_millis(200), tx.close()).await;
         let code = match end {
@@ -174,11 +186,12 @@ impl Session<'_> {
             })
         };
         self.log.line(format_args!(
-            "split: job {job}: exit {code} after {:.2} s; {} chunks, {} video bytes joined, {} input bytes served; \
-             CPU: shim {:.2} s, finisher {:.2} s",
+            "split: job {job}: exit {code} after {:.2} s; {} chunks, {} video bytes joined, {} audio bytes, \
+             {} input bytes served; CPU: shim {:.2} s, finisher {:.2} s",
             started.elapsed().as_secs_f64(),
             run.assembler.head(),
             run.assembler.written(),
+            run.audio.as_ref().map_or(0, |a| a.written),
             run.bytes_served,
             cpu(nix::sys::resource::UsageWho::RUSAGE_SELF),
             cpu(nix::sys::resource::UsageWho::RUSAGE_CHILDREN),
@@ -201,24 +214,39 @@ struct Finisher {
     child: Child,
 }
 
-fn spawn_finisher(ffmpeg: &Path, args: &[String]) -> std::io::Result<(Finisher, OwnedFd)> {
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let read_fd = read.as_raw_fd();
+fn spawn_finisher(
+    ffmpeg: &Path,
+    args: &[String],
+    with_audio: bool,
+) -> std::io::Result<(Finisher, OwnedFd, Option<OwnedFd>)> {
+    let (video_read, video_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let audio = if with_audio { Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?) } else { None };
+    // Moved above the descriptors they become, so that putting one in place
+    // cannot overwrite the other.
+    let high = |fd: &OwnedFd| -> std::io::Result<OwnedFd> {
+        let raw = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
+        // SAFETY: fcntl just returned this new descriptor, owned by nobody else.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+    };
+    let video_high = high(&video_read)?;
+    let audio_high = audio.as_ref().map(|(r, _)| high(r)).transpose()?;
+    drop(video_read);
+    let moves: Vec<(i32, i32)> = std::iter::once((video_high.as_raw_fd(), FINISHER_VIDEO_FD))
+        .chain(audio_high.as_ref().map(|fd| (fd.as_raw_fd(), FINISHER_AUDIO_FD)))
+        .collect();
     let shim = nix::unistd::getpid();
     let mut cmd = Command::new(ffmpeg);
     cmd.arg0("ffmpeg").args(args).stdin(Stdio::piped()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
     // SAFETY: the closure runs between fork and exec and makes only
-    // async-signal-safe system calls (dup2, fcntl, prctl, getppid).
+    // async-signal-safe system calls (dup2, prctl, getppid); `moves` was
+    // allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if read_fd == FINISHER_VIDEO_FD {
-                // dup2 onto itself would keep close-on-exec.
-                nix::fcntl::fcntl(
-                    std::os::fd::BorrowedFd::borrow_raw(read_fd),
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                )?;
-            } else if libc_dup2(read_fd, FINISHER_VIDEO_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+            // dup2 leaves the new descriptor without close-on-exec.
+            for &(from, to) in &moves {
+                if libc_dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // Jellyfin kills only the shim's PID: the finisher must not outlive it.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -229,9 +257,9 @@ fn spawn_finisher(ffmpeg: &Path, args: &[String]) -> std::io::Result<(Finisher, 
         });
     }
     let child = cmd.spawn()?;
-    drop(read);
+    drop((video_high, audio_high));
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    Ok((Finisher { pid, child }, write))
+    Ok((Finisher { pid, child }, video_write, audio.map(|(_, w)| w)))
 }
 
 fn libc_dup2(from: i32, to: i32) -> i32 {
@@ -239,10 +267,151 @@ fn libc_dup2(from: i32, to: i32) -> i32 {
     unsafe { nix::libc::dup2(from, to) }
 }
 
+/// The audio track a node encodes, on its way to the finisher.
+///
+/// A track that fails or stalls runs again from the start, maybe beside the
+/// first attempt: the same ffmpeg build with the same arguments writes the same
+/// bytes, so each attempt's bytes up to what the finisher already has are only
+/// checked (by the hash of every [`AUDIO_BLOCK`] bytes), and whichever attempt is
+/// ahead extends the track.
+struct AudioFeed {
+    /// `None` once closed.
+    pipe: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    /// Bytes handed to the finisher.
+    written: u64,
+    /// Hashes of the finished blocks of what was written, and of the block in
+    /// progress.
+    blocks: Vec<u64>,
+    current: Fnv,
+    attempts: std::collections::BTreeMap<JobId, AudioAttempt>,
+    done: bool,
+}
+
+/// How much of the audio track one attempt has delivered.
+#[derive(Default)]
+struct AudioAttempt {
+    received: u64,
+    current: Fnv,
+}
+
+const AUDIO_BLOCK: u64 = 64 * 1024;
+
+/// FNV-1a: enough to tell two encodes of the same audio apart, and cheap.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+impl AudioFeed {
+    fn new(pipe: std::sync::mpsc::Sender<Vec<u8>>) -> AudioFeed {
+        AudioFeed {
+            pipe: Some(pipe),
+            written: 0,
+            blocks: Vec::new(),
+            current: Fnv::default(),
+            attempts: std::collections::BTreeMap::new(),
+            done: false,
+        }
+    }
+
+    fn started(&mut self, attempt: JobId) {
+        self.attempts.insert(attempt, AudioAttempt::default());
+    }
+
+    fn data(&mut self, attempt: JobId, offset: u64, mut payload: &[u8]) -> Result<(), String> {
+        let Some(a) = self.attempts.get_mut(&attempt) else { return Ok(()) };
+        if offset != a.received {
+            return Err(format!("audio bytes out of order: {offset} where {} was due", a.received));
+        }
+        let mut pos = offset;
+        while !payload.is_empty() {
+            // Up to the end of the block `pos` lies in.
+            let take = (AUDIO_BLOCK - pos % AUDIO_BLOCK).min(payload.len() as u64) as usize;
+            let (piece, rest) = payload.split_at(take);
+            let end = pos + take as u64;
+            a.current.update(piece);
+            if end > self.written {
+                // New to the finisher (what lies before `written` was checked).
+                let fresh = &piece[(self.written.max(pos) - pos) as usize..];
+                self.current.update(fresh);
+                self.written = end;
+                if let Some(p) = &self.pipe
+                    && p.send(fresh.to_vec()).is_err()
+                {
+                    self.pipe = None;
+                }
+                if end % AUDIO_BLOCK == 0 {
+                    self.blocks.push(std::mem::take(&mut self.current).0);
+                }
+            }
+            if end % AUDIO_BLOCK == 0 {
+                let block = (end / AUDIO_BLOCK - 1) as usize;
+                if self.blocks.get(block) != Some(&a.current.0) {
+                    return Err(format!("two encodes of the audio track differ at byte {}", end - AUDIO_BLOCK));
+                }
+                a.current = Fnv::default();
+            }
+            pos = end;
+            payload = rest;
+        }
+        a.received = pos;
+        Ok(())
+    }
+
+    fn finished(&mut self, attempt: JobId, size: u64) -> Result<(), String> {
+        let Some(a) = self.attempts.remove(&attempt) else { return Ok(()) };
+        if a.received != size || self.written != size {
+            return Err(format!(
+                "the audio track ended at {size} bytes, {} of them received, {} written",
+                a.received, self.written
+            ));
+        }
+        if size % AUDIO_BLOCK != 0 && a.current.0 != self.current.0 {
+            return Err("two encodes of the audio track differ in their last block".into());
+        }
+        self.done = true;
+        self.pipe = None;
+        Ok(())
+    }
+
+    fn failed(&mut self, attempt: JobId) {
+        self.attempts.remove(&attempt);
+    }
+}
+
+/// A writer thread for one of the finisher's input pipes.
+fn feeder(fd: OwnedFd) -> std::sync::mpsc::Sender<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut pipe = std::fs::File::from(fd);
+        for buf in rx {
+            if pipe.write_all(&buf).is_err() {
+                // The finisher is gone; its exit says why.
+                return;
+            }
+        }
+    });
+    tx
+}
+
 /// A split job whose finisher runs.
 struct Running {
     pid: Pid,
     assembler: Assembler,
+    /// When a node encodes the audio.
+    audio: Option<AudioFeed>,
     /// Joined video on its way to the finisher; `None` once closed.
     video: Option<std::sync::mpsc::Sender<Vec<u8>>>,
     exited: mpsc::Receiver<ExitStatus>,
@@ -254,18 +423,10 @@ struct Running {
 }
 
 impl Running {
-    fn new(f: Finisher, video: OwnedFd) -> Running {
+    fn new(f: Finisher, video: OwnedFd, audio: Option<OwnedFd>) -> Running {
         let Finisher { pid, mut child } = f;
-        let (video_tx, video_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        std::thread::spawn(move || {
-            let mut pipe = std::fs::File::from(video);
-            for buf in video_rx {
-                if pipe.write_all(&buf).is_err() {
-                    // The finisher is gone; its exit says why.
-                    return;
-                }
-            }
-        });
+        let video_tx = feeder(video);
+        let audio = audio.map(|fd| AudioFeed::new(feeder(fd)));
         let (stop_tx, stops) = mpsc::unbounded_channel();
         if let Some(stdin) = child.stdin.take() {
             forward_stdin(stdin, stop_tx);
@@ -279,6 +440,7 @@ impl Running {
         Running {
             pid,
             assembler: Assembler::new(),
+            audio,
             video: Some(video_tx),
             exited,
             close_video_at: None,
@@ -300,6 +462,7 @@ impl Running {
         tx: &mut futures_util::stream::SplitSink<Ws, Message>,
         rx: &mut futures_util::stream::SplitStream<Ws>,
         offers: &Offers,
+        log: &Log,
     ) -> End {
         let (Ok(mut sigterm), Ok(mut sigint)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
         else {
@@ -319,12 +482,12 @@ impl Running {
                     let step = match msg {
                         Some(Ok(Message::Binary(b))) => self.on_frame(&b),
                         Some(Ok(Message::Text(t))) => match serde_json::from_str::<ToShim>(&t) {
-                            Ok(m) => self.on_message(m, tx, offers).await,
+                            Ok(m) => self.on_message(m, tx, offers, log).await,
                             Err(e) => Err(format!("bad message from controller: {e}")),
                         },
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                             socket_open = false;
-                            if self.assembler.complete() { Ok(()) } else {
+                            if self.complete() { Ok(()) } else {
                                 Err("the controller closed the connection".into())
                             }
                         }
@@ -347,9 +510,17 @@ impl Running {
                 () = sleep_until(close_at), if close_at.is_some() => {
                     self.close_video_at = None;
                     self.video = None;
+                    if let Some(a) = &mut self.audio {
+                        a.pipe = None;
+                    }
                 }
             }
         }
+    }
+
+    /// Every chunk, and the audio track if a node encodes it, arrived whole.
+    fn complete(&self) -> bool {
+        self.assembler.complete() && self.audio.as_ref().is_none_or(|a| a.done)
     }
 
     /// Hands the finisher what is ready, and ends its input after the last chunk.
@@ -368,6 +539,10 @@ impl Running {
     fn on_frame(&mut self, bytes: &[u8]) -> Result<(), String> {
         let frame = Frame::decode(bytes).map_err(|e| format!("bad frame from controller: {e}"))?;
         match frame.kind {
+            FrameKind::Output if frame.id == AUDIO_CHUNK => match &mut self.audio {
+                Some(a) => a.data(frame.job, frame.offset, frame.payload),
+                None => Err("audio arrived for a job whose finisher encodes its own".into()),
+            },
             FrameKind::Output => {
                 self.assembler.data(frame.id, frame.job, frame.offset, frame.payload).map_err(|e| e.to_string())
             }
@@ -380,8 +555,31 @@ impl Running {
         m: ToShim,
         tx: &mut futures_util::stream::SplitSink<Ws, Message>,
         offers: &Offers,
+        log: &Log,
     ) -> Result<(), String> {
         match m {
+            ToShim::ChunkStarted { chunk: AUDIO_CHUNK, attempt, node, .. } => match &mut self.audio {
+                Some(a) => {
+                    if a.written > 0 {
+                        log.line(format_args!(
+                            "split: audio track attempt {attempt} on {node} replays the {} bytes the finisher has",
+                            a.written
+                        ));
+                    }
+                    a.started(attempt);
+                    Ok(())
+                }
+                None => Err("audio started for a job whose finisher encodes its own".into()),
+            },
+            ToShim::ChunkDone { chunk: AUDIO_CHUNK, attempt, size } => {
+                self.audio.as_mut().map_or(Ok(()), |a| a.finished(attempt, size))
+            }
+            ToShim::ChunkFailed { chunk: AUDIO_CHUNK, attempt, .. } => {
+                if let Some(a) = &mut self.audio {
+                    a.failed(attempt);
+                }
+                Ok(())
+            }
             ToShim::ChunkStarted { chunk, attempt, last, .. } => {
                 self.assembler.started(chunk, attempt, last);
                 Ok(())
@@ -433,4 +631,68 @@ fn forward_stdin(mut child: ChildStdin, stops: mpsc::UnboundedSender<()>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed() -> (AudioFeed, std::sync::mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (AudioFeed::new(tx), rx)
+    }
+
+    fn track(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_rerun_audio_track_continues_where_the_finisher_is() {
+        let t = track(200_000);
+        let (mut f, rx) = feed();
+        f.started(1);
+        f.data(1, 0, &t[..150_000]).unwrap();
+        // Attempt 1 dies; attempt 2 replays from the start, in odd pieces.
+        f.failed(1);
+        f.started(2);
+        let mut at = 0;
+        for size in [1000, 64_000, 90_000, 45_000] {
+            f.data(2, at as u64, &t[at..at + size]).unwrap();
+            at += size;
+        }
+        f.finished(2, t.len() as u64).unwrap();
+        assert!(f.done && f.pipe.is_none());
+        let written: Vec<u8> = rx.try_iter().flatten().collect();
+        assert_eq!(written, t, "each byte once, in order");
+    }
+
+    #[test]
+    fn two_attempts_race_and_the_one_ahead_extends_the_track() {
+        let t = track(300_000);
+        let (mut f, rx) = feed();
+        f.started(1);
+        f.started(2);
+        f.data(1, 0, &t[..70_000]).unwrap();
+        f.data(2, 0, &t[..200_000]).unwrap();
+        f.data(1, 70_000, &t[70_000..300_000]).unwrap();
+        f.finished(1, 300_000).unwrap();
+        let written: Vec<u8> = rx.try_iter().flatten().collect();
+        assert_eq!(written, t);
+    }
+
+    #[test]
+    fn a_rerun_that_differs_is_an_error() {
+        let t = track(200_000);
+        let mut other = t.clone();
+        other[10] ^= 1;
+        let (mut f, _rx) = feed();
+        f.started(1);
+        f.data(1, 0, &t[..100_000]).unwrap();
+        f.started(2);
+        assert!(f.data(2, 0, &other[..70_000]).unwrap_err().contains("differ"));
+        // Out of order within an attempt.
+        let (mut f, _rx) = feed();
+        f.started(1);
+        assert!(f.data(1, 5, &t[..10]).is_err());
+    }
 }

@@ -25,7 +25,9 @@ use super::scheduler::NoPlacement;
 use super::shim_link::ShimConn;
 use crate::ffmpeg::decision::Needs;
 use crate::plan::{Chunk, Planner, Sizing};
-use crate::protocol::{Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, RemoteExit, ToShim};
+use crate::protocol::{
+    AUDIO_CHUNK, Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, RemoteExit, ToShim,
+};
 use crate::split::SplitPlan;
 
 /// Failed attempts of one chunk after which the whole job fails: a chunk that
@@ -44,6 +46,11 @@ const RATE_WEIGHT: f64 = 0.5;
 const MAX_CHUNK_SECONDS: f64 = 30.0;
 /// A chunk ending this close to the plan's end is the last one.
 const END_SLACK: f64 = 1e-6;
+/// [`Attempt::chunk`] of the audio track's attempts.
+pub(crate) const AUDIO: usize = usize::MAX;
+/// An audio track that sent nothing for this long is run again elsewhere (its
+/// node may be gone without a word); the shim takes whichever is ahead.
+const AUDIO_STALL: Duration = Duration::from_secs(5);
 
 /// Why a split job is not taken; the text goes to the shim, which runs the job
 /// locally.
@@ -120,6 +127,24 @@ struct ChunkState {
     failed_on: BTreeSet<u64>,
 }
 
+/// The job's audio track, when a node encodes it.
+#[derive(Debug, Default)]
+struct AudioTrack {
+    done: bool,
+    failures: u32,
+    failed_on: BTreeSet<u64>,
+}
+
+/// The audio track's call for a node (see [`SplitJob::audio_wanted`]).
+#[derive(Debug)]
+pub(crate) struct AudioWant<'a> {
+    /// Nodes it failed on: not chosen while others can take it.
+    pub avoid: &'a BTreeSet<u64>,
+    /// Nodes that must not take it (they run it already).
+    pub exclude: Vec<u64>,
+    pub reissue: bool,
+}
+
 /// The node an attempt starts on.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Taker<'a> {
@@ -136,6 +161,8 @@ pub(crate) struct Attempt {
     pub(crate) node: u64,
     node_name: String,
     started: Instant,
+    /// When its last output arrived (or it started).
+    progressed: Instant,
     /// Bytes forwarded to the shim.
     sent: u64,
     /// The size the node announced in its `Done`.
@@ -165,6 +192,8 @@ pub(crate) struct SplitJob {
     /// join into the stream one ffmpeg would have made.
     version: Option<String>,
     chunks: Vec<ChunkState>,
+    /// Encoded by a node (see [`SplitJob::new`]); `None`: by the shim's finisher.
+    audio: Option<AudioTrack>,
     /// Running attempts.
     pub(crate) attempts: BTreeMap<JobId, Attempt>,
     nodes_used: BTreeSet<String>,
@@ -198,6 +227,10 @@ impl SplitJob {
                 nodes: nodes.max(1),
             };
         let planner = Planner::new(plan.grid, plan.start, plan.end, plan.start_number, sizing);
+        // A lone node would share its CPU between the audio and the chunk the
+        // first segment waits for; the shim's machine then encodes the audio
+        // (a few percent of a core). With more nodes another one takes it.
+        let audio = (plan.audio.is_some() && nodes > 1).then(AudioTrack::default);
         Ok(SplitJob {
             id,
             plan,
@@ -214,6 +247,7 @@ impl SplitJob {
             shim,
             version: None,
             chunks: Vec::new(),
+            audio,
             attempts: BTreeMap::new(),
             nodes_used: BTreeSet::new(),
             reissued: 0,
@@ -236,7 +270,35 @@ impl SplitJob {
     }
 
     pub(crate) fn complete(&self) -> bool {
-        self.planned_all() && !self.chunks.is_empty() && self.chunks.iter().all(|c| c.done.is_some())
+        self.planned_all()
+            && !self.chunks.is_empty()
+            && self.chunks.iter().all(|c| c.done.is_some())
+            && self.audio.as_ref().is_none_or(|a| a.done)
+    }
+
+    /// Whether a node encodes the audio track (the shim's finisher copies it).
+    pub(crate) fn remote_audio(&self) -> bool {
+        self.audio.is_some()
+    }
+
+    /// Whether the audio track wants a node: none runs it, or the one that does
+    /// has gone quiet (a second attempt, not on that node).
+    pub(crate) fn audio_wanted(&self, now: Instant) -> Option<AudioWant<'_>> {
+        let a = self.audio.as_ref().filter(|a| !a.done)?;
+        let running: Vec<&Attempt> = self.running(AUDIO).map(|(_, a)| a).collect();
+        match running.as_slice() {
+            [] => Some(AudioWant { avoid: &a.failed_on, exclude: Vec::new(), reissue: false }),
+            [one] if now.saturating_duration_since(one.progressed) >= AUDIO_STALL => {
+                Some(AudioWant { avoid: &a.failed_on, exclude: vec![one.node], reissue: true })
+            }
+            _ => None,
+        }
+    }
+
+    /// Nodes running the job's earliest unfinished chunk: the audio goes
+    /// elsewhere when it can, since the first segment waits for that chunk.
+    pub(crate) fn on_earliest(&self) -> BTreeSet<u64> {
+        self.running(self.earliest()).map(|(_, a)| a.node).collect()
     }
 
     fn running(&self, chunk: usize) -> impl Iterator<Item = (&JobId, &Attempt)> {
@@ -329,12 +391,58 @@ impl SplitJob {
                 node: on.id,
                 node_name: on.name.to_owned(),
                 started: now,
+                progressed: now,
                 sent: 0,
                 announced: None,
                 stderr: VecDeque::new(),
             },
         );
-        JobSpec { args, cwd: self.cwd.clone(), files: self.files.clone(), access: self.access.clone() }
+        JobSpec { args, cwd: self.cwd.clone(), files: self.files.clone(), access: self.access.clone(), light: false }
+    }
+
+    /// Starts the audio track's attempt `attempt` on a node, like [`Self::start`].
+    pub(crate) fn start_audio(
+        &mut self,
+        attempt: JobId,
+        on: Taker<'_>,
+        reissue: bool,
+        now: Instant,
+    ) -> Option<JobSpec> {
+        let audio = self.plan.audio.as_ref()?;
+        self.version.get_or_insert_with(|| on.version.to_owned());
+        self.nodes_used.insert(on.name.to_owned());
+        if reissue {
+            self.reissued += 1;
+        }
+        self.shim.out.json(ToShim::ChunkStarted {
+            chunk: AUDIO_CHUNK,
+            attempt,
+            node: on.name.to_owned(),
+            start: self.plan.start,
+            end: self.plan.end,
+            last: false,
+        });
+        let args = self.plan.recipe.audio_args(audio);
+        self.attempts.insert(
+            attempt,
+            Attempt {
+                chunk: AUDIO,
+                node: on.id,
+                node_name: on.name.to_owned(),
+                started: now,
+                progressed: now,
+                sent: 0,
+                announced: None,
+                stderr: VecDeque::new(),
+            },
+        );
+        Some(JobSpec {
+            args,
+            cwd: self.cwd.clone(),
+            files: self.files.clone(),
+            access: self.access.clone(),
+            light: true,
+        })
     }
 
     /// An `Output` event of an attempt: only its announced size matters (the
@@ -358,6 +466,7 @@ impl SplitJob {
     pub(crate) fn forward(&mut self, attempt: JobId, payload: usize, frame: Vec<u8>, share: Reserved) -> bool {
         let Some(a) = self.attempts.get_mut(&attempt) else { return false };
         a.sent += payload as u64;
+        a.progressed = Instant::now();
         self.shim.out.binary_reserved(frame, share)
     }
 
@@ -375,10 +484,51 @@ impl SplitJob {
             AttemptEnd::Refused(why) => Some(format!("refused by {}: {why}", a.node_name)),
             AttemptEnd::Lost(why) => Some(why.clone()),
         };
-        Some(match failure {
-            None => self.won(attempt, a, now),
-            Some(reason) => self.failed(attempt, a, reason),
+        Some(match (failure, a.chunk == AUDIO) {
+            (None, false) => self.won(attempt, a, now),
+            (Some(reason), false) => self.failed(attempt, a, reason),
+            (None, true) => self.audio_done(attempt, a),
+            (Some(reason), true) => self.audio_failed(attempt, a, reason),
         })
+    }
+
+    fn audio_done(&mut self, attempt: JobId, a: Attempt) -> Ending {
+        if let Some(t) = &mut self.audio {
+            t.done = true;
+        }
+        self.shim.out.json(ToShim::ChunkDone { chunk: AUDIO_CHUNK, attempt, size: a.sent });
+        info!(job = self.id, attempt, node = %a.node_name, bytes = a.sent, "audio track done");
+        let beaten: Vec<JobId> = self.running(AUDIO).map(|(id, _)| *id).collect();
+        let mut losers = Vec::new();
+        for id in beaten {
+            if let Some(l) = self.attempts.remove(&id) {
+                self.shim.out.json(ToShim::ChunkFailed {
+                    chunk: AUDIO_CHUNK,
+                    attempt: id,
+                    reason: "superseded".into(),
+                });
+                losers.push((id, l.node));
+            }
+        }
+        let fate = if self.complete() { Fate::Complete } else { Fate::Running };
+        // Audio says nothing about how fast a node encodes video.
+        Ending { node: a.node, losers, sample: None, fate }
+    }
+
+    fn audio_failed(&mut self, attempt: JobId, a: Attempt, reason: String) -> Ending {
+        warn!(job = self.id, attempt, node = %a.node_name, "audio track attempt failed: {reason}");
+        self.shim.out.json(ToShim::ChunkFailed { chunk: AUDIO_CHUNK, attempt, reason: reason.clone() });
+        let t = self.audio.get_or_insert_with(AudioTrack::default);
+        t.failures += 1;
+        t.failed_on.insert(a.node);
+        // A new attempt starts over; the shim checks what it repeats against
+        // what the finisher already has.
+        let fate = if t.failures >= MAX_FAILURES {
+            Fate::Failed(format!("the audio track failed {} times; last: {reason}", t.failures))
+        } else {
+            Fate::Running
+        };
+        Ending { node: a.node, losers: Vec::new(), sample: None, fate }
     }
 
     fn won(&mut self, attempt: JobId, a: Attempt, now: Instant) -> Ending {
@@ -427,7 +577,10 @@ impl SplitJob {
             Fate::Running
         };
         // Nothing encoded survives: the next chunk may pin another build.
-        if self.attempts.is_empty() && self.chunks.iter().all(|c| c.done.is_none()) {
+        if self.attempts.is_empty()
+            && self.chunks.iter().all(|c| c.done.is_none())
+            && self.audio.as_ref().is_none_or(|a| !a.done)
+        {
             self.version = None;
         }
         Ending { node: a.node, losers: Vec::new(), sample: None, fate }
@@ -457,7 +610,7 @@ impl SplitJob {
     }
 
     pub(crate) fn progress(&self) -> Progress {
-        let chunks_running: BTreeSet<usize> = self.attempts.values().map(|a| a.chunk).collect();
+        let chunks_running: BTreeSet<usize> = self.attempts.values().map(|a| a.chunk).filter(|c| *c != AUDIO).collect();
         Progress {
             done: count(self.chunks.iter().filter(|c| c.done.is_some()).count()),
             running: count(chunks_running.len()),
@@ -465,6 +618,12 @@ impl SplitJob {
             nodes: self.nodes_used.iter().cloned().collect(),
             reissued: self.reissued,
         }
+    }
+
+    /// Media seconds `[start, end)` of a planned chunk, for the status
+    /// document's chunk records (kept by the registry).
+    pub(crate) fn chunk_span(&self, chunk: usize) -> Option<(f64, f64)> {
+        self.chunks.get(chunk).map(|c| (c.chunk.start, c.chunk.end))
     }
 }
 
@@ -803,6 +962,22 @@ pub(crate) mod tests {
         crate::split::split(&CommandLine::parse(&args).unwrap(), &probe).unwrap().plan
     }
 
+    /// Like [`plan`], with a stereo AAC audio track a node can encode.
+    fn plan_with_audio(duration: f64) -> SplitPlan {
+        let args = "-i /media/in.mkv -map 0:0 -map 0:1 -c:v libx264 -force_key_frames expr:gte(t,n_forced*3) \
+                    -c:a aac -ac 2 -copyts -f hls -hls_time 3 -hls_playlist_type vod /tmp/t/x.m3u8";
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let json = format!(
+            r#"{{"streams":[{{"index":0,"codec_type":"video","r_frame_rate":"25/1","avg_frame_rate":"25/1","start_time":"0.000000"}},
+                {{"index":1,"codec_type":"audio","channels":6,"start_time":"0.000000"}}],
+                "format":{{"start_time":"0.000000","duration":"{duration:.6}"}}}}"#
+        );
+        let probe = crate::split::Probe::from_json(&json).unwrap();
+        let plan = crate::split::split(&CommandLine::parse(&args).unwrap(), &probe).unwrap().plan;
+        assert!(plan.audio.is_some());
+        plan
+    }
+
     pub(crate) fn split_request(plan: SplitPlan) -> JobRequest {
         JobRequest {
             args: vec!["-i".into(), "/media/in.mkv".into(), "/tmp/t/x.m3u8".into()],
@@ -935,6 +1110,38 @@ pub(crate) mod tests {
         assert!(fast.end - fast.start > slow.end - slow.start, "{fast:?} vs {slow:?}");
         // Contiguous.
         assert_eq!(fast.end, slow.start);
+    }
+
+    #[test]
+    fn the_audio_track_runs_beside_the_chunks_on_another_node_without_a_slot() {
+        let mut rig = Rig::new(&[("a", 1, "v1", 100.0), ("b", 1, "v1", 100.0)]);
+        let shim = rig.shim_conn.clone();
+        let job = rig.reg.place_split(split_request(plan_with_audio(60.0)), "cap".into(), shim, rig.t0, 0).unwrap();
+        let msgs = rig.shim_msgs();
+        assert!(matches!(msgs[0], ToShim::Accepted { audio: true, .. }), "{msgs:?}");
+        let s: Vec<(u32, String)> = started(&msgs).into_iter().map(|c| (c.0, c.2)).collect();
+        // Chunk 0 on a, chunk 1 on b (one slot each), the audio beside chunk 1.
+        assert_eq!(s, [(0, "a".into()), (1, "b".into()), (AUDIO_CHUNK, "b".into())]);
+        let b = rig.runs(1);
+        let audio = &b[1];
+        assert!(audio.1.iter().any(|a| a == "-vn") && audio.1.iter().any(|a| a == "aac"), "{audio:?}");
+        // It failed before sending anything: it runs again, on the other node.
+        rig.exit(audio.0, 1, 1, 500);
+        let again = started(&rig.shim_msgs());
+        assert_eq!(again.iter().map(|c| (c.0, c.2.as_str())).collect::<Vec<_>>(), [(AUDIO_CHUNK, "a")]);
+        let (retry, _) = rig.runs(0).pop().unwrap();
+        // Every chunk done is not the job done while the audio runs.
+        rig.exit(retry, 0, 0, 900);
+        assert!(matches!(rig.shim_msgs().last(), Some(ToShim::ChunkDone { chunk: AUDIO_CHUNK, .. })));
+        assert!(!rig.reg.split(job).unwrap().complete());
+
+        // A lone node keeps the audio with the shim's finisher.
+        let mut rig = Rig::new(&[("a", 1, "v1", 100.0)]);
+        let shim = rig.shim_conn.clone();
+        rig.reg.place_split(split_request(plan_with_audio(60.0)), "cap".into(), shim, rig.t0, 0).unwrap();
+        let msgs = rig.shim_msgs();
+        assert!(matches!(msgs[0], ToShim::Accepted { audio: false, .. }), "{msgs:?}");
+        assert!(started(&msgs).iter().all(|c| c.0 != AUDIO_CHUNK), "{msgs:?}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::outbox::{Outbox, Reserved};
 use super::scheduler::{self, Candidate};
 use super::shim_link::ShimConn;
 use super::split::{
-    AttemptEnd, Fate, NodeView, Pace, Progress, SplitJob, SplitRefused, Taker, WorkKind, check_plan, ewma, pick,
+    AUDIO, AttemptEnd, Fate, NodeView, Pace, Progress, SplitJob, SplitRefused, Taker, WorkKind, check_plan, ewma, pick,
     relative_speed, throughputs,
 };
 use super::status::{ChunkRecord, ChunkState, JobMode, JobState, JobStatus, NodeState, NodeStatus, Status};
@@ -410,7 +410,7 @@ impl Registry {
         let job = self.next_job;
         let split = SplitJob::new(job, request, access, shim, eligible, now, now_unix_ms)?;
         self.next_job += 1;
-        split.shim.out.json(ToShim::Accepted { job, node: "split".into() });
+        split.shim.out.json(ToShim::Accepted { job, node: "split".into(), audio: split.remote_audio() });
         self.splits.insert(job, split);
         self.dispatch(now);
         Ok(job)
@@ -622,6 +622,69 @@ impl Registry {
         }
         self.fail_stalled(now);
         let rates = self.rates();
+        self.dispatch_chunks(&rates, now);
+        self.dispatch_audio(&rates, now);
+    }
+
+    /// Starts the audio track of every split job whose track waits, on the
+    /// node best placed for it: not one running the job's earliest chunk (the
+    /// first segment waits for that one), then the least loaded, the fastest.
+    /// Audio does not need a free slot: it is a few percent of a chunk's work.
+    fn dispatch_audio(&mut self, rates: &BTreeMap<u64, Option<f64>>, now: Instant) {
+        let waiting: Vec<JobId> =
+            self.splits.iter().filter(|(_, s)| s.audio_wanted(now).is_some()).map(|(id, _)| *id).collect();
+        for job in waiting {
+            let Some(split) = self.splits.get(&job) else { continue };
+            let Some(want) = split.audio_wanted(now) else { continue };
+            let (avoid, exclude, reissue) = (want.avoid.clone(), want.exclude, want.reissue);
+            let earliest = split.on_earliest();
+            let capable = |id: &u64, n: &Node| n.slots() > 0 && !exclude.contains(id) && split.can_use(&n.info.caps);
+            let elsewhere = self.nodes.iter().any(|(id, n)| capable(id, n) && !avoid.contains(id));
+            let best = self
+                .nodes
+                .iter()
+                .filter(|(id, n)| capable(id, n) && !(elsewhere && avoid.contains(id)))
+                .min_by(|(a_id, a), (b_id, b)| {
+                    let load = |id: &u64, n: &Node| {
+                        (earliest.contains(id), u64::from(self.chunk_load(n)) * 1000 / u64::from(n.slots().max(1)))
+                    };
+                    let speed = |id: &u64, n: &Node| rates.get(id).copied().flatten().unwrap_or(n.info.caps.speed);
+                    load(a_id, a)
+                        .cmp(&load(b_id, b))
+                        .then_with(|| speed(b_id, b).total_cmp(&speed(a_id, a)))
+                        .then_with(|| a_id.cmp(b_id))
+                })
+                .map(|(id, _)| *id);
+            let Some(node_id) = best else { continue };
+            let attempt = self.next_job;
+            let Some(split) = self.splits.get_mut(&job) else { continue };
+            let Some(node) = self.nodes.get_mut(&node_id) else { continue };
+            let (name, version) = (node.info.name.clone(), node.info.caps.ffmpeg_version.clone());
+            let on = Taker { id: node_id, name: &name, version: &version };
+            let Some(spec) = split.start_audio(attempt, on, reissue, now) else { continue };
+            self.next_job += 1;
+            debug!(job, attempt, node = %name, "audio track started");
+            node.jobs.insert(attempt);
+            node.outbox.json(ToNode::Run { job: attempt, spec });
+            self.attempts.insert(attempt, job);
+        }
+    }
+
+    /// Chunk attempts and whole jobs on `n`: what its slots hold (an audio
+    /// track does not take one).
+    fn chunk_load(&self, n: &Node) -> u32 {
+        let light = |j: &JobId| {
+            self.attempts
+                .get(j)
+                .and_then(|job| self.splits.get(job))
+                .and_then(|s| s.attempts.get(j))
+                .is_some_and(|a| a.chunk == AUDIO)
+        };
+        count(n.jobs.iter().filter(|j| !light(j)).count())
+    }
+
+    /// Hands free slots the most urgent chunks.
+    fn dispatch_chunks(&mut self, rates: &BTreeMap<u64, Option<f64>>, now: Instant) {
         // Each round takes a slot or finds a planner dry; this bounds the loop
         // even if something else went wrong.
         let slots: usize = self.nodes.values().map(|n| n.info.slots as usize).sum();
@@ -641,11 +704,11 @@ impl Registry {
                 if !views.iter().any(|v| v.running < v.slots) {
                     return;
                 }
-                let work: Vec<_> = self.splits.values().flat_map(|s| s.work(now, &rates)).collect();
+                let work: Vec<_> = self.splits.values().flat_map(|s| s.work(now, rates)).collect();
                 pick(&work, &views).map(|(i, node)| (work[i].job, work[i].kind, work[i].chunk, node))
             };
             let Some((job, kind, chunk, node)) = choice else { return };
-            self.assign(job, kind, chunk, node, &rates, now);
+            self.assign(job, kind, chunk, node, rates, now);
         }
     }
 
@@ -697,6 +760,23 @@ impl Registry {
         let (start, end) = split.chunk_span(chunk).unwrap_or_default();
         let started_unix_ms = wall(split, now);
         debug!(job, chunk, attempt, node = %name, ?kind, "chunk attempt started");
+        if reissue {
+            self.metrics.reissued();
+        }
+        let record = ChunkRecord {
+            chunk: count(chunk),
+            attempt,
+            start,
+            end,
+            node: name,
+            state: ChunkState::Running,
+            reissue,
+            started_unix_ms,
+            finished_unix_ms: None,
+            bytes: 0,
+            error: None,
+        };
+        self.chunk_log.entry(job).or_default().push(record);
         node.jobs.insert(attempt);
         node.outbox.json(ToNode::Run { job: attempt, spec });
         self.attempts.insert(attempt, job);
@@ -760,23 +840,6 @@ impl Registry {
                 let running = count(n.jobs.len());
                 NodeStatus {
                     id: *id,
-        if reissue {
-            self.metrics.reissued();
-        }
-        let record = ChunkRecord {
-            chunk: count(chunk),
-            attempt,
-            start,
-            end,
-            node: name,
-            state: ChunkState::Running,
-            reissue,
-            started_unix_ms,
-            finished_unix_ms: None,
-            bytes: 0,
-            error: None,
-        };
-        self.chunk_log.entry(job).or_default().push(record);
                     name: n.info.name.clone(),
                     state: if n.draining {
                         NodeState::Draining
@@ -822,6 +885,7 @@ impl Registry {
             duration_ms: millis(now.saturating_duration_since(j.started)),
             exit_code: None,
             error: None,
+            chunks: self.chunk_log.get(id).cloned().unwrap_or_default(),
             ..split_fields(Some(j.progress()))
         });
         let finished = self.finished.iter().map(|j| JobStatus {
@@ -835,6 +899,7 @@ impl Registry {
             duration_ms: millis(j.duration),
             exit_code: j.exit_code,
             error: j.error.clone(),
+            chunks: j.chunks.clone(),
             ..split_fields(j.split.clone())
         });
         let mut jobs: Vec<JobStatus> = running.chain(splits).chain(finished).collect();
@@ -868,6 +933,7 @@ fn split_fields(p: Option<Progress>) -> JobStatus {
         chunks_planned: p.as_ref().map(|p| p.planned),
         reissued: p.as_ref().map(|p| p.reissued),
         nodes: p.map(|p| p.nodes),
+        chunks: Vec::new(),
     }
 }
 
@@ -879,13 +945,18 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `now` on a split job's wall clock: its start plus the monotonic time since,
+/// so that its chunk records never precede it whatever the system clock does.
+fn wall(split: &SplitJob, now: Instant) -> u64 {
+    split.started_unix_ms + millis(now.saturating_duration_since(split.started))
+}
+
 pub(crate) fn unix_ms_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
 }
 
 /// A fresh unguessable capability: 32 bytes from the kernel, hex.
 pub(crate) fn new_capability() -> std::io::Result<String> {
-            chunks: self.chunk_log.get(id).cloned().unwrap_or_default(),
     let mut bytes = [0u8; 32];
     File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
@@ -899,7 +970,6 @@ mod tests {
     fn info(name: &str, slots: u32) -> NodeInfo {
         NodeInfo {
             name: name.into(),
-            chunks: j.chunks.clone(),
             agent: "test".into(),
             slots,
             caps: Capabilities { speed: 100.0, ..Default::default() },
@@ -933,7 +1003,6 @@ mod tests {
         let shim = Arc::new(ShimConn::new(shim_box));
         let placed = reg.place(request(vec![offer(0, 10)]), "cap".into(), shim, t0, 5).unwrap();
         assert_eq!((placed.job, placed.node_name.as_str()), (1, "a"));
-        chunks: Vec::new(),
         assert!(matches!(shim_rx.try_recv(), Ok(super::super::outbox::Out::Json(ToShim::Accepted { job: 1, .. }))));
         assert!(matches!(node_rx.try_recv(), Ok(super::super::outbox::Out::Json(ToNode::Run { job: 1, .. }))));
 
@@ -945,12 +1014,6 @@ mod tests {
         assert!(reg.servable("cap", 0).is_some_and(|s| s.size == 10 && s.job == 1));
         assert!(reg.servable("cap", 1).is_none());
         assert!(reg.servable("cax", 0).is_none());
-/// `now` on a split job's wall clock: its start plus the monotonic time since,
-/// so that its chunk records never precede it whatever the system clock does.
-fn wall(split: &SplitJob, now: Instant) -> u64 {
-    split.started_unix_ms + millis(now.saturating_duration_since(split.started))
-}
-
 
         // The only slot is taken; the other node has none.
         let err = reg.place(request(vec![]), "cap2".into(), Arc::new(ShimConn::new(Outbox::new(1).0)), t0, 5);
@@ -991,14 +1054,6 @@ fn wall(split: &SplitJob, now: Instant) -> u64 {
         assert_eq!(doc.jobs[0].error.as_deref(), Some("node a lost"));
     }
 
-    #[test]
-    fn capabilities_are_long_and_distinct() {
-        let a = new_capability().unwrap();
-        let b = new_capability().unwrap();
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
-    }
-}
     #[test]
     fn a_drained_node_keeps_its_jobs_and_gets_no_new_ones() {
         let t0 = Instant::now();
@@ -1133,3 +1188,11 @@ fn wall(split: &SplitJob, now: Instant) -> u64 {
         assert!(m.contains("ffcluster_chunk_attempts_total{result=\"cancelled\"} "), "{m}");
     }
 
+    #[test]
+    fn capabilities_are_long_and_distinct() {
+        let a = new_capability().unwrap();
+        let b = new_capability().unwrap();
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+}

@@ -265,7 +265,7 @@ async fn a_job_runs_on_a_node_end_to_end() {
     const SIZE: u64 = 2_000_000;
     let offer = FileOffer { id: 0, reference: "/media/my film.mkv".into(), entry: None, size: SIZE };
     let (mut shim, first) = c.shim(request(&["libx264"], vec![offer.clone()])).await;
-    assert_eq!(first, ToShim::Accepted { job: 1, node: "n1".into() });
+    assert_eq!(first, ToShim::Accepted { job: 1, node: "n1".into(), audio: false });
     let (job, spec) = run_msg(&mut node).await;
     assert_eq!(job, 1);
     assert_eq!((spec.cwd.as_str(), spec.files.as_slice()), ("/tmp/t", &[offer][..]));
@@ -572,7 +572,7 @@ async fn a_split_job_runs_its_chunks_across_nodes_end_to_end() {
     let n2 = tokio::spawn(chunk_node(c.node("n2", 1, &["libx264"]).await));
     let (request, plan) = split_request();
     let (mut shim, first) = c.shim(request.clone()).await;
-    let ToShim::Accepted { job, node } = first else { panic!("expected accepted, got {first:?}") };
+    let ToShim::Accepted { job, node, .. } = first else { panic!("expected accepted, got {first:?}") };
     assert_eq!(node, "split");
 
     // The shim's view: every attempt announced before its bytes, bytes in order

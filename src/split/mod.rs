@@ -42,6 +42,10 @@ use crate::plan::{Chunk, Grid, parse_time};
 /// and the finisher must still obey Jellyfin's `q`.
 pub const FINISHER_VIDEO_FD: i32 = 3;
 const FINISHER_VIDEO_INPUT: &str = "/dev/fd/3";
+/// The finisher reads the audio a node encoded from this descriptor, when one
+/// does ([`SplitPlan::audio`]).
+pub const FINISHER_AUDIO_FD: i32 = 4;
+const FINISHER_AUDIO_INPUT: &str = "/dev/fd/4";
 
 /// Grid period for outputs without forced keyframes (progressive files, streams).
 const FREE_GRID: f64 = 2.0;
@@ -234,6 +238,21 @@ pub struct SplitPlan {
     pub end: f64,
     /// HLS index of the segment that starts at `start`.
     pub start_number: i64,
+    /// How a node may encode the audio, once and continuously, so that the
+    /// shim's machine only muxes; `None` when only the finisher can (see
+    /// [`Split::finisher_audio_copy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioPart>,
+}
+
+/// The job's audio encode, as a node runs it: the same input, seek and audio
+/// options as the direct run, source timestamps kept, MPEG-TS out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioPart {
+    /// `-map` of the audio stream, e.g. `0:1`.
+    pub map: String,
+    /// The job's audio encoding options, stream specifiers pointed at `a:0`.
+    pub opts: Vec<String>,
 }
 
 /// The parts of the job's command line a chunk is made of.
@@ -332,14 +351,41 @@ impl ChunkRecipe {
     }
 }
 
+impl ChunkRecipe {
+    /// The node's command line for the job's whole audio track.
+    pub fn audio_args(&self, audio: &AudioPart) -> Vec<String> {
+        let mut a: Vec<String> = self.globals.clone();
+        a.extend(["-nostdin", "-nostats", "-hide_banner", "-y", "-copyts"].map(str::to_owned));
+        a.extend(self.input_opts.iter().cloned());
+        if let Some(ss) = &self.first_seek {
+            if self.noaccurate_first {
+                a.push("-noaccurate_seek".into());
+            }
+            a.extend(["-ss".into(), ss.clone()]);
+        }
+        a.extend(["-i".into(), self.input.clone(), "-map".into(), audio.map.clone()]);
+        a.extend(audio.opts.iter().cloned());
+        // No -flush_packets: audio runs far ahead of the video, and a 32 KiB
+        // write (about a second) costs the relay far less than one per frame.
+        let tail = "-vn -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0";
+        a.extend(tail.split(' ').map(str::to_owned));
+        a.push("pipe:1".into());
+        a
+    }
+}
+
 /// A job that will be split: what the controller needs, and the finisher's
 /// command line for the shim.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
     pub plan: SplitPlan,
     /// The local ffmpeg that joins the chunks (reads them on
-    /// [`FINISHER_VIDEO_FD`]) and writes the job's outputs.
+    /// [`FINISHER_VIDEO_FD`]), encodes the audio and writes the job's outputs.
     pub finisher: Vec<String>,
+    /// The finisher when a node encodes the audio ([`SplitPlan::audio`]): it
+    /// copies the audio from [`FINISHER_AUDIO_FD`] too. The controller decides
+    /// which of the two runs.
+    pub finisher_audio_copy: Option<Vec<String>>,
 }
 
 fn secs(t: f64) -> String {
@@ -764,39 +810,204 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
         pts_offset: probe.start_time,
     };
 
-    // The finisher: the job as written, video by stream copy from the joined
-    // chunks. Its input is added right after the job's own, as input 1.
-    let mut fin = cl.clone();
-    fin.outputs[0] = fin_out;
-    let mut finisher = fin.to_args();
-    let at = finisher
-        .windows(2)
-        .position(|w| w[0] == "-i" && w[1] == input.url.raw)
-        .ok_or_else(|| NotSplit::Shape("cannot place the finisher's input".into()))?;
-    let joined = ["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_VIDEO_INPUT].map(str::to_owned);
-    finisher.splice(at + 2..at + 2, joined);
-    if maps.is_empty() {
-        // Explicit maps so that the finisher does not pick by its own rules among
-        // two video inputs.
-        let url_at = finisher.len() - 1;
-        let mut explicit = Vec::new();
-        for (i, o) in outs.iter().enumerate() {
-            let m = if i == vidx { "1:0".to_owned() } else { format!("0:{}", o.index) };
-            explicit.extend(["-map".to_owned(), m]);
+    let audio = audio_offload(cl, shape, &outs, &probe.streams, &fin_out);
+    let explicit_maps = maps.is_empty();
+    let finisher = finisher_args(cl, &fin_out, &input.url.raw, explicit_maps.then_some(&outs), vidx, None)?;
+    let (audio, finisher_audio_copy) = match audio {
+        Some(a) => {
+            let fin =
+                finisher_args(cl, &a.finisher, &input.url.raw, explicit_maps.then_some(&outs), vidx, Some(a.index))?;
+            (Some(a.part), Some(fin))
         }
-        finisher.splice(url_at..url_at, explicit);
-    }
+        None => (None, None),
+    };
 
-    Ok(Split { plan: SplitPlan { recipe, grid, start: first_frame, end, start_number }, finisher })
+    Ok(Split {
+        plan: SplitPlan { recipe, grid, start: first_frame, end, start_number, audio },
+        finisher,
+        finisher_audio_copy,
+    })
+}
+
+/// The finisher: the job as written, with the joined video added as input 1
+/// (and a node's audio as input 2, when `audio` names its output stream), both
+/// copied. `explicit` lists the output's streams when the job has no `-map`:
+/// the finisher must not choose by its own rules among several inputs.
+fn finisher_args(
+    cl: &CommandLine,
+    out: &crate::ffmpeg::cmdline::Output,
+    input: &str,
+    explicit: Option<&Vec<OutStream>>,
+    vidx: usize,
+    audio: Option<usize>,
+) -> Result<Vec<String>, NotSplit> {
+    let mut fin = cl.clone();
+    fin.outputs[0] = out.clone();
+    let mut args = fin.to_args();
+    let at = args
+        .windows(2)
+        .position(|w| w[0] == "-i" && w[1] == input)
+        .ok_or_else(|| NotSplit::Shape("cannot place the finisher's input".into()))?;
+    let mut joined: Vec<String> =
+        ["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_VIDEO_INPUT].map(str::to_owned).to_vec();
+    if audio.is_some() {
+        joined.extend(["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_AUDIO_INPUT].map(str::to_owned));
+    }
+    args.splice(at + 2..at + 2, joined);
+    if let Some(outs) = explicit {
+        let url_at = args.len() - 1;
+        let mut maps = Vec::new();
+        for (i, o) in outs.iter().enumerate() {
+            let m = if i == vidx {
+                "1:0".to_owned()
+            } else if Some(i) == audio {
+                "2:0".to_owned()
+            } else {
+                format!("0:{}", o.index)
+            };
+            maps.extend(["-map".to_owned(), m]);
+        }
+        args.splice(url_at..url_at, maps);
+    }
+    Ok(args)
+}
+
+/// Audio encoders whose output survives a trip through MPEG-TS unchanged, and
+/// whether it is AAC (which leaves MPEG-TS with ADTS headers that MP4-family
+/// muxers must have stripped).
+fn offloadable_encoder(name: &str) -> Option<bool> {
+    match name {
+        "aac" | "libfdk_aac" => Some(true),
+        "ac3" | "ac3_fixed" | "eac3" | "libmp3lame" | "mp2" | "mp2fixed" | "libtwolame" => Some(false),
+        _ => None,
+    }
+}
+
+/// ffmpeg's own options that shape the audio encode: they move to the node.
+const AUDIO_ENCODE: &[&str] = &[
+    "ab",
+    "ac",
+    "ar",
+    "af",
+    "aq",
+    "filter",
+    "filter_script",
+    "q",
+    "qscale",
+    "sample_fmt",
+    "channel_layout",
+    "ch_layout",
+    "frame_size",
+];
+
+/// A node's audio encode and the finisher output that copies it.
+#[derive(Debug)]
+struct AudioOffload {
+    part: AudioPart,
+    finisher: crate::ffmpeg::cmdline::Output,
+    /// The audio's index among the output's streams.
+    index: usize,
+}
+
+/// Whether a node can encode the job's audio, and how. Only where the result is
+/// exactly the direct run's: one audio stream, an encoder whose packets MPEG-TS
+/// carries unchanged, and `-copyts` without `-start_at_zero`, so that the
+/// finisher keeps the node's timestamps as they are (otherwise it would shift
+/// them by the encoder's priming delay, which starts the node's stream).
+fn audio_offload(
+    cl: &CommandLine,
+    shape: &OutputShape,
+    outs: &[OutStream],
+    streams: &[ProbeStream],
+    fin_out: &crate::ffmpeg::cmdline::Output,
+) -> Option<AudioOffload> {
+    let global = |name: &str| cl.globals.iter().rev().find(|o| o.name() == name).is_some_and(Opt::is_on);
+    if !global("copyts") || global("start_at_zero") {
+        return None;
+    }
+    let audios: Vec<usize> =
+        outs.iter().enumerate().filter(|(_, o)| o.kind == StreamKind::Audio).map(|(i, _)| i).collect();
+    let [aidx] = audios.as_slice() else { return None };
+    let aidx = *aidx;
+    let covers = |o: &Opt| o.spec().map(|s| spec_covers(s, aidx, outs));
+    let only = |o: &Opt| {
+        let spec = o.spec().unwrap_or("");
+        (0..outs.len()).all(|i| i == aidx || spec_covers(spec, i, outs) == Some(false))
+    };
+    let mut part = AudioPart { map: format!("0:{}", outs[aidx].index), opts: Vec::new() };
+    let mut fin = fin_out.clone();
+    fin.opts.clear();
+    let mut aac = None;
+    for o in &fin_out.opts {
+        let name = o.name();
+        let cov = match covers(o) {
+            None => None,
+            Some(Some(c)) => Some(c),
+            // A specifier this model does not follow: leave the audio local.
+            Some(None) => return None,
+        };
+        let retargeted = || retarget_to(o, "a:0", cov == Some(true));
+        match name {
+            "map" => {
+                let mut m = o.clone();
+                let v = o.value.as_deref().unwrap_or("");
+                if !v.starts_with('-') && v != "1:0" {
+                    let picked = resolve_maps(&[v], streams).ok()?;
+                    if picked.iter().any(|p| p.index == outs[aidx].index) {
+                        if picked.len() != 1 {
+                            return None;
+                        }
+                        m.value = Some("2:0".into());
+                    }
+                }
+                fin.opts.push(m);
+            }
+            "codec" | "acodec" if cov != Some(false) => {
+                let encoder = o.value.as_deref().unwrap_or("");
+                aac = Some(offloadable_encoder(encoder)?);
+                part.opts.extend(["-codec:a:0".to_owned(), encoder.to_owned()]);
+                let mut c = o.clone();
+                c.value = Some("copy".into());
+                fin.opts.push(c);
+            }
+            "bsf" | "apad" if cov != Some(false) => return None,
+            _ if o.def().is_some() && AUDIO_ENCODE.contains(&name) && cov != Some(false) => {
+                if cov.is_some() && !only(o) {
+                    return None;
+                }
+                part.opts.extend(retargeted());
+            }
+            _ if o.avoption && cov == Some(true) && only(o) => part.opts.extend(retargeted()),
+            _ if o.avoption && cov.is_none() && !is_muxer_avoption(name) => {
+                // A generic encoder option (`-strict`, `-threads`) applied to the
+                // audio encoder in the direct run too.
+                part.opts.extend(retargeted());
+                fin.opts.push(o.clone());
+            }
+            _ => fin.opts.push(o.clone()),
+        }
+    }
+    let aac = aac?;
+    let mpegts = match shape {
+        OutputShape::Hls { segment_type, .. } => *segment_type == crate::ffmpeg::decision::SegmentType::Mpegts,
+        OutputShape::Progressive { format } | OutputShape::Stream { format } => format == "mpegts",
+        _ => false,
+    };
+    if aac && !mpegts {
+        fin.opts.push(Opt::new("bsf:a:0", Some("aac_adtstoasc")));
+    }
+    Some(AudioOffload { part, finisher: fin, index: aidx })
+}
+
+/// An option with its stream specifier pointed at `to` (when it has one).
+fn retarget_to(o: &Opt, to: &str, has_spec: bool) -> Vec<String> {
+    let key = if has_spec { format!("{}:{to}", o.key.split(':').next().unwrap_or(&o.key)) } else { o.key.clone() };
+    std::iter::once(format!("-{key}")).chain(o.value.clone()).collect()
 }
 
 /// A video option for the chunk, its specifier pointed at the chunk's only stream.
 fn retarget(o: &Opt, covers_video: Option<bool>) -> Vec<String> {
-    let key = match covers_video {
-        Some(true) => format!("{}:v:0", o.key.split(':').next().unwrap_or(&o.key)),
-        _ => o.key.clone(),
-    };
-    std::iter::once(format!("-{key}")).chain(o.value.clone()).collect()
+    retarget_to(o, "v:0", covers_video == Some(true))
 }
 
 /// ffmpeg's automatic stream selection for one input: the first video stream

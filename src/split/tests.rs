@@ -191,3 +191,59 @@ fn the_plan_travels_as_json() {
     let text = serde_json::to_string(&s.plan).unwrap();
     assert_eq!(serde_json::from_str::<SplitPlan>(&text).unwrap(), s.plan);
 }
+
+#[test]
+fn jellyfins_audio_goes_to_a_node_and_the_finisher_only_copies() {
+    let s = plan_of(&jellyfin(&[], "3"), &probe()).unwrap();
+    let audio = s.plan.audio.as_ref().expect("-copyts with aac: offloadable");
+    assert_eq!(audio.map, "0:1");
+    // Generic options applied to the audio encoder in the direct run too.
+    assert_eq!(
+        audio.opts.join(" "),
+        "-threads 0 -preset veryfast -crf 23 -maxrate 2000000 -bufsize 4000000 -level 41 \
+         -codec:a:0 aac -ac 2 -ab 128000 -af volume=2"
+    );
+    let a = s.plan.recipe.audio_args(audio).join(" ");
+    assert!(a.contains("-copyts -analyzeduration 200M -probesize 1G -i file:/media/in.mkv -map 0:1"), "{a}");
+    assert!(a.ends_with("-vn -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 pipe:1"), "{a}");
+
+    let f = s.finisher_audio_copy.as_ref().unwrap();
+    let joined = f.join(" ");
+    assert!(joined.contains("-i /dev/fd/3 -f mpegts -thread_queue_size 1024 -i /dev/fd/4"), "{joined}");
+    assert!(joined.contains("-map 1:0 -map 2:0 -map -0:s"), "{joined}");
+    assert!(joined.contains("-codec:a:0 copy"), "{joined}");
+    for gone in ["-ac", "-ab", "-af", "aac", "-bsf:a:0"] {
+        assert!(!f.iter().any(|a| a == gone), "{gone} left in the finisher: {joined}");
+    }
+    for kept in ["-copyts", "-hls_time", "-map_metadata", "-max_muxing_queue_size", "-threads"] {
+        assert!(f.iter().any(|a| a == kept), "{kept} missing from the finisher: {joined}");
+    }
+    // The local-audio finisher is still there for a lone node.
+    assert!(s.finisher.iter().any(|a| a == "-af"));
+}
+
+#[test]
+fn fmp4_strips_adts_and_an_unsafe_audio_stays_local() {
+    let fmp4: Vec<String> =
+        jellyfin(&[], "3").into_iter().map(|a| if a == "mpegts" { "fmp4".into() } else { a }).collect();
+    let s = plan_of(&fmp4, &probe()).unwrap();
+    assert!(s.finisher_audio_copy.unwrap().join(" ").contains("-bsf:a:0 aac_adtstoasc"));
+
+    let swap = |from: &str, to: &[&str]| -> Vec<String> {
+        let mut out = Vec::new();
+        for a in jellyfin(&[], "3") {
+            if a == from { out.extend(to.iter().map(|s| s.to_string())) } else { out.push(a) }
+        }
+        out
+    };
+    // Without -copyts the finisher would shift the node's stream by its priming.
+    assert!(plan_of(&swap("-copyts", &[]), &probe()).unwrap().plan.audio.is_none());
+    assert!(plan_of(&swap("-copyts", &["-copyts", "-start_at_zero"]), &probe()).unwrap().plan.audio.is_none());
+    // Opus and FLAC do not round-trip through MPEG-TS; a copy costs nothing locally.
+    for codec in ["libopus", "flac", "copy"] {
+        let s = plan_of(&swap("aac", &[codec]), &probe()).unwrap();
+        assert!(s.plan.audio.is_none() && s.finisher_audio_copy.is_none(), "{codec}");
+    }
+    // An audio bitstream filter would have to chain with the ADTS one.
+    assert!(plan_of(&swap("-af", &["-bsf:a", "noise", "-af"]), &probe()).unwrap().plan.audio.is_none());
+}
