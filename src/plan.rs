@@ -138,22 +138,26 @@ pub struct Planner {
     next_segment: i64,
     issued: usize,
     sizing: Sizing,
-    /// Segments per unit of speed once the last round has begun: what was left
-    /// then, shared evenly, so that every node finishes at about the same time
-    /// (recomputing the share for each chunk would shrink it chunk by chunk).
-    tail_unit: Option<f64>,
 }
 
 impl Planner {
     /// `start` is where output begins (after a seek), `end` where it stops, and
     /// `start_number` the index of the segment that begins at `start`.
     pub fn new(grid: Grid, start: f64, end: f64, start_number: i64, sizing: Sizing) -> Planner {
-        Planner { grid, end, cursor: start, next_segment: start_number, issued: 0, sizing, tail_unit: None }
+        Planner { grid, end, cursor: start, next_segment: start_number, issued: 0, sizing }
     }
 
     /// The next chunk for a node whose speed, relative to the cluster's average,
-    /// is `speed` (1.0 = average). `None` once the timeline is covered.
-    pub fn next(&mut self, speed: f64) -> Option<Chunk> {
+    /// is `speed` (1.0 = average), while other nodes still have `in_flight`
+    /// seconds of this job's content to encode. `None` once the timeline is
+    /// covered.
+    ///
+    /// Near the end every node should finish at the same moment: the work left,
+    /// planned or in flight, is shared out by speed. Counting what is in flight
+    /// keeps the share right when nodes come free at different times (a share of
+    /// the unplanned part alone would shrink chunk by chunk, or leave one long
+    /// chunk to a node that came free just before the others).
+    pub fn next(&mut self, speed: f64, in_flight: f64) -> Option<Chunk> {
         if self.cursor >= self.end - 1e-9 {
             return None;
         }
@@ -165,13 +169,8 @@ impl Planner {
             let by_speed = (self.sizing.max_seconds * speed / p).floor().max(1.0);
             let left = ((self.end - self.cursor) / p).ceil();
             let nodes = self.sizing.nodes.max(1) as f64;
-            if self.tail_unit.is_none() && left <= nodes * by_speed {
-                self.tail_unit = Some(left / nodes);
-            }
-            match self.tail_unit {
-                Some(unit) => (unit * speed).round().clamp(1.0, by_speed.max(1.0)),
-                None => by_speed,
-            }
+            let work = left + in_flight.max(0.0) / p;
+            if work <= nodes * by_speed { (work / nodes * speed).round().clamp(1.0, by_speed) } else { by_speed }
         };
         // The first boundary may be off the grid (a seek without -copyts lands on
         // the grid by construction; with it, the seek point is a grid line too).
@@ -230,7 +229,7 @@ mod tests {
         let g = Grid { period: 3.0, origin: 0.0 };
         let mut p = Planner::new(g, 0.0, 100.0, 0, Sizing { first: 1, small_chunks: 2, max_seconds: 30.0, nodes: 2 });
         let mut chunks = Vec::new();
-        while let Some(c) = p.next(1.0) {
+        while let Some(c) = p.next(1.0, 0.0) {
             chunks.push(c);
         }
         assert_eq!((chunks[0].start, chunks[0].end, chunks[0].first_segment), (0.0, 3.0, 0));
@@ -258,16 +257,28 @@ mod tests {
             Planner::new(g, 0.005, 60.042, 0, Sizing { first: 1, small_chunks: 4, max_seconds: 30.0, nodes: 4 });
         let mut lens = Vec::new();
         let mut last = None;
-        while let Some(c) = p.next(1.0) {
+        // The four nodes come free together: what the others took is in flight.
+        let mut in_flight = 0.0;
+        for i in 0.. {
+            let Some(c) = p.next(1.0, in_flight) else { break };
             lens.push(((c.end - c.start) / 3.0).round() as i64);
+            in_flight = if i < 4 { 0.0 } else { in_flight + (c.end - c.start) };
             last = Some(c);
         }
         assert_eq!(lens, [1, 1, 1, 1, 4, 4, 4, 4]);
         assert_eq!(last.unwrap().end, 60.042);
+        // One node comes free while three still have 12 s each to go: it takes
+        // a share of all 48 s, not of the 12 s nobody has yet.
+        let g0 = Grid { period: 3.0, origin: 0.0 };
+        let mut p = Planner::new(g0, 48.0, 60.0, 16, Sizing { first: 1, small_chunks: 0, max_seconds: 30.0, nodes: 4 });
+        assert_eq!(p.next(1.0, 36.0).map(|c| c.end - c.start), Some(12.0));
+        // The others have little left: the 12 s are cut for all four.
+        let mut p = Planner::new(g0, 48.0, 60.0, 16, Sizing { first: 1, small_chunks: 0, max_seconds: 30.0, nodes: 4 });
+        assert_eq!(p.next(1.0, 0.5).map(|c| c.end - c.start), Some(3.0));
         // One node: no small chunks, one long chunk streamed from the start.
         let mut one =
             Planner::new(g, 0.005, 60.042, 0, Sizing { first: 1, small_chunks: 0, max_seconds: 30.0, nodes: 1 });
-        assert_eq!(one.next(1.0).map(|c| c.end), Some(30.005));
+        assert_eq!(one.next(1.0, 0.0).map(|c| c.end), Some(30.005));
     }
 
     #[test]
@@ -275,11 +286,11 @@ mod tests {
         // Jellyfin's restart: -ss 00:27:33 -start_number 551 with 3 s segments.
         let g = Grid { period: 3.0, origin: 0.0 };
         let mut p = Planner::new(g, 1653.0, 1800.0, 551, Sizing::default());
-        let c = p.next(1.0).unwrap();
+        let c = p.next(1.0, 0.0).unwrap();
         assert_eq!((c.start, c.end, c.first_segment), (1653.0, 1656.0, 551));
-        p.next(1.0).unwrap();
-        let slow = p.clone().next(0.5).unwrap();
-        let fast = p.next(2.0).unwrap();
+        p.next(1.0, 0.0).unwrap();
+        let slow = p.clone().next(0.5, 0.0).unwrap();
+        let fast = p.next(2.0, 0.0).unwrap();
         assert!(fast.end - fast.start > slow.end - slow.start, "{fast:?} vs {slow:?}");
     }
 }

@@ -179,6 +179,7 @@ impl Session<'_> {
                 1
             }
         };
+        self.log.line(format_args!("split: job {job}: {}", run.timeline.describe()));
         let cpu = |who| {
             nix::sys::resource::getrusage(who).map_or(0.0, |u| {
                 let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
@@ -420,6 +421,37 @@ struct Running {
     close_video_at: Option<tokio::time::Instant>,
     stops: mpsc::UnboundedReceiver<()>,
     bytes_served: u64,
+    /// When things first happened, for the log: where a slow start comes from.
+    timeline: Timeline,
+}
+
+/// Milliseconds since the finisher started at which the job's pieces arrived.
+#[derive(Default)]
+struct Timeline {
+    started: Option<Instant>,
+    first_video: Option<u128>,
+    first_audio: Option<u128>,
+    audio_done: Option<u128>,
+    /// When each chunk was joined whole (the head moved past it).
+    joined: Vec<u128>,
+}
+
+impl Timeline {
+    fn now(&self) -> u128 {
+        self.started.map_or(0, |s| s.elapsed().as_millis())
+    }
+
+    fn describe(&self) -> String {
+        let ms = |v: Option<u128>| v.map_or("-".to_owned(), |v| format!("{v} ms"));
+        let joined: Vec<String> = self.joined.iter().map(|v| v.to_string()).collect();
+        format!(
+            "first video {}, first audio {}, audio done {}, chunks joined at [{}] ms",
+            ms(self.first_video),
+            ms(self.first_audio),
+            ms(self.audio_done),
+            joined.join(", ")
+        )
+    }
 }
 
 impl Running {
@@ -446,6 +478,7 @@ impl Running {
             close_video_at: None,
             stops,
             bytes_served: 0,
+            timeline: Timeline { started: Some(Instant::now()), ..Timeline::default() },
         }
     }
 
@@ -526,6 +559,21 @@ impl Running {
     /// Hands the finisher what is ready, and ends its input after the last chunk.
     fn flush(&mut self) {
         let bytes = self.assembler.take();
+        let now = self.timeline.now();
+        if !bytes.is_empty() {
+            self.timeline.first_video.get_or_insert(now);
+        }
+        while self.timeline.joined.len() < self.assembler.head() as usize {
+            self.timeline.joined.push(now);
+        }
+        if let Some(a) = &self.audio {
+            if a.written > 0 {
+                self.timeline.first_audio.get_or_insert(now);
+            }
+            if a.done {
+                self.timeline.audio_done.get_or_insert(now);
+            }
+        }
         if let Some(v) = &self.video {
             if !bytes.is_empty() && v.send(bytes).is_err() {
                 self.video = None;

@@ -295,10 +295,12 @@ impl SplitJob {
         }
     }
 
-    /// Nodes running the job's earliest unfinished chunk: the audio goes
-    /// elsewhere when it can, since the first segment waits for that chunk.
-    pub(crate) fn on_earliest(&self) -> BTreeSet<u64> {
-        self.running(self.earliest()).map(|(_, a)| a.node).collect()
+    /// How close to the playhead the nearest chunk `node` runs for this job is
+    /// (0: the earliest unfinished one); None when it runs none. The audio goes
+    /// where it slows the chunks the next segments wait for least.
+    pub(crate) fn nearest_chunk_on(&self, node: u64) -> Option<usize> {
+        let earliest = self.earliest();
+        self.attempts.values().filter(|a| a.node == node && a.chunk != AUDIO).map(|a| a.chunk - earliest).min()
     }
 
     fn running(&self, chunk: usize) -> impl Iterator<Item = (&JobId, &Attempt)> {
@@ -346,17 +348,42 @@ impl SplitJob {
 
     /// Plans the next chunk for a node of relative `speed`; its index, or None
     /// when the timeline is covered.
-    pub(crate) fn plan_next(&mut self, speed: f64) -> Option<usize> {
+    pub(crate) fn plan_next(&mut self, speed: f64, rates: &BTreeMap<u64, Option<f64>>, now: Instant) -> Option<usize> {
         if self.planned_all() {
             return None;
         }
-        let Some(chunk) = self.planner.next(speed) else {
+        let in_flight = self.in_flight(rates, now);
+        let Some(chunk) = self.planner.next(speed, in_flight) else {
             self.exhausted = true;
             return None;
         };
         let last = chunk.end >= self.plan.end - END_SLACK;
         self.chunks.push(ChunkState { chunk, last, done: None, failures: 0, failed_on: BTreeSet::new() });
         Some(self.chunks.len() - 1)
+    }
+
+    /// Seconds of planned content not encoded yet, as far as the nodes'
+    /// throughputs tell: chunks waiting for a retry whole, running ones less
+    /// what their node should have done since it started (the fastest attempt
+    /// of a re-issued chunk counts).
+    fn in_flight(&self, rates: &BTreeMap<u64, Option<f64>>, now: Instant) -> f64 {
+        let mut total = 0.0;
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.done.is_some() {
+                continue;
+            }
+            let len = c.chunk.end - c.chunk.start;
+            let left = self
+                .running(i)
+                .map(|(_, a)| {
+                    let rate = rates.get(&a.node).copied().flatten().unwrap_or(0.0);
+                    (len - rate * now.saturating_duration_since(a.started).as_secs_f64()).max(0.0)
+                })
+                .reduce(f64::min)
+                .unwrap_or(len);
+            total += left;
+        }
+        total
     }
 
     /// Starts attempt `attempt` of `chunk` on a node: tells the shim (before any
@@ -1134,6 +1161,14 @@ pub(crate) mod tests {
         rig.exit(retry, 0, 0, 900);
         assert!(matches!(rig.shim_msgs().last(), Some(ToShim::ChunkDone { chunk: AUDIO_CHUNK, .. })));
         assert!(!rig.reg.split(job).unwrap().complete());
+
+        // Three nodes: the audio goes beside chunk 2, which the playhead reaches
+        // last; chunk 1 on b must not slow down for it.
+        let mut rig = Rig::new(&[("a", 1, "v1", 100.0), ("b", 1, "v1", 100.0), ("c", 1, "v1", 100.0)]);
+        let shim = rig.shim_conn.clone();
+        rig.reg.place_split(split_request(plan_with_audio(60.0)), "cap".into(), shim, rig.t0, 0).unwrap();
+        let s: Vec<(u32, String)> = started(&rig.shim_msgs()).into_iter().map(|c| (c.0, c.2)).collect();
+        assert_eq!(s[3], (AUDIO_CHUNK, "c".into()), "{s:?}");
 
         // A lone node keeps the audio with the shim's finisher.
         let mut rig = Rig::new(&[("a", 1, "v1", 100.0)]);

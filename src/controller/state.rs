@@ -627,8 +627,9 @@ impl Registry {
     }
 
     /// Starts the audio track of every split job whose track waits, on the
-    /// node best placed for it: not one running the job's earliest chunk (the
-    /// first segment waits for that one), then the least loaded, the fastest.
+    /// node best placed for it: one without a chunk of the job, else the one
+    /// whose chunks the playhead reaches last (the first segments wait for the
+    /// others), then the least loaded, the fastest.
     /// Audio does not need a free slot: it is a few percent of a chunk's work.
     fn dispatch_audio(&mut self, rates: &BTreeMap<u64, Option<f64>>, now: Instant) {
         let waiting: Vec<JobId> =
@@ -637,7 +638,6 @@ impl Registry {
             let Some(split) = self.splits.get(&job) else { continue };
             let Some(want) = split.audio_wanted(now) else { continue };
             let (avoid, exclude, reissue) = (want.avoid.clone(), want.exclude, want.reissue);
-            let earliest = split.on_earliest();
             let capable = |id: &u64, n: &Node| n.slots() > 0 && !exclude.contains(id) && split.can_use(&n.info.caps);
             let elsewhere = self.nodes.iter().any(|(id, n)| capable(id, n) && !avoid.contains(id));
             let best = self
@@ -646,7 +646,8 @@ impl Registry {
                 .filter(|(id, n)| capable(id, n) && !(elsewhere && avoid.contains(id)))
                 .min_by(|(a_id, a), (b_id, b)| {
                     let load = |id: &u64, n: &Node| {
-                        (earliest.contains(id), u64::from(self.chunk_load(n)) * 1000 / u64::from(n.slots().max(1)))
+                        let near = split.nearest_chunk_on(*id).map_or(0, |d| usize::MAX - d);
+                        (near, u64::from(self.chunk_load(n)) * 1000 / u64::from(n.slots().max(1)))
                     };
                     let speed = |id: &u64, n: &Node| rates.get(id).copied().flatten().unwrap_or(n.info.caps.speed);
                     load(a_id, a)
@@ -672,6 +673,8 @@ impl Registry {
 
     /// Chunk attempts and whole jobs on `n`: what its slots hold (an audio
     /// track does not take one).
+                    // Nodes without a chunk of this job first, then the one
+                    // whose chunks lie furthest from the playhead.
     fn chunk_load(&self, n: &Node) -> u32 {
         let light = |j: &JobId| {
             self.attempts
@@ -735,7 +738,7 @@ impl Registry {
                     .map(|(id, n)| pace(id, n))
                     .collect();
                 let speed = relative_speed(pace(&node_id, node), &among);
-                match split.plan_next(speed) {
+                match split.plan_next(speed, rates, now) {
                     Some(i) => i,
                     None => {
                         // Only when rounding left the planner short of the end:

@@ -365,9 +365,9 @@ impl ChunkRecipe {
         }
         a.extend(["-i".into(), self.input.clone(), "-map".into(), audio.map.clone()]);
         a.extend(audio.opts.iter().cloned());
-        // No -flush_packets: audio runs far ahead of the video, and a 32 KiB
-        // write (about a second) costs the relay far less than one per frame.
-        let tail = "-vn -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0";
+        // -flush_packets: the finisher cannot write segment 0 before it has the
+        // audio up to segment 1, and 32 KiB held back is a second of audio.
+        let tail = "-vn -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 -flush_packets 1";
         a.extend(tail.split(' ').map(str::to_owned));
         a.push("pipe:1".into());
         a

@@ -93,7 +93,7 @@ fn chunk_cuts_fall_on_the_direct_runs_keyframes() {
     let fd = 1001.0 / 24000.0;
     let p = 3.0;
     let mut planner = Planner::new(s.plan.grid, s.plan.start, s.plan.end, 0, Sizing::default());
-    while let Some(c) = planner.next(1.0) {
+    while let Some(c) = planner.next(1.0, 0.0) {
         if c.index == 0 {
             continue;
         }
@@ -205,7 +205,12 @@ fn jellyfins_audio_goes_to_a_node_and_the_finisher_only_copies() {
     );
     let a = s.plan.recipe.audio_args(audio).join(" ");
     assert!(a.contains("-copyts -analyzeduration 200M -probesize 1G -i file:/media/in.mkv -map 0:1"), "{a}");
-    assert!(a.ends_with("-vn -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 pipe:1"), "{a}");
+    assert!(
+        a.ends_with(
+            "-vn -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 -flush_packets 1 pipe:1"
+        ),
+        "{a}"
+    );
 
     let f = s.finisher_audio_copy.as_ref().unwrap();
     let joined = f.join(" ");
