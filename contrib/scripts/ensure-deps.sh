@@ -3,13 +3,26 @@
 # ffmpeg and ffprobe from the distribution's packages, and Chromium for the
 # dashboard test (tests/dashboard.rs runs /usr/bin/chromium headless; on Ubuntu
 # the `chromium` package is a snap stub, so use Debian or install it another
-# way). Safe to run repeatedly.
+# way). Also hls.js for the player test (tests/player.rs), from the npm registry
+# at the version pinned in tests/player/package-lock.json (`npm ci`, with
+# npm, from the distribution when missing). Safe to run repeatedly.
 set -euo pipefail
+
+# hls.js for tests/player.rs, when tests/player/node_modules does not have it.
+ensure_hlsjs() {
+  local dir
+  dir="$(cd "$(dirname "$0")/../.." && pwd)/tests/player"
+  [ -f "$dir/node_modules/hls.js/dist/hls.min.js" ] && return 0
+  command -v npm >/dev/null 2>&1 || { echo "ensure-deps: npm is missing: install node and npm (apt-get install npm) for the player test's hls.js" >&2; return 1; }
+  echo "ensure-deps: installing hls.js (npm ci in tests/player)" >&2
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
 
 need=()
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 [ -x /usr/bin/chromium ] || need+=(chromium)
-[ ${#need[@]} -eq 0 ] && exit 0
+command -v npm >/dev/null 2>&1 || need+=(npm)
+if [ ${#need[@]} -eq 0 ]; then ensure_hlsjs; exit 0; fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "ensure-deps: please install: ${need[*]} (no apt-get on this system)" >&2
@@ -23,4 +36,5 @@ fi
 echo "ensure-deps: installing ${need[*]}" >&2
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && [ -x /usr/bin/chromium ]
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && [ -x /usr/bin/chromium ] && command -v npm >/dev/null
+ensure_hlsjs
