@@ -1,11 +1,13 @@
-//! `ffcluster nodes`, `jobs`, `drain` and `undrain`: the admin commands beyond
-//! `status`, all talking to the controller's authenticated API.
+//! `ffcluster nodes`, `jobs`, `log`, `drain` and `undrain`: the admin commands
+//! beyond `status`, all talking to the controller's authenticated API.
 
+use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ffcluster::controller::http_client::{fetch_status, set_drain};
-use ffcluster::controller::status::Status;
+use ffcluster::controller::http_client::{fetch_log, fetch_status, set_drain};
+use ffcluster::controller::status::{JobState, Status};
 
 use crate::status::{job_row, node_row, table};
 
@@ -38,6 +40,17 @@ pub struct ListArgs {
     /// Print JSON (the status document's `nodes` or `jobs` array).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    /// The job's id, as `ffcluster jobs` shows it.
+    job: u64,
+    /// Keep printing the log as it grows until the job ends.
+    #[arg(long, short = 'f')]
+    follow: bool,
     #[command(flatten)]
     conn: Conn,
 }
@@ -101,6 +114,33 @@ pub fn jobs(a: ListArgs) -> anyhow::Result<ExitCode> {
         print!("{}", table(&["JOB", "MODE", "STATE", "NODE", "DURATION", "EXIT", "ARGS"], rows));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often `log --follow` asks for more.
+const FOLLOW_PERIOD: Duration = Duration::from_millis(500);
+
+pub fn log(a: LogArgs) -> anyhow::Result<ExitCode> {
+    let token = a.conn.token()?;
+    let fetch = |after| fetch_log(&a.conn.controller, token, a.job, after);
+    let context = || format!("controller at {}", a.conn.controller);
+    if !a.follow {
+        print!("{}", fetch(None).with_context(context)?.text);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Following reads numbered lines only: a running chunk's stderr shows up
+    // when the chunk ends, so that nothing is printed twice.
+    let mut next = 0;
+    loop {
+        let log = fetch(Some(next)).with_context(context)?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(log.text.as_bytes())?;
+        out.flush()?;
+        next = log.next;
+        if log.state != JobState::Running {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(FOLLOW_PERIOD);
+    }
 }
 
 pub fn drain(a: DrainArgs) -> anyhow::Result<ExitCode> {

@@ -25,6 +25,10 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use crate::demo::{Children, count_frames, fetch_status, jellyfin_hls_args, sibling, step};
 
+/// `bench cluster`: the running cluster's speedup (reuses this module's clip,
+/// timing and checks).
+mod live;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -37,6 +41,10 @@ enum BenchCommand {
     /// clusters of 1, 2 and 4 local nodes, each node and the direct run limited to
     /// the same CPU share.
     Split(SplitArgs),
+    /// Measure the running cluster: time Jellyfin's HLS transcode of a
+    /// generated clip with the local ffmpeg, then through the shim against the
+    /// configured controller, check both outputs match, and print the speedup.
+    Cluster(live::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +100,7 @@ fn parse_cpu(s: &str) -> Result<f64, String> {
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         BenchCommand::Split(a) => split(a),
+        BenchCommand::Cluster(a) => live::run(a),
     }
 }
 

@@ -31,6 +31,9 @@ enum Command {
     Nodes(admin::ListArgs),
     /// List running and recent jobs.
     Jobs(admin::ListArgs),
+    /// Print a job's log: its command line, where it ran, and the remote
+    /// ffmpeg's stderr.
+    Log(admin::LogArgs),
     /// Stop giving a node new work; what it runs finishes.
     Drain(admin::DrainArgs),
     /// Give a drained node work again (same as `drain --undo`).
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Nodes(args) => admin::nodes(args),
         Command::Jobs(args) => admin::jobs(args),
+        Command::Log(args) => admin::log(args),
         Command::Drain(args) => admin::drain(args),
         Command::Undrain(args) => admin::undrain(args),
         Command::Explain(args) => explain::run(args),

@@ -219,6 +219,9 @@ fn dashboard_metrics_and_chunk_records_after_a_split_job() {
     }
     assert!(dom.contains(&format!("data-job=\"{split_id}\"")), "no split job {split_id}: {dom}");
     assert!(dom.contains(&format!("data-job=\"{whole_id}\"")), "no whole job {whole_id}: {dom}");
+    for id in [split_id, whole_id] {
+        assert!(dom.contains(&format!("data-log=\"{id}\"")), "no log button for job {id}: {dom}");
+    }
     let drawn = bars(&dom);
     let won: BTreeSet<(u32, String)> =
         drawn.iter().filter(|b| b.2 == "done").map(|(chunk, node, _)| (*chunk, node.clone())).collect();

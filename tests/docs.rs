@@ -41,7 +41,19 @@ fn readme_lists_every_command_and_flag() {
     for cmd in ["ffcluster serve", "ffcluster status", "ffcluster demo", "ffcluster explain", "ffcluster-node"] {
         assert!(readme.contains(&format!("`{cmd}")), "README lacks {cmd}");
     }
-    for cmd in ["ffcluster nodes", "ffcluster jobs", "ffcluster drain", "ffcluster undrain", "--undo", "/metrics"] {
+    for cmd in [
+        "ffcluster nodes",
+        "ffcluster jobs",
+        "ffcluster log",
+        "--follow",
+        "/api/v1/jobs/{id}/log",
+        "ffcluster drain",
+        "ffcluster undrain",
+        "--undo",
+        "/metrics",
+        "ffcluster bench cluster",
+        "ffcluster bench split",
+    ] {
         assert!(readme.contains(cmd), "README lacks {cmd}");
     }
     for flag in [

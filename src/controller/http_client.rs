@@ -7,6 +7,8 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use super::admin::{DrainReply, NODES_PATH};
+use super::joblog::{JOBS_PATH, LogText, NEXT_HEADER, STATE_HEADER};
+use super::status::JobState;
 use super::status::Status;
 use crate::protocol::{STATUS_PATH, http_url};
 
@@ -105,6 +107,46 @@ pub fn set_drain(base: &str, token: &str, node: &str, draining: bool) -> Result<
             let body = String::from_utf8_lossy(&r.body).trim().chars().take(200).collect();
             Err(DrainError::Status { status, body })
         }
+    }
+}
+
+/// Why a job's log could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("the controller refused the token (401): check --token / FFCLUSTER_TOKEN")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the controller answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the controller's answer lacks a valid {0} header")]
+    Header(&'static str),
+}
+
+/// Fetches the log of `job` from the controller at `base`: all of it, or with
+/// `after` the lines numbered above it (the `next` of an earlier fetch).
+pub fn fetch_log(base: &str, token: &str, job: u64, after: Option<u64>) -> Result<LogText, LogError> {
+    let auth = format!("Bearer {token}");
+    let query = after.map(|n| format!("?after={n}")).unwrap_or_default();
+    let r = get(&http_url(base, &format!("{JOBS_PATH}/{job}/log{query}")), &[("Authorization", &auth)])?;
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    match r.status {
+        200 => {
+            let state = match r.header(STATE_HEADER) {
+                Some("running") => JobState::Running,
+                Some("done") => JobState::Done,
+                Some("failed") => JobState::Failed,
+                Some("cancelled") => JobState::Cancelled,
+                _ => return Err(LogError::Header(STATE_HEADER)),
+            };
+            let next = r.header(NEXT_HEADER).and_then(|n| n.parse().ok()).ok_or(LogError::Header(NEXT_HEADER))?;
+            Ok(LogText { text: body, state, next })
+        }
+        401 => Err(LogError::Unauthorized),
+        404 => Err(LogError::NotFound(body.trim().to_owned())),
+        status => Err(LogError::Status { status, body: body.trim().chars().take(200).collect() }),
     }
 }
 

@@ -17,6 +17,8 @@
 //!   fetches it.
 //! * [`admin`] (draining nodes, `/metrics`), `metrics` (the counters) and
 //!   `dashboard` (the web page at `/`).
+//! * [`joblog`]: each job's log, which reads like ffmpeg's, at
+//!   `/api/v1/jobs/{id}/log`.
 //!
 //! Every task watches one shutdown flag (`shutdown`), set when the future given
 //! to [`run`] completes.
@@ -24,6 +26,7 @@
 pub mod admin;
 mod dashboard;
 pub mod http_client;
+pub mod joblog;
 mod metrics;
 mod node_link;
 mod outbox;
@@ -125,6 +128,8 @@ pub(crate) struct Shared {
     /// The registry's counters, bumped by the links without its lock.
     metrics: Arc<metrics::Metrics>,
     shutdown: shutdown::Signal,
+    /// Every job's log; the registry writes it too.
+    logs: Arc<joblog::JobLogs>,
     /// Dropped with the last `Shared`: `run` knows every link has finished.
     _alive: mpsc::Sender<()>,
 }
@@ -162,6 +167,7 @@ pub async fn run(
     let ticker = tokio::spawn(tick(shared.clone()));
     let watcher = {
         let trigger = trigger.clone();
+        logs: registry.logs(),
         tokio::spawn(async move {
             shutdown.await;
             trigger.fire();
@@ -222,6 +228,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/dashboard/app.css", get(dashboard::style));
     authed.merge(open).with_state(shared)
 }
+        .route(&format!("{}/{{id}}/log", joblog::JOBS_PATH), get(joblog::serve))
 
 async fn require_token(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);

@@ -274,6 +274,8 @@ impl Link {
             }
             Some(Target::Chunk { shim, chunk }) => {
                 // The shim tells attempts apart by job and joins chunks by id.
+                } else {
+                    self.shared.logs.stderr(frame.job, frame.payload);
                 let out = Frame::new(FrameKind::Output, frame.job, chunk, frame.offset, frame.payload).encode();
                 let Some(share) = shim.out.reserve(out.len()).await else { return };
                 // The attempt may have lost its race or failed while we waited;

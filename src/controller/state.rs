@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
+use super::joblog::JobLogs;
 use super::metrics::{JobResult, Metrics};
 use super::outbox::{Outbox, Reserved};
 use super::scheduler::{self, Candidate};
@@ -60,6 +61,8 @@ pub(crate) struct Registry {
     /// Every node name seen since start (bounded), for the metrics.
     known: BTreeSet<String>,
     metrics: Arc<Metrics>,
+    /// Each job's log (see `joblog`), which the links write too.
+    logs: Arc<JobLogs>,
 }
 
 /// What a node announced in its `Hello`, plus where it connected from.
@@ -177,12 +180,18 @@ impl Registry {
             drained: BTreeSet::new(),
             known: BTreeSet::new(),
             metrics: Arc::new(Metrics::default()),
+            logs: Arc::new(JobLogs::default()),
         }
     }
 
     /// The counters behind `/metrics`, which the links bump too.
     pub(crate) fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// The job logs, which the links append the remote stderr to.
+    pub(crate) fn logs(&self) -> Arc<JobLogs> {
+        self.logs.clone()
     }
 
     /// Names of the nodes seen since start, for the metrics.
@@ -298,6 +307,8 @@ impl Registry {
             light: false,
         };
         node.outbox.json(ToNode::Run { job, spec: spec.clone() });
+        self.logs.opened(job, JobMode::Whole, &request.args, &request.reason, now, now_unix_ms);
+        self.logs.note(job, now, &format!("whole job placed on {node_name}"));
         self.running.insert(
             job,
             RunningJob {
@@ -381,6 +392,7 @@ impl Registry {
     }
 
     fn record(&mut self, job: FinishedJob) {
+        self.logs.finished(job.id, job.state, job.exit_code, job.error.as_deref(), job.duration);
         self.metrics.job_ended(job.mode, JobResult::of(job.state, job.exit_code));
         self.finished.push_front(job);
         self.finished.truncate(FINISHED_KEPT);
@@ -411,6 +423,8 @@ impl Registry {
         let split = SplitJob::new(job, request, access, shim, eligible, now, now_unix_ms)?;
         self.next_job += 1;
         split.shim.out.json(ToShim::Accepted { job, node: "split".into(), audio: split.remote_audio() });
+        self.logs.opened(job, JobMode::Split, &split.args, &split.reason, now, now_unix_ms);
+        self.logs.note(job, now, &format!("split job accepted: {eligible} capable nodes connected"));
         self.splits.insert(job, split);
         self.dispatch(now);
         Ok(job)
@@ -445,6 +459,8 @@ impl Registry {
     pub(crate) fn chunk_stderr(&mut self, attempt: JobId, node: u64, bytes: &[u8]) {
         if let Some(split) = self.split_of(attempt, node) {
             split.stderr(attempt, bytes);
+            let job = split.id;
+            self.logs.attempt_stderr(job, attempt, bytes);
         }
     }
 
@@ -516,7 +532,18 @@ impl Registry {
         };
         let started = split.started;
         let at = wall(split, now);
+        let audio = split.attempts.get(&attempt).is_some_and(|a| a.chunk == AUDIO);
+        let clean = matches!(&end, AttemptEnd::Exited(exit) if exit.success());
         let Some(ending) = split.end_attempt(attempt, end, now) else { return };
+        let how = match (ending.sample.is_some(), audio && clean) {
+            (true, _) => "done".to_owned(),
+            (false, true) => "ffmpeg exited with code 0".to_owned(),
+            (false, false) => format!("failed: {why}"),
+        };
+        self.logs.attempt_ended(job, attempt, now, &how);
+        for (loser, _) in &ending.losers {
+            self.logs.attempt_ended(job, *loser, now, &format!("superseded by attempt {attempt}"));
+        }
         if ending.sample.is_some() {
             let log = self.chunk_log.get(&job).map(Vec::as_slice).unwrap_or_default();
             let first = log.iter().any(|r| r.attempt == attempt) && log.iter().all(|r| r.state != ChunkState::Done);
@@ -645,6 +672,8 @@ impl Registry {
                 .iter()
                 .filter(|(id, n)| capable(id, n) && !(elsewhere && avoid.contains(id)))
                 .min_by(|(a_id, a), (b_id, b)| {
+                    // Nodes without a chunk of this job first, then the one
+                    // whose chunks lie furthest from the playhead.
                     let load = |id: &u64, n: &Node| {
                         let near = split.nearest_chunk_on(*id).map_or(0, |d| usize::MAX - d);
                         (near, u64::from(self.chunk_load(n)) * 1000 / u64::from(n.slots().max(1)))
@@ -663,6 +692,7 @@ impl Registry {
             let (name, version) = (node.info.name.clone(), node.info.caps.ffmpeg_version.clone());
             let on = Taker { id: node_id, name: &name, version: &version };
             let Some(spec) = split.start_audio(attempt, on, reissue, now) else { continue };
+            self.logs.attempt_started(job, attempt, "audio track", &name, reissue, now);
             self.next_job += 1;
             debug!(job, attempt, node = %name, "audio track started");
             node.jobs.insert(attempt);
@@ -673,8 +703,6 @@ impl Registry {
 
     /// Chunk attempts and whole jobs on `n`: what its slots hold (an audio
     /// track does not take one).
-                    // Nodes without a chunk of this job first, then the one
-                    // whose chunks lie furthest from the playhead.
     fn chunk_load(&self, n: &Node) -> u32 {
         let light = |j: &JobId| {
             self.attempts
@@ -779,6 +807,8 @@ impl Registry {
             bytes: 0,
             error: None,
         };
+        let what = format!("chunk {chunk} ({start:.3}-{end:.3} s)");
+        self.logs.attempt_started(job, attempt, &what, &record.node, reissue, now);
         self.chunk_log.entry(job).or_default().push(record);
         node.jobs.insert(attempt);
         node.outbox.json(ToNode::Run { job: attempt, spec });

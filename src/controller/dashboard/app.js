@@ -13,6 +13,8 @@
   let selected = null; // job id whose timeline is shown; null: the newest split job
   let timer = null;
   let detailsOpen = true; // the chunk table, kept as the user left it across redraws
+  let logJob = null; // job id whose log is shown
+  let logState = null; // its state when last fetched: a finished job's log is fetched once
 
   const $ = (id) => document.getElementById(id);
 
@@ -79,6 +81,7 @@
       $('main').hidden = false;
       $('forget').hidden = false;
       render(doc);
+      refreshLog(doc);
       setLive('on', 'live · ' + new Date(doc.now_unix_ms || Date.now()).toLocaleTimeString());
     } catch (e) {
       setLive('err', 'disconnected: ' + e.message);
@@ -177,14 +180,54 @@
         el('td', {}, clock(j.started_unix_ms)),
         el('td', {}, secs(j.duration_ms)),
         el('td', {}, exit),
-        el('td', { class: 'args', title: j.args }, args, j.error ? el('span', { class: 'error' }, ' ' + j.error) : null));
+        el('td', { class: 'args', title: j.args }, args, j.error ? el('span', { class: 'error' }, ' ' + j.error) : null),
+        el('td', {}, logButton(j)));
       if (j.mode === 'split') {
         tr.classList.add('clickable');
         tr.addEventListener('click', () => { selected = j.id; poll(); });
       }
       return tr;
     });
-    $('jobs').tBodies[0].replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { colspan: 8, class: 'muted' }, 'No jobs yet.'))]));
+    $('jobs').tBodies[0].replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { colspan: 9, class: 'muted' }, 'No jobs yet.'))]));
+  }
+
+  // ---- the job log (GET api/v1/jobs/{id}/log, text that reads like ffmpeg's)
+
+  function logButton(j) {
+    const b = el('button', { type: 'button', class: 'log-button', 'data-log': j.id, title: 'Show the log of job #' + j.id }, 'log');
+    b.addEventListener('click', (e) => {
+      e.stopPropagation(); // the row's own click selects the timeline
+      logJob = j.id;
+      logState = null;
+      $('log').textContent = 'loading…';
+      poll();
+    });
+    return b;
+  }
+
+  async function refreshLog(doc) {
+    const section = $('log-section');
+    if (logJob === null) { section.hidden = true; return; }
+    section.hidden = false;
+    const job = doc.jobs.find((j) => j.id === logJob);
+    const state = job ? job.state : 'gone';
+    // A finished log no longer changes: fetch it once more after the job ends, then stop.
+    if (logState !== null && logState !== 'running' && state !== 'running') return;
+    const token = sessionStorage.getItem(KEY);
+    const pre = $('log');
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    try {
+      const r = await fetch('api/v1/jobs/' + logJob + '/log', { headers: { Authorization: 'Bearer ' + token }, cache: 'no-store' });
+      const text = await r.text();
+      pre.textContent = text;
+      logState = r.ok ? r.headers.get('x-ffcluster-job-state') || state : 'gone';
+      pre.dataset.job = String(logJob);
+      pre.dataset.state = logState;
+    } catch (e) {
+      pre.textContent = 'cannot fetch the log: ' + e.message;
+    }
+    $('log-title').textContent = '· job #' + logJob + ' · ' + (logState || state);
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
   }
 
   function niceStep(span, ticks) {
@@ -304,6 +347,11 @@
       sessionStorage.setItem(KEY, $('token').value.trim());
       $('token').value = '';
       poll();
+    });
+    $('log-close').addEventListener('click', () => {
+      logJob = null;
+      logState = null;
+      $('log-section').hidden = true;
     });
     $('forget').addEventListener('click', () => {
       sessionStorage.removeItem(KEY);

@@ -1,0 +1,341 @@
+//! `ffcluster bench cluster`: this cluster's speedup on a standard clip.
+//!
+//! Unlike `bench split`, which builds its own CPU-limited cluster on this
+//! machine, this measures the cluster that is running: it generates the
+//! standard clip here, runs Jellyfin's HLS transcode of it with the local
+//! ffmpeg, then through the shim against the configured controller (as a split
+//! job), checks that both made the same segments and frames, and prints the
+//! wall times, the speedup, the time to the first segment both ways and which
+//! nodes took part. It needs no root: nothing is limited, so "direct" is this
+//! machine as it is, the honest comparison for a Jellyfin host.
+
+use std::collections::HashSet;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use super::{
+    Figures, SEGMENT_SECS, STEM, WorkDir, catch_interrupts, check_output, generate_clip, later_ms, median, plural,
+    timed,
+};
+use crate::demo::{fetch_status, jellyfin_hls_args, sibling, step};
+
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    /// The controller's base URL.
+    #[arg(long, value_name = "URL", env = "FFCLUSTER_CONTROLLER", default_value = "http://127.0.0.1:9470")]
+    controller: String,
+    /// The controller's shared secret.
+    #[arg(long, env = "FFCLUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Length of the generated clip in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    seconds: u32,
+    /// Height of the generated 16:9 clip; the transcode keeps its size.
+    #[arg(long, default_value_t = 720, value_parser = clap::value_parser!(u32).range(144..=2160))]
+    height: u32,
+    /// Runs of each way; the figures are the medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+    /// Keep the working directory (clip, outputs, logs) after a successful run.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// A speedup within this factor of 1 is "about as fast".
+const SAME: f64 = 1.1;
+
+pub(super) fn run(args: Args) -> Result<ExitCode> {
+    let Some(token) = args.token.clone().filter(|t| !t.trim().is_empty()) else {
+        bail!("no token: pass the controller's token with --token or FFCLUSTER_TOKEN");
+    };
+    let tools = Tools::find()?;
+    // Before any work: an unreachable controller or a wrong token is the
+    // likeliest mistake.
+    let status =
+        fetch_status(&args.controller, &token).with_context(|| format!("controller at {}", args.controller))?;
+    ensure!(!status.nodes.is_empty(), "the controller at {} has no nodes connected", args.controller);
+    catch_interrupts()?;
+    let mut work = WorkDir::create()?;
+    let result = measure(&args, &token, &tools, status.nodes.len(), &work.path);
+    match &result {
+        Err(_) => {
+            work.keep = true;
+            eprintln!("ffcluster bench cluster: the clip, outputs and logs are kept in {}", work.path.display());
+        }
+        Ok(_) if args.keep => {
+            work.keep = true;
+            println!("kept: {}", work.path.display());
+        }
+        Ok(_) => {}
+    }
+    print!("{}", result?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What this benchmark runs: the shim beside this executable and the real
+/// ffmpeg (no node agent: the nodes are the cluster's).
+#[derive(Debug)]
+struct Tools {
+    shim: PathBuf,
+    ffmpeg: PathBuf,
+    ffprobe: PathBuf,
+}
+
+impl Tools {
+    fn find() -> Result<Tools> {
+        let exe = std::env::current_exe()?;
+        let shim = sibling(exe.parent().context("executable directory")?, "ffcluster-shim")?;
+        let real = |var: &str, name: &str| -> Result<PathBuf> {
+            let wanted = std::env::var_os(var).filter(|v| !v.is_empty()).unwrap_or_else(|| name.into());
+            let path = which::which(&wanted).with_context(|| {
+                format!("{} not found (apt-get install ffmpeg, or set {var})", Path::new(&wanted).display())
+            })?;
+            // On a Jellyfin host `ffmpeg` on PATH may be the shim itself.
+            if std::fs::canonicalize(&path)? == std::fs::canonicalize(&shim)? {
+                bail!("{} is ffcluster-shim; set {var} to the real {name}", path.display());
+            }
+            Ok(path)
+        };
+        Ok(Tools { ffmpeg: real("FFCLUSTER_FFMPEG", "ffmpeg")?, ffprobe: real("FFCLUSTER_FFPROBE", "ffprobe")?, shim })
+    }
+}
+
+/// The cluster run's job as the controller recorded it.
+#[derive(Debug, Clone)]
+struct ClusterJob {
+    /// "split", "whole", or "local" when the controller recorded none.
+    mode: String,
+    nodes: Vec<String>,
+    ids: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct Report {
+    controller: String,
+    seconds: u32,
+    width: u32,
+    height: u32,
+    runs: u32,
+    connected: usize,
+    direct: Figures,
+    cluster: Figures,
+    jobs: Vec<ClusterJob>,
+}
+
+fn measure(args: &Args, token: &str, tools: &Tools, connected: usize, dir: &Path) -> Result<Report> {
+    let (bin, logs, out) = (dir.join("bin"), dir.join("logs"), dir.join("out"));
+    for d in [&bin, &logs, &out] {
+        std::fs::create_dir_all(d)?;
+    }
+    symlink(&tools.shim, bin.join("ffmpeg"))?;
+    symlink(&tools.shim, bin.join("ffprobe"))?;
+    let height = args.height;
+    let width = (height * 16 / 9).div_ceil(2) * 2;
+    step(&format!("generating a {} s {width}x{height} clip with 5.1 audio", args.seconds));
+    let clip = dir.join("source.mkv");
+    generate_clip(&tools.ffmpeg, &clip, args.seconds, width, height)?;
+
+    let mut direct_samples = Vec::new();
+    let mut cluster_samples = Vec::new();
+    let mut jobs = Vec::new();
+    let mut reference = None;
+    for r in 1..=args.runs {
+        step(&format!("direct ffmpeg on this machine, run {r}/{}", args.runs));
+        let target = out.join(format!("direct-{r}"));
+        let mut cmd = Command::new(&tools.ffmpeg);
+        cmd.args(jellyfin_hls_args(&clip, &target, STEM, width, height));
+        let t = timed(cmd, &target, &logs.join(format!("direct-{r}.stderr.log")))?;
+        let (segments, frames) = check_output(&tools.ffprobe, &target, reference)?;
+        reference.get_or_insert((segments, frames));
+        let direct = Figures {
+            wall: t.wall,
+            first_segment: t.first_segment,
+            vs_direct_ms: None,
+            shim_cpu: None,
+            controller_cpu: None,
+            worker_cpu: Some(t.children_cpu),
+            frames,
+            segments,
+            mode: "-".into(),
+        };
+        println!("    {}", direct.summary());
+
+        step(&format!("through the cluster at {}, run {r}/{}", args.controller, args.runs));
+        let target = out.join(format!("cluster-{r}"));
+        let known: HashSet<u64> = fetch_status(&args.controller, token)?.jobs.iter().map(|j| j.id).collect();
+        let shim_log = logs.join(format!("shim-{r}.log"));
+        let mut cmd = Command::new(bin.join("ffmpeg"));
+        cmd.args(jellyfin_hls_args(&clip, &target, STEM, width, height))
+            .env("FFCLUSTER_CONTROLLER", &args.controller)
+            .env("FFCLUSTER_TOKEN", token)
+            .env("FFCLUSTER_MODE", "split")
+            .env("FFCLUSTER_FFMPEG", &tools.ffmpeg)
+            .env("FFCLUSTER_FFPROBE", &tools.ffprobe)
+            .env("FFCLUSTER_LOG", &shim_log);
+        let t = timed(cmd, &target, &logs.join(format!("cluster-{r}.stderr.log")))?;
+        let status = fetch_status(&args.controller, token)?;
+        let new: Vec<_> = status.jobs.iter().filter(|j| !known.contains(&j.id)).collect();
+        // Another client's job may have started meanwhile: ours ran this clip.
+        let clip_name = clip.display().to_string();
+        let ours: Vec<_> = new.iter().filter(|j| j.args.contains(&clip_name)).collect();
+        let job = match ours.as_slice() {
+            [] => ClusterJob { mode: "local".into(), nodes: Vec::new(), ids: Vec::new() },
+            jobs => {
+                let mut nodes: Vec<String> = jobs
+                    .iter()
+                    .flat_map(|j| j.nodes.clone().unwrap_or_default().into_iter().chain(j.node.clone()))
+                    .collect();
+                nodes.sort();
+                nodes.dedup();
+                let mut modes: Vec<String> = jobs.iter().map(|j| j.mode.to_string()).collect();
+                modes.dedup();
+                ClusterJob { mode: modes.join("+"), nodes, ids: jobs.iter().map(|j| j.id).collect() }
+            }
+        };
+        if job.mode == "local" {
+            bail!(
+                "the controller recorded no job: the shim ran the transcode on this machine, so there is no \
+                 cluster time to report; the reason is in {}",
+                shim_log.display()
+            );
+        }
+        let (segments, frames) = check_output(&tools.ffprobe, &target, reference)?;
+        let figures = Figures {
+            wall: t.wall,
+            first_segment: t.first_segment,
+            vs_direct_ms: Some(later_ms(t.first_segment, direct.first_segment)),
+            shim_cpu: Some(t.children_cpu),
+            controller_cpu: None,
+            worker_cpu: None,
+            frames,
+            segments,
+            mode: job.mode.clone(),
+        };
+        println!("    {} on {}", figures.summary(), job.nodes.join(", "));
+        jobs.push(job);
+        direct_samples.push(direct);
+        cluster_samples.push(figures);
+    }
+    Ok(Report {
+        controller: args.controller.clone(),
+        seconds: args.seconds,
+        width,
+        height,
+        runs: args.runs,
+        connected,
+        direct: median(&direct_samples),
+        cluster: median(&cluster_samples),
+        jobs,
+    })
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (d, c) = (&self.direct, &self.cluster);
+        let secs = |x: Duration| format!("{:.2} s", x.as_secs_f64());
+        let speedup = d.wall.as_secs_f64() / c.wall.as_secs_f64().max(1e-9);
+        let mut used: Vec<&str> = self.jobs.iter().flat_map(|j| j.nodes.iter().map(String::as_str)).collect();
+        used.sort_unstable();
+        used.dedup();
+        let split = self.jobs.iter().all(|j| j.mode.split('+').any(|m| m == "split"));
+        let runs = if self.runs > 1 { format!(", medians of {} runs", self.runs) } else { String::new() };
+        let ids: Vec<String> = self.jobs.iter().flat_map(|j| j.ids.iter().map(|i| i.to_string())).collect();
+        writeln!(f)?;
+        writeln!(
+            f,
+            "ffcluster bench cluster: {} s of {}x{} 24000/1001, {SEGMENT_SECS} s segments, cluster at {}{runs}",
+            self.seconds, self.width, self.height, self.controller
+        )?;
+        writeln!(f, "  wall time       direct {}, cluster {}", secs(d.wall), secs(c.wall))?;
+        writeln!(f, "  speedup         {speedup:.2}x")?;
+        writeln!(
+            f,
+            "  first segment   direct {}, cluster {} ({:+.0} ms)",
+            secs(d.first_segment),
+            secs(c.first_segment),
+            later_ms(c.first_segment, d.first_segment)
+        )?;
+        writeln!(
+            f,
+            "  nodes used      {} of {} connected ({}), {} job{} {}",
+            used.len(),
+            self.connected,
+            used.join(", "),
+            self.jobs.iter().map(|j| j.mode.as_str()).collect::<Vec<_>>().join(", "),
+            plural(u32::try_from(ids.len()).unwrap_or(u32::MAX)),
+            ids.join(", ")
+        )?;
+        writeln!(f, "  outputs match   {} segments, {} frames, both ways", c.segments, c.frames)?;
+        let verdict = if !split {
+            "the transcode was not split (see `ffcluster log` for its job): it ran whole on one node, so the \
+             figures say how fast that node is, not the cluster"
+                .to_owned()
+        } else if speedup >= SAME {
+            format!("the cluster transcodes this clip {speedup:.2}x as fast as this machine alone")
+        } else if speedup > 1.0 / SAME {
+            "the cluster is about as fast as this machine alone: its nodes add little over the local CPU".to_owned()
+        } else {
+            format!(
+                "the cluster is slower than this machine alone ({speedup:.2}x): its nodes are slower than this \
+                 machine, busy, or held back by the network"
+            )
+        };
+        writeln!(f, "verdict: {verdict}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(wall: f64, first: f64, mode: &str) -> Figures {
+        Figures {
+            wall: Duration::from_secs_f64(wall),
+            first_segment: Duration::from_secs_f64(first),
+            vs_direct_ms: None,
+            shim_cpu: None,
+            controller_cpu: None,
+            worker_cpu: None,
+            frames: 719,
+            segments: 10,
+            mode: mode.into(),
+        }
+    }
+
+    fn report(cluster_wall: f64, mode: &str) -> String {
+        Report {
+            controller: "http://c:9470".into(),
+            seconds: 30,
+            width: 1280,
+            height: 720,
+            runs: 1,
+            connected: 3,
+            direct: figures(10.0, 2.0, "-"),
+            cluster: figures(cluster_wall, 1.5, mode),
+            jobs: vec![ClusterJob { mode: mode.into(), nodes: vec!["a".into(), "b".into()], ids: vec![7] }],
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn the_report_says_what_the_cluster_is_worth() {
+        let r = report(4.0, "split");
+        for want in [
+            "  wall time       direct 10.00 s, cluster 4.00 s\n",
+            "  speedup         2.50x\n",
+            "  first segment   direct 2.00 s, cluster 1.50 s (-500 ms)\n",
+            "  nodes used      2 of 3 connected (a, b), split job 7\n",
+            "  outputs match   10 segments, 719 frames, both ways\n",
+            "verdict: the cluster transcodes this clip 2.50x as fast as this machine alone\n",
+        ] {
+            assert!(r.contains(want), "{want:?} in\n{r}");
+        }
+        assert!(report(10.5, "split").contains("verdict: the cluster is about as fast"));
+        assert!(report(20.0, "split").contains("verdict: the cluster is slower than this machine alone (0.50x)"));
+        assert!(report(4.0, "whole").contains("verdict: the transcode was not split"));
+    }
+}

@@ -1,0 +1,197 @@
+//! System tests of operating the cluster like a product: each job's log
+//! (`GET /api/v1/jobs/{id}/log`, `ffcluster log`) and `ffcluster bench
+//! cluster`, against a real controller and real node agents on loopback
+//! running real ffmpeg through the shim.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ffcluster::controller::http_client;
+use serde_json::Value;
+use support::cluster::*;
+
+/// The admin CLI against this cluster.
+fn admin(c: &Cluster, args: &[&str]) -> Output {
+    isolated(Command::new(controller_exe()))
+        .args(args)
+        .env("FFCLUSTER_CONTROLLER", c.url())
+        .env("FFCLUSTER_TOKEN", &c.token)
+        .output()
+        .unwrap()
+}
+
+fn admin_ok(c: &Cluster, args: &[&str]) -> String {
+    let out = admin(c, args);
+    assert!(
+        out.status.success(),
+        "ffcluster {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.all_logs()
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn newest_job(c: &Cluster) -> Value {
+    c.status()["jobs"][0].clone()
+}
+
+#[test]
+fn whole_and_split_jobs_leave_logs_that_read_like_ffmpeg() {
+    let c = Cluster::start(2);
+
+    // A whole job, followed while it runs: `log --follow` prints as it goes
+    // and returns when the job ends.
+    let clip = c.work.join("clip.mp4");
+    make_clip(&clip, 8, "640x360", &[]);
+    let out_file = c.work.join("whole.mp4");
+    let whole_args: Vec<String> = ["-i", &clip.display().to_string(), "-c:v", "libx264", "-preset", "veryfast"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["-c:a".into(), "aac".into(), "-y".into(), out_file.display().to_string()])
+        .collect();
+    let mut shim = c.shim().args(&whole_args).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let shim_err = collect_stderr(&mut shim);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let job = loop {
+        let j = newest_job(&c);
+        if !j.is_null() {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the whole job never reached the controller: {}", c.all_logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let id = job["id"].as_u64().unwrap().to_string();
+    let followed = admin_ok(&c, &["log", "--follow", &id]);
+    assert!(shim.wait().unwrap().success(), "{}", shim_err.join().unwrap());
+    let job = newest_job(&c);
+    assert_eq!((job["mode"].as_str(), job["state"].as_str()), (Some("whole"), Some("done")), "{job}");
+    let node = job["node"].as_str().unwrap();
+
+    let log = admin_ok(&c, &["log", &id]);
+    eprintln!("{log}");
+    let prefix = format!("[ffcluster @ job {id}]");
+    for want in [
+        format!("ffcluster whole job {id} started on "),
+        "Command line:\nffmpeg -i ".to_owned(),
+        format!("{}", clip.display()),
+        format!("{prefix} the shim's reason: "),
+        format!("whole job placed on {node}\n"),
+        // ffmpeg's own lines, as the node's ffmpeg printed them (paths as the shim gave them).
+        format!("Input #0, mov,mp4,m4a,3gp,3g2,mj2, from '{}':\n", clip.display()),
+        "Stream mapping:\n".to_owned(),
+        format!("Output #0, mp4, to '{}':\n", out_file.display()),
+        "[libx264 @ ".to_owned(),
+        "job done: ffmpeg exited with code 0 after ".to_owned(),
+    ] {
+        assert!(log.contains(&want), "{want:?} is not in the log:\n{log}");
+    }
+    let progress: Vec<&str> = log.lines().filter(|l| l.starts_with("frame=")).collect();
+    assert_eq!(progress.len(), 1, "progress lines overwrite each other: {progress:?}\n{log}");
+    assert!(log.lines().last().unwrap().starts_with(&prefix), "{log}");
+    // Following printed the same lines (and maybe progress lines since overwritten).
+    for line in log.lines().filter(|l| !l.starts_with("frame=")) {
+        assert!(followed.contains(line), "{line:?} not followed:\n{followed}");
+    }
+
+    // A split job: its chunks' placement, each attempt's stderr labelled with
+    // its chunk and node.
+    let input = c.work.join("film.mkv");
+    make_clip(&input, 12, "640x360", &[]);
+    let hls = c.work.join("film");
+    std::fs::create_dir_all(&hls).unwrap();
+    let split_args = jellyfin_hls(&input, &hls, "5f4dcc3b5aa765d61d8327deb882cf99", false, 2);
+    let out = c.shim().env("FFCLUSTER_MODE", "split").args(&split_args).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.all_logs());
+    let job = newest_job(&c);
+    assert_eq!((job["mode"].as_str(), job["state"].as_str()), (Some("split"), Some("done")), "{job}");
+    let id = job["id"].as_u64().unwrap().to_string();
+    let log = admin_ok(&c, &["log", &id]);
+    let prefix = format!("[ffcluster @ job {id}]");
+    for want in [
+        format!("ffcluster split job {id} started on "),
+        format!("Command line:\nffmpeg -analyzeduration 200M -probesize 1G -i file:{}", input.display()),
+        format!("{prefix} +"),
+        "split job accepted: 2 capable nodes connected".to_owned(),
+        "chunk 0 (".to_owned(),
+        // A chunk's ffmpeg writes MPEG-TS to the shim.
+        "Output #0, mpegts, to 'pipe:1':\n".to_owned(),
+        "Stream mapping:\n".to_owned(),
+        "job done: ffmpeg exited with code 0 after ".to_owned(),
+    ] {
+        assert!(log.contains(&want), "{want:?} is not in the log:\n{log}");
+    }
+    let records = job["chunks"].as_array().unwrap();
+    for r in records.iter().filter(|r| r["state"] == "done") {
+        let (chunk, node, attempt) = (&r["chunk"], r["node"].as_str().unwrap(), &r["attempt"]);
+        let started = format!("chunk {chunk} (");
+        let line = log
+            .lines()
+            .find(|l| l.contains(&started) && l.contains(&format!(" on {node} (attempt {attempt}): done after ")))
+            .unwrap_or_else(|| panic!("no line for chunk {chunk} done on {node}:\n{log}"));
+        assert!(line.starts_with(&prefix), "{line}");
+        let stderr_header = format!(" on {node} (attempt {attempt}): ffmpeg's stderr, ");
+        assert!(log.contains(&stderr_header), "{stderr_header:?} is not in the log:\n{log}");
+    }
+    for node in job["nodes"].as_array().unwrap() {
+        assert!(log.contains(&format!(" on {}: started (attempt ", node.as_str().unwrap())), "{node} in\n{log}");
+    }
+
+    // Following a finished job prints its log and returns.
+    assert_eq!(admin_ok(&c, &["log", "-f", &id]), log);
+
+    // The route needs the token, and says when there is no such log.
+    let url = format!("{}/api/v1/jobs/{id}/log", c.url());
+    assert_eq!(http_client::get(&url, &[]).unwrap().status, 401);
+    let auth = format!("Bearer {}", c.token);
+    let r = http_client::get(&url, &[("Authorization", &auth)]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(r.header("x-ffcluster-job-state"), Some("done"));
+    let missing = admin(&c, &["log", "999999"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no log for job 999999"), "{missing:?}");
+}
+
+#[test]
+fn bench_cluster_measures_the_running_cluster() {
+    let c = Cluster::start(2);
+    let out = isolated(Command::new(controller_exe()))
+        .args(["bench", "cluster", "--seconds", "8", "--height", "240"])
+        .env("FFCLUSTER_CONTROLLER", c.url())
+        .env("FFCLUSTER_TOKEN", &c.token)
+        .env("FFCLUSTER_FFMPEG", real("ffmpeg"))
+        .env("FFCLUSTER_FFPROBE", real("ffprobe"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench cluster failed:\n{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), {
+        c.all_logs()
+    });
+    eprintln!("{stdout}");
+    let line = |label: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{stdout}"))
+            .trim()
+            .to_owned()
+    };
+    let speedup: f64 = line("  speedup ").strip_suffix('x').and_then(|s| s.parse().ok()).expect("a speedup");
+    assert!(speedup > 0.0, "{stdout}");
+    assert!(line("  wall time ").starts_with("direct "), "{stdout}");
+    assert!(line("  first segment ").contains(", cluster "), "{stdout}");
+    // 8 s in 3 s segments, the same both ways (bench checks the frames match).
+    let matched = line("  outputs match ");
+    assert!(matched.starts_with("3 segments, ") && matched.ends_with(" frames, both ways"), "{stdout}");
+    let frames: u64 = matched["3 segments, ".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert!((190..=193).contains(&frames), "{stdout}");
+    let used = line("  nodes used ");
+    assert!(used.contains(" of 2 connected (") && used.contains("split job"), "{used}");
+    assert!(stdout.contains("\nverdict: "), "{stdout}");
+    // The cluster really ran it: the controller has the split job, done.
+    let job = newest_job(&c);
+    assert_eq!((job["mode"].as_str(), job["state"].as_str()), (Some("split"), Some("done")), "{job}");
+}
