@@ -15,6 +15,8 @@
 //!   (pure).
 //! * [`split`]: whether a job can be split, each chunk's command line, and the
 //!   local finisher that joins the chunks into the job's real outputs (pure).
+//! * [`hardware`]: hardware families, node argument translations and the
+//!   capability probes nodes answer for the cluster (pure).
 //! * [`config`]: the daemons' layered settings (TOML file, environment, flags).
 //! * `controller` (feature `controller`): the daemon behind `ffcluster serve`
 //!   (node and shim WebSockets, the scheduler, the input relay, the status
@@ -26,6 +28,7 @@ pub mod config;
 #[cfg(feature = "controller")]
 pub mod controller;
 pub mod ffmpeg;
+pub mod hardware;
 pub mod plan;
 pub mod protocol;
 pub mod remote;

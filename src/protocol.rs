@@ -37,6 +37,17 @@ pub const SHIM_PATH: &str = "/api/v1/shim";
 pub const STATUS_PATH: &str = "/api/v1/status";
 /// Prefix of the input relay: `{FILES_PATH}/{access}/{file}`.
 pub const FILES_PATH: &str = "/api/v1/files";
+/// Capability probe answers from a node's real ffmpeg:
+/// `GET {PROBES_PATH}?arg=-h&arg=filter%3Dscale_cuda` ([`probe_query`]). The body
+/// is the probe's stdout then its stderr; the headers below give the split, the
+/// exit code and the node. 404 when no node has an answer for that argv.
+pub const PROBES_PATH: &str = "/api/v1/probes";
+/// Header of a probe answer: the exit code.
+pub const PROBE_CODE_HEADER: &str = "x-ffcluster-exit-code";
+/// Header of a probe answer: how many leading body bytes are stdout.
+pub const PROBE_STDOUT_HEADER: &str = "x-ffcluster-stdout-bytes";
+/// Header of a probe answer: the node whose ffmpeg answered.
+pub const PROBE_NODE_HEADER: &str = "x-ffcluster-node";
 
 /// How often each side sends a heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
@@ -103,6 +114,57 @@ pub enum NodeMsg {
     Exited { job: JobId, exit: RemoteExit },
     /// The node could not run the job at all (nothing was started or published).
     Refused { job: JobId, reason: String },
+    /// Sent once after `Hello`: the node's answers to Jellyfin's capability probes
+    /// ([`crate::hardware::CAPABILITY_PROBES`]). A controller that predates it
+    /// logs an unreadable message and carries on.
+    Probes { answers: Vec<ProbeAnswer> },
+}
+
+/// What a node's ffmpeg printed for one capability probe, edited only to match
+/// what the node advertises (README, Hardware).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeAnswer {
+    /// Arguments after the program name, e.g. `["-h", "filter=scale_cuda"]`.
+    pub args: Vec<String>,
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The query string of a [`PROBES_PATH`] request: one `arg=` per argument,
+/// percent-encoded.
+pub fn probe_query(args: &[String]) -> String {
+    let enc = |a: &str| {
+        a.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    args.iter().map(|a| format!("arg={}", enc(a))).collect::<Vec<_>>().join("&")
+}
+
+/// The arguments of a [`probe_query`]; `None` when it is malformed.
+pub fn parse_probe_query(query: &str) -> Option<Vec<String>> {
+    let mut args = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let value = pair.strip_prefix("arg=")?;
+        let mut bytes = Vec::with_capacity(value.len());
+        let mut it = value.bytes();
+        while let Some(b) = it.next() {
+            bytes.push(match b {
+                b'%' => {
+                    let hex = [it.next()?, it.next()?];
+                    u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+                }
+                b'+' => b' ',
+                b => b,
+            });
+        }
+        args.push(String::from_utf8(bytes).ok()?);
+    }
+    Some(args)
 }
 
 /// Controller → node agent.
@@ -508,6 +570,26 @@ mod tests {
         needs.filters.insert("scale".into());
         assert!(caps.missing(&needs).is_empty());
         needs.encoders.insert("h264_nvenc".into());
+    #[test]
+    fn probe_queries_round_trip() {
+        let args = vec!["-h".to_owned(), "filter=scale_cuda".to_owned(), "a b&c%".to_owned()];
+        let q = probe_query(&args);
+        assert_eq!(q, "arg=-h&arg=filter%3Dscale_cuda&arg=a%20b%26c%25");
+        assert_eq!(parse_probe_query(&q), Some(args));
+        assert_eq!(parse_probe_query("x=1"), None);
+        assert_eq!(parse_probe_query("arg=%4"), None);
+        let probes = NodeMsg::Probes {
+            answers: vec![ProbeAnswer {
+                args: vec!["-hwaccels".into()],
+                code: 0,
+                stdout: "x\n".into(),
+                stderr: String::new(),
+            }],
+        };
+        let s = serde_json::to_string(&probes).unwrap();
+        assert_eq!(serde_json::from_str::<NodeMsg>(&s).unwrap(), probes);
+    }
+
         needs.hwaccels.insert("cuda".into());
         assert_eq!(caps.missing(&needs), ["encoder h264_nvenc", "hwaccel cuda"]);
     }

@@ -65,6 +65,8 @@ fn readme_lists_every_command_and_flag() {
         "--scratch",
         "--ffmpeg",
         "--path-map",
+        "--hardware",
+        "--translate",
         "--config",
         "--check-config",
         "--token-file",

@@ -1,5 +1,10 @@
 //! What this node's ffmpeg can do, measured once at start-up: version, encoders,
 //! decoders, filters, hwaccels, CPUs, and a speed score from a standard encode.
+//!
+//! Hardware is advertised only when it works here (README, Hardware): a build
+//! lists NVENC, QSV or VAAPI whether or not the machine has the device, so each
+//! family's device is opened once, or the configuration names the families.
+//! Argument translations add the names they stand in for.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -7,49 +12,283 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ffcluster::protocol::Capabilities;
+use ffcluster::hardware::{self, CAPABILITY_PROBES, Kind, Listing, Translation, edit_listing};
+use ffcluster::protocol::{Capabilities, ProbeAnswer};
+use futures_util::StreamExt;
 use tokio::process::Command;
+
+use crate::config::Hardware;
 
 /// A list probe answers in well under a second; anything near this is a hung binary.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The standard encode's frame count (see [`Capabilities::speed`]).
 const SPEED_FRAMES: u32 = 60;
 
+/// What probing found: the capabilities the node advertises, its answers to
+/// Jellyfin's capability probes, and the translations it applies (kinds resolved).
+#[derive(Debug)]
+pub struct Probed {
+    pub caps: Capabilities,
+    pub answers: Vec<ProbeAnswer>,
+    pub translations: Vec<Translation>,
+    /// The hardware families advertised.
+    pub hardware: BTreeSet<String>,
+}
+
+/// How long opening one hardware device may take.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Probes run at once: enough to hide their start-up cost, few enough not to
+/// starve the jobs of a node that reconnects.
+const PROBE_CONCURRENCY: usize = 4;
+
 /// Probes `ffmpeg`. Fails only when the binary cannot report its version: a node
 /// without a working ffmpeg has nothing to offer.
-pub async fn probe(ffmpeg: &Path) -> anyhow::Result<Capabilities> {
-    let version = run(ffmpeg, &["-version"]).await.context("running ffmpeg -version")?;
+pub async fn probe(ffmpeg: &Path, hardware: &Hardware, translations: &[Translation]) -> anyhow::Result<Probed> {
+    // Jellyfin's own probes (which include the lists) run once; their answers
+    // are both parsed here and uploaded for shims answering from the cluster.
+    let mut answers: Vec<(Vec<String>, anyhow::Result<Captured>)> = futures_util::stream::iter(CAPABILITY_PROBES)
+        .map(|args| async move {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let r = capture(ffmpeg, &args, PROBE_TIMEOUT).await;
+            (args, r)
+        })
+        .buffered(PROBE_CONCURRENCY)
+        .collect()
+        .await;
+    let stdout_of = |flag: &str| -> anyhow::Result<String> {
+        match answers.iter().find(|(a, _)| a.len() == 1 && a[0] == flag) {
+            Some((_, Ok(c))) if c.code == 0 => Ok(c.stdout.clone()),
+            Some((_, Ok(c))) => bail!("ffmpeg {flag} failed (exit code {}): {}", c.code, tail(&c.stderr)),
+            Some((_, Err(e))) => Err(anyhow::anyhow!("{e:#}")),
+            None => bail!("ffmpeg {flag} was not run"),
+        }
+    };
+    let version = stdout_of("-version").context("running ffmpeg -version")?;
     let ffmpeg_version = parse_version(&version).context("ffmpeg -version printed nothing")?;
-    // The list probes are independent; running them together saves most of their
-    // start-up cost.
-    let (encoders, decoders, filters, hwaccels) = tokio::join!(
-        run(ffmpeg, &["-hide_banner", "-encoders"]),
-        run(ffmpeg, &["-hide_banner", "-decoders"]),
-        run(ffmpeg, &["-hide_banner", "-filters"]),
-        run(ffmpeg, &["-hide_banner", "-hwaccels"]),
-    );
-    let list = |what: &str, r: anyhow::Result<String>, parse: fn(&str) -> BTreeSet<String>| match r {
+    let list = |what: &str, parse: fn(&str) -> BTreeSet<String>| match stdout_of(what) {
         Ok(text) => parse(&text),
         Err(e) => {
-            tracing::warn!("ffmpeg -{what} failed, reporting none: {e:#}");
+            tracing::warn!("ffmpeg {what} failed, reporting none: {e:#}");
             BTreeSet::new()
         }
     };
     let mut caps = Capabilities {
         ffmpeg_version,
-        encoders: list("encoders", encoders, parse_codecs),
-        decoders: list("decoders", decoders, parse_codecs),
-        filters: list("filters", filters, parse_filters),
-        hwaccels: list("hwaccels", hwaccels, parse_hwaccels),
+        encoders: list("-encoders", parse_codecs),
+        decoders: list("-decoders", parse_codecs),
+        filters: list("-filters", parse_filters),
+        hwaccels: list("-hwaccels", parse_hwaccels),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         speed: 0.0,
     };
+
+    let usable = usable_hardware(ffmpeg, &caps, hardware).await;
+    restrict_to(&mut caps, &usable);
+    let translations = resolve_translations(&mut caps, translations);
+    let answers = edit_answers(ffmpeg, &mut answers, &caps, &translations).await;
+
     let encoder = if caps.encoders.contains("libx264") { "libx264" } else { "mpeg4" };
     match speed(ffmpeg, encoder).await {
         Ok(fps) => caps.speed = fps,
         Err(e) => tracing::warn!("speed test with {encoder} failed, reporting speed 0: {e:#}"),
     }
-    Ok(caps)
+    Ok(Probed { caps, answers, translations, hardware: usable })
+}
+
+/// Every hardware family the build names (by its encoders, decoders, filters and
+/// hwaccels).
+fn families(caps: &Capabilities) -> BTreeSet<&'static str> {
+    let names = |kind: Kind, set: &BTreeSet<String>| {
+        set.iter().filter_map(move |n| hardware::family(kind, n)).collect::<Vec<_>>()
+    };
+    [
+        names(Kind::Encoder, &caps.encoders),
+        names(Kind::Decoder, &caps.decoders),
+        names(Kind::Filter, &caps.filters),
+        names(Kind::Hwaccel, &caps.hwaccels),
+    ]
+    .concat()
+    .into_iter()
+    .collect()
+}
+
+/// The families this node advertises. A build lists hardware whether or not the
+/// machine has it (Debian's ffmpeg lists NVENC, QSV and VAAPI everywhere), so
+/// `auto` opens each family's device once and keeps those that open.
+async fn usable_hardware(ffmpeg: &Path, caps: &Capabilities, hardware: &Hardware) -> BTreeSet<String> {
+    let testable: Vec<&'static str> =
+        families(caps).into_iter().filter(|f| hardware::DEVICE_TYPES.contains(f)).collect();
+    match hardware {
+        Hardware::Listed(families) => families.clone(),
+        Hardware::Auto => {
+            let results: Vec<(&str, anyhow::Result<Captured>)> = futures_util::stream::iter(testable)
+                .map(|family| async move {
+                    let args: Vec<String> = [
+                        "-hide_banner",
+                        "-nostdin",
+                        "-v",
+                        "error",
+                        "-init_hw_device",
+                        family,
+                        "-f",
+                        "lavfi",
+                        "-i",
+                        "nullsrc=s=16x16:d=0.04",
+                        "-frames:v",
+                        "1",
+                        "-f",
+                        "null",
+                        "-",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec();
+                    (family, capture(ffmpeg, &args, DEVICE_TIMEOUT).await)
+                })
+                .buffer_unordered(PROBE_CONCURRENCY)
+                .collect()
+                .await;
+            let mut usable = BTreeSet::new();
+            for (family, r) in results {
+                match r {
+                    Ok(c) if c.code == 0 => {
+                        usable.insert(family.to_owned());
+                    }
+                    Ok(c) => {
+                        tracing::info!(family, "hardware not advertised: its device does not open: {}", tail(&c.stderr))
+                    }
+                    Err(e) => tracing::info!(family, "hardware not advertised: {e:#}"),
+                }
+            }
+            usable
+        }
+    }
+}
+
+/// Drops the hardware names of families that are not usable.
+fn restrict_to(caps: &mut Capabilities, usable: &BTreeSet<String>) {
+    let ok = |kind: Kind, n: &String| hardware::family(kind, n).is_none_or(|f| usable.contains(f));
+    caps.encoders.retain(|n| ok(Kind::Encoder, n));
+    caps.decoders.retain(|n| ok(Kind::Decoder, n));
+    caps.filters.retain(|n| ok(Kind::Filter, n));
+    caps.hwaccels.retain(|n| usable.contains(n));
+}
+
+fn set_of(caps: &mut Capabilities, kind: Kind) -> &mut BTreeSet<String> {
+    match kind {
+        Kind::Encoder => &mut caps.encoders,
+        Kind::Decoder => &mut caps.decoders,
+        Kind::Filter => &mut caps.filters,
+        Kind::Hwaccel => &mut caps.hwaccels,
+    }
+}
+
+/// Gives each translation its kind (where the node has `to`, unless configured)
+/// and advertises its `from`. A translation whose `to` the node does not have
+/// is left out, with a warning: advertising it would attract jobs that fail.
+pub fn resolve_translations(caps: &mut Capabilities, translations: &[Translation]) -> Vec<Translation> {
+    let mut out = Vec::new();
+    for t in translations {
+        let kind = t.kind.or_else(|| {
+            [Kind::Encoder, Kind::Filter, Kind::Decoder, Kind::Hwaccel]
+                .into_iter()
+                .find(|k| set_of(caps, *k).contains(&t.to))
+        });
+        let Some(kind) = kind.filter(|k| set_of(caps, *k).contains(&t.to)) else {
+            tracing::warn!(from = %t.from, to = %t.to, "translation ignored: this node's ffmpeg has no usable {}", t.to);
+            continue;
+        };
+        set_of(caps, kind).insert(t.from.clone());
+        tracing::info!(from = %t.from, to = %t.to, kind = kind.as_str(), "translation: advertising {}", t.from);
+        out.push(Translation { kind: Some(kind), ..t.clone() });
+    }
+    out
+}
+
+/// The probe answers to upload: listings edited to list exactly what the node
+/// advertises (translated names as copies of their target's entry), and
+/// `-h filter=FROM` of a translated filter answered with the target's help.
+/// Answers that failed to run or are not UTF-8 are left out: the shim then
+/// answers that probe from its local ffmpeg.
+async fn edit_answers(
+    ffmpeg: &Path,
+    answers: &mut Vec<(Vec<String>, anyhow::Result<Captured>)>,
+    caps: &Capabilities,
+    translations: &[Translation],
+) -> Vec<ProbeAnswer> {
+    let adds = |kind: Kind| -> Vec<(String, String)> {
+        translations.iter().filter(|t| t.kind == Some(kind)).map(|t| (t.from.clone(), t.to.clone())).collect()
+    };
+    let mut out = Vec::new();
+    for (args, result) in answers.drain(..) {
+        let Ok(mut c) = result else { continue };
+        match args.as_slice() {
+            [flag] if flag == "-encoders" => {
+                c.stdout = edit_listing(&c.stdout, Listing::Codecs, |n| caps.encoders.contains(n), &adds(Kind::Encoder))
+            }
+            [flag] if flag == "-decoders" => {
+                c.stdout = edit_listing(&c.stdout, Listing::Codecs, |n| caps.decoders.contains(n), &adds(Kind::Decoder))
+            }
+            [flag] if flag == "-filters" => {
+                c.stdout = edit_listing(&c.stdout, Listing::Filters, |n| caps.filters.contains(n), &adds(Kind::Filter))
+            }
+            [flag] if flag == "-hwaccels" => {
+                c.stdout =
+                    edit_listing(&c.stdout, Listing::Hwaccels, |n| caps.hwaccels.contains(n), &adds(Kind::Hwaccel))
+            }
+            [h, what] if h == "-h" => {
+                let name = what.strip_prefix("filter=").unwrap_or("");
+                if let Some(t) = translations.iter().find(|t| t.kind == Some(Kind::Filter) && t.from == name) {
+                    let target = vec!["-h".to_owned(), format!("filter={}", t.to)];
+                    match capture(ffmpeg, &target, PROBE_TIMEOUT).await {
+                        Ok(mut help) => {
+                            help.stdout = help.stdout.replace(&t.to, &t.from);
+                            c = help;
+                        }
+                        Err(e) => {
+                            tracing::warn!("ffmpeg -h filter={}: {e:#}", t.to);
+                            continue;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.push(ProbeAnswer { args, code: c.code, stdout: c.stdout, stderr: c.stderr });
+    }
+    out
+}
+
+/// One run of ffmpeg: exit code (128 + signal when killed), stdout and stderr.
+#[derive(Debug)]
+struct Captured {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn capture(ffmpeg: &Path, args: &[String], limit: Duration) -> anyhow::Result<Captured> {
+    use std::os::unix::process::ExitStatusExt;
+    let child = Command::new(ffmpeg)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", ffmpeg.display()))?;
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .with_context(|| format!("ffmpeg {} did not finish in {limit:?}", args.join(" ")))??;
+    let code = out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+    // Uploaded answers must be byte-exact: text that is not UTF-8 is not sent.
+    let text =
+        |b: Vec<u8>| String::from_utf8(b).map_err(|_| anyhow::anyhow!("ffmpeg {} printed non-UTF-8", args.join(" ")));
+    Ok(Captured { code, stdout: text(out.stdout)?, stderr: text(out.stderr)? })
+}
+
+fn tail(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
 }
 
 /// Frames per second of the standard encode with `encoder`.

@@ -2,10 +2,12 @@
 //! (`/etc/ffcluster/node.toml`) over defaults, and the two pure rules that touch
 //! paths: `--path-map` and name sanitising.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use ffcluster::config::{self, Key, Layers, Setting, Source};
+use ffcluster::hardware::Translation;
 use serde::Deserialize;
 
 /// Everything the agent needs to know about where it runs.
@@ -20,6 +22,58 @@ pub struct Config {
     pub scratch: PathBuf,
     pub ffmpeg: PathBuf,
     pub path_maps: Vec<PathMap>,
+    /// Which hardware families to advertise (README, Hardware).
+    pub hardware: Hardware,
+    /// Argument translations; kinds are resolved against the probed ffmpeg.
+    pub translations: Vec<Translation>,
+}
+
+/// Which hardware families (`cuda`, `vaapi`, `qsv`, …) this node advertises.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Hardware {
+    /// Those whose device ffmpeg opens at start (`-init_hw_device TYPE`).
+    #[default]
+    Auto,
+    /// Exactly these, unchecked (empty: none).
+    Listed(BTreeSet<String>),
+}
+
+impl Hardware {
+    fn parse(s: &str) -> Result<Hardware, String> {
+        match s.trim() {
+            "auto" => Ok(Hardware::Auto),
+            "none" | "" => Ok(Hardware::Listed(BTreeSet::new())),
+            list => Hardware::list(list.split(',')),
+        }
+    }
+
+    fn list<'a>(items: impl Iterator<Item = &'a str>) -> Result<Hardware, String> {
+        let mut out = BTreeSet::new();
+        for item in items.map(str::trim).filter(|i| !i.is_empty()) {
+            if !item.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("{item:?} is not a hardware family such as vaapi, qsv or cuda"));
+            }
+            out.insert(item.to_owned());
+        }
+        Ok(Hardware::Listed(out))
+    }
+}
+
+impl std::fmt::Display for Hardware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hardware::Auto => f.write_str("\"auto\""),
+            Hardware::Listed(l) => write!(f, "{:?}", l.iter().collect::<Vec<_>>()),
+        }
+    }
+}
+
+/// `hardware` in the file: `"auto"`, `"none"`, or a list of families.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum HardwareFile {
+    Text(String),
+    List(Vec<String>),
 }
 
 /// The config file read when neither --config nor FFCLUSTER_NODE_CONFIG names one.
@@ -36,10 +90,13 @@ const SLOTS: Key = Key { name: "slots", env: "FFCLUSTER_NODE_SLOTS", flag: "--sl
 const SCRATCH: Key = Key { name: "scratch", env: "FFCLUSTER_NODE_SCRATCH", flag: "--scratch" };
 const FFMPEG: Key = Key { name: "ffmpeg", env: "FFCLUSTER_NODE_FFMPEG", flag: "--ffmpeg" };
 const PATH_MAP: Key = Key { name: "path_map", env: "FFCLUSTER_NODE_PATH_MAP", flag: "--path-map" };
+const HARDWARE: Key = Key { name: "hardware", env: "FFCLUSTER_NODE_HARDWARE", flag: "--hardware" };
+const TRANSLATE: Key = Key { name: "translate", env: "FFCLUSTER_NODE_TRANSLATE", flag: "--translate" };
 const LOG_LEVEL: Key = Key { name: "log_level", env: "FFCLUSTER_NODE_LOG_LEVEL", flag: "--log-level" };
 /// Every key of `node.toml`, in the order of contrib/config/node.toml.
 #[cfg(test)]
-pub const KEYS: [Key; 9] = [CONTROLLER, TOKEN, TOKEN_FILE, NAME, SLOTS, SCRATCH, FFMPEG, PATH_MAP, LOG_LEVEL];
+pub const KEYS: [Key; 11] =
+    [CONTROLLER, TOKEN, TOKEN_FILE, NAME, SLOTS, SCRATCH, FFMPEG, PATH_MAP, HARDWARE, TRANSLATE, LOG_LEVEL];
 
 /// Each setting is taken from its flag, else its environment variable, else the
 /// config file, else the default (README, Configuration).
@@ -77,6 +134,15 @@ pub struct Flags {
     /// Repeatable (env FFCLUSTER_NODE_PATH_MAP, comma-separated).
     #[arg(long = "path-map", value_name = "FROM=TO")]
     pub path_map: Vec<String>,
+    /// Hardware families to advertise: auto (those whose device opens), none, or a
+    /// comma-separated list such as vaapi,qsv (env FFCLUSTER_NODE_HARDWARE) [default: auto].
+    #[arg(long, value_name = "auto|none|LIST")]
+    pub hardware: Option<String>,
+    /// FROM=TO: run jobs naming FROM (an encoder, filter, decoder or hwaccel) with
+    /// TO instead, and advertise FROM. Repeatable (env FFCLUSTER_NODE_TRANSLATE,
+    /// comma-separated).
+    #[arg(long = "translate", value_name = "FROM=TO")]
+    pub translate: Vec<String>,
     /// Log level or tracing directives, e.g. debug or info,ffcluster_node=debug
     /// (env FFCLUSTER_NODE_LOG_LEVEL) [default: $RUST_LOG, else info].
     #[arg(long, value_name = "LEVEL")]
@@ -95,6 +161,8 @@ struct FileConfig {
     scratch: Option<String>,
     ffmpeg: Option<String>,
     path_map: Option<Vec<String>>,
+    hardware: Option<HardwareFile>,
+    translate: Option<Vec<Translation>>,
     log_level: Option<String>,
 }
 
@@ -111,6 +179,8 @@ pub struct Settings {
     pub scratch: Setting<Option<PathBuf>>,
     pub ffmpeg: Setting<Option<PathBuf>>,
     pub path_maps: Setting<Vec<PathMap>>,
+    pub hardware: Setting<Hardware>,
+    pub translations: Setting<Vec<Translation>>,
     pub log_level: Setting<String>,
 }
 
@@ -130,6 +200,10 @@ fn parse_slots(s: &str) -> Result<u32, String> {
 
 fn check_slots(n: u32) -> Result<u32, String> {
     if n == 0 { Err("must be at least 1".into()) } else { Ok(n) }
+}
+
+fn parse_translations<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<Translation>, String> {
+    items.filter(|s| !s.trim().is_empty()).map(|s| s.parse::<Translation>().map_err(|e| e.to_string())).collect()
 }
 
 fn parse_path_maps<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<PathMap>, String> {
@@ -185,6 +259,25 @@ impl Settings {
                 |v| parse_path_maps(v.iter().map(String::as_str)),
             )?
             .unwrap_or_else(|| default(Vec::new()));
+        let hardware = layers
+            .pick(&HARDWARE, f.hardware, file.hardware, Hardware::parse, |v| match v {
+                HardwareFile::Text(s) => Hardware::parse(&s),
+                HardwareFile::List(l) => Hardware::list(l.iter().map(String::as_str)),
+            })?
+            .unwrap_or_else(|| default(Hardware::Auto));
+        let flag_translations = (!f.translate.is_empty()).then(|| f.translate.join(","));
+        let translations = layers
+            .pick(
+                &TRANSLATE,
+                flag_translations,
+                file.translate,
+                |s| parse_translations(s.split(',')),
+                |v| {
+                    v.iter().try_for_each(|t| t.check().map_err(|e| e.to_string()))?;
+                    Ok(v)
+                },
+            )?
+            .unwrap_or_else(|| default(Vec::new()));
         let log_level = match layers.pick_str(&LOG_LEVEL, f.log_level, file.log_level, config::parse_log_level)? {
             Some(level) => level,
             None => match env("RUST_LOG") {
@@ -192,7 +285,19 @@ impl Settings {
                 None => default("info".to_owned()),
             },
         };
-        Ok(Settings { file: file_path, controller, token, name, slots, scratch, ffmpeg, path_maps, log_level })
+        Ok(Settings {
+            file: file_path,
+            controller,
+            token,
+            name,
+            slots,
+            scratch,
+            ffmpeg,
+            path_maps,
+            hardware,
+            translations,
+            log_level,
+        })
     }
 
     /// The ffmpeg to run, absolute: jobs run with the job directory as their
@@ -217,6 +322,8 @@ impl Settings {
         let ffmpeg = self.ffmpeg_path()?;
         let maps: Vec<String> =
             self.path_maps.value.iter().map(|m| format!("{:?}", format!("{}={}", m.from, m.to))).collect();
+        let translations: Vec<String> =
+            self.translations.value.iter().map(|t| format!("{}={}", t.from, t.to)).collect();
         let rows = [
             (CONTROLLER.name, format!("{:?}", self.controller.value), self.controller.source.clone()),
             (TOKEN.name, "<hidden>".to_owned(), self.token.source.clone()),
@@ -225,6 +332,8 @@ impl Settings {
             (SCRATCH.name, format!("{:?}", self.scratch_path()), self.scratch.source.clone()),
             (FFMPEG.name, format!("{:?}", ffmpeg), self.ffmpeg.source.clone()),
             (PATH_MAP.name, format!("[{}]", maps.join(", ")), self.path_maps.source.clone()),
+            (HARDWARE.name, self.hardware.value.to_string(), self.hardware.source.clone()),
+            (TRANSLATE.name, translations.join(", "), self.translations.source.clone()),
             (LOG_LEVEL.name, format!("{:?}", self.log_level.value), self.log_level.source.clone()),
         ];
         Ok(config::report(self.file.as_deref(), &rows))
@@ -243,6 +352,8 @@ impl Settings {
             scratch,
             ffmpeg,
             path_maps: self.path_maps.value,
+            hardware: self.hardware.value,
+            translations: self.translations.value,
         })
     }
 }
@@ -390,6 +501,9 @@ mod tests {
         assert_eq!(s.slots, Setting { value: 1, source: from_file.clone() });
         assert_eq!(s.ffmpeg.value.as_deref(), Some(Path::new("ffmpeg")));
         assert_eq!(s.path_maps.value, vec![map("/media=/mnt/nas/media")]);
+        assert_eq!(s.hardware.value, Hardware::Auto);
+        assert_eq!(s.translations.value.len(), 1);
+        assert_eq!(s.translations.value[0].from, "h264_qsv");
         assert_eq!(s.log_level.value, "info");
     }
 
@@ -440,6 +554,42 @@ mod tests {
         assert!(err.contains("--controller") && err.contains("FFCLUSTER_CONTROLLER"), "{err}");
         let err = resolve(&["--controller", "http://c:1"], &[]).unwrap_err().to_string();
         assert!(err.starts_with("no token"), "{err}");
+    }
+
+    #[test]
+    fn hardware_and_translations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let p = path.to_str().unwrap();
+        let base = [("FFCLUSTER_CONTROLLER", "http://c:1"), ("FFCLUSTER_TOKEN", "t")];
+        std::fs::write(
+            &path,
+            "hardware = [\"vaapi\", \"rkmpp\"]\n[[translate]]\nfrom = \"h264_qsv\"\nto = \"h264_vaapi\"\nkind = \"encoder\"\ndrop = [\"look_ahead\"]\n",
+        )
+        .unwrap();
+        let s = resolve(&["--config", p], &base).unwrap();
+        assert_eq!(s.hardware.value, Hardware::Listed(["rkmpp".to_owned(), "vaapi".to_owned()].into()));
+        let t = &s.translations.value[0];
+        assert_eq!(
+            (t.from.as_str(), t.to.as_str(), t.kind),
+            ("h264_qsv", "h264_vaapi", Some(ffcluster::hardware::Kind::Encoder))
+        );
+        assert_eq!(t.drop, ["look_ahead"]);
+        let s = resolve(&["--hardware", "none", "--translate", "a=b", "--translate", "c=d"], &base).unwrap();
+        assert_eq!(s.hardware.value, Hardware::Listed(BTreeSet::new()));
+        assert_eq!(s.translations.value.iter().map(|t| t.to.as_str()).collect::<Vec<_>>(), ["b", "d"]);
+        let env =
+            [base[0], base[1], ("FFCLUSTER_NODE_TRANSLATE", "h264_qsv=libx264"), ("FFCLUSTER_NODE_HARDWARE", "auto")];
+        let s = resolve(&[], &env).unwrap();
+        assert_eq!(s.translations.value[0].to, "libx264");
+        assert_eq!(s.hardware.source, Source::Env("FFCLUSTER_NODE_HARDWARE"));
+        let err = resolve(&["--translate", "x"], &base).unwrap_err().to_string();
+        assert!(err.contains("--translate"), "{err}");
+        std::fs::write(&path, "[[translate]]\nfrom = \"a,b\"\nto = \"c\"\n").unwrap();
+        let err = resolve(&["--config", p], &base).unwrap_err().to_string();
+        assert!(err.contains("`translate`") && err.contains(p), "{err}");
+        let err = resolve(&["--hardware", "va api"], &base).unwrap_err().to_string();
+        assert!(err.contains("--hardware"), "{err}");
     }
 
     fn map(s: &str) -> PathMap {

@@ -161,7 +161,12 @@ async fn run(
 /// Everything before ffmpeg starts: the rewritten arguments, a fresh scratch
 /// directory with the plan's output directories, and the side files in place.
 async fn prepare(spec: &JobSpec, cfg: &Config, dir: &Path) -> anyhow::Result<Rewritten> {
-    let cl = CommandLine::parse(&spec.args).map_err(|e| anyhow!("cannot parse the arguments: {e}"))?;
+    let mut cl = CommandLine::parse(&spec.args).map_err(|e| anyhow!("cannot parse the arguments: {e}"))?;
+    // Translations edit the parsed model, so ffmpeg still runs only an argument
+    // list rendered from it.
+    for change in ffcluster::hardware::translate(&mut cl, &cfg.translations) {
+        tracing::info!(scratch = %dir.display(), "translation: {change}");
+    }
     let refs = file_refs(&cl)?;
     let dir_str = dir.to_str().context("scratch path is not UTF-8")?;
     let files = SideFiles::plan(spec, cfg, dir_str, &refs);
@@ -592,6 +597,8 @@ mod tests {
             scratch: scratch.into(),
             ffmpeg: "ffmpeg".into(),
             path_maps: maps,
+            hardware: crate::config::Hardware::Auto,
+            translations: Vec::new(),
         }
     }
 

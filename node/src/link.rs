@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ffcluster::protocol::{
     Capabilities, DEAD_AFTER, Frame, FrameKind, HEARTBEAT_INTERVAL, JobId, NODE_PATH, NodeMsg, PROTOCOL_VERSION,
-    ToNode, ws_url,
+    ProbeAnswer, ToNode, ws_url,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -70,12 +70,17 @@ fn encode(msg: &NodeMsg) -> Message {
 }
 
 /// Runs sessions until `shutdown` turns true (Ok) or the controller says goodbye (Err).
-pub async fn run(cfg: Arc<Config>, caps: Capabilities, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Arc<Config>,
+    caps: Capabilities,
+    probes: Vec<ProbeAnswer>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let url = ws_url(&cfg.controller, NODE_PATH);
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut welcomed_at = None;
-        match session(&cfg, &caps, &url, &mut shutdown, &mut welcomed_at).await {
+        match session(&cfg, &caps, &probes, &url, &mut shutdown, &mut welcomed_at).await {
             Ok(End::Shutdown) => return Ok(()),
             Ok(End::Goodbye(reason)) => bail!("the controller refused this node: {reason}"),
             Ok(End::Lost(why)) => tracing::warn!(controller = %url, "controller lost: {why}"),
@@ -117,6 +122,7 @@ enum End {
 async fn session(
     cfg: &Arc<Config>,
     caps: &Capabilities,
+    probes: &[ProbeAnswer],
     url: &str,
     shutdown: &mut watch::Receiver<bool>,
     welcomed_at: &mut Option<Instant>,
@@ -188,6 +194,10 @@ async fn session(
         }
     };
     *welcomed_at = Some(Instant::now());
+    if !probes.is_empty() {
+        // For shims answering Jellyfin's probes from the cluster (README, Hardware).
+        let _ = out.msg(&NodeMsg::Probes { answers: probes.to_vec() }).await;
+    }
 
     // The controller may ask for heartbeats more often than the default, never less.
     let every = if heartbeat_ms == 0 { HEARTBEAT_INTERVAL } else { Duration::from_millis(heartbeat_ms) };

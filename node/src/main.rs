@@ -61,7 +61,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(p) = &settings.file {
         tracing::info!(file = %p.display(), "configuration read");
     }
-    let cfg = Arc::new(settings.into_config()?);
+    let mut cfg = settings.into_config()?;
     tracing::info!(
         name = %cfg.name,
         slots = cfg.slots,
@@ -84,24 +84,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     let started = Instant::now();
     let mut stop = stop_rx.clone();
-    let caps = tokio::select! {
-        caps = capabilities::probe(&cfg.ffmpeg) => caps?,
+    let probed = tokio::select! {
+        p = capabilities::probe(&cfg.ffmpeg, &cfg.hardware, &cfg.translations) => p?,
         // The probe's ffmpegs die with their futures (`kill_on_drop`).
         _ = stop.wait_for(|s| *s) => return Ok(()),
     };
+    // Jobs apply the translations whose target this ffmpeg really has.
+    cfg.translations = probed.translations;
+    let cfg = Arc::new(cfg);
+    let caps = probed.caps;
     tracing::info!(
         version = %caps.ffmpeg_version,
         encoders = caps.encoders.len(),
         decoders = caps.decoders.len(),
         filters = caps.filters.len(),
         hwaccels = ?caps.hwaccels,
+        hardware = ?probed.hardware,
+        probes = probed.answers.len(),
         cpus = caps.cpus,
         speed = format!("{:.1} fps", caps.speed),
         secs = format!("{:.2}", started.elapsed().as_secs_f64()),
         "ffmpeg probed"
     );
 
-    link::run(cfg.clone(), caps, stop_rx).await?;
+    link::run(cfg.clone(), caps, probed.answers, stop_rx).await?;
     tracing::info!("stopped");
     Ok(())
 }

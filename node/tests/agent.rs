@@ -390,7 +390,8 @@ impl JobLog {
                 assert_eq!(j, job);
                 self.refused = Some(reason);
             }
-            Event::Msg(NodeMsg::Heartbeat { .. }) => {}
+            // Sent once after the welcome; its content is tested in tests/hardware.rs.
+            Event::Msg(NodeMsg::Heartbeat { .. } | NodeMsg::Probes { .. }) => {}
             Event::Msg(m) => panic!("unexpected {m:?}"),
             Event::Stderr(b) => self.stderr.extend_from_slice(&b),
             Event::Output { file, offset, data } => {

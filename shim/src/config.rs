@@ -47,6 +47,27 @@ impl Mode {
     }
 }
 
+/// Who answers Jellyfin's capability probes (`FFCLUSTER_PROBES`, `probes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Probes {
+    /// The local ffmpeg (through the probe cache).
+    #[default]
+    Local,
+    /// A node's ffmpeg, through the controller; the local one when the
+    /// controller cannot answer.
+    Cluster,
+}
+
+impl Probes {
+    pub fn parse(s: &str) -> Option<Probes> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "local" | "" => Some(Probes::Local),
+            "cluster" => Some(Probes::Cluster),
+            _ => None,
+        }
+    }
+}
+
 const fn key(name: &'static str, env: &'static str) -> Key {
     Key { name, env, flag: "" }
 }
@@ -55,7 +76,7 @@ const TOKEN_FILE: Key = key("token_file", "FFCLUSTER_TOKEN_FILE");
 /// Every key of `shim.toml` and its environment variable, in the order of
 /// contrib/config/shim.toml.
 #[cfg(test)]
-pub const KEYS: [Key; 8] = [
+pub const KEYS: [Key; 9] = [
     key("ffmpeg", "FFCLUSTER_FFMPEG"),
     key("ffprobe", "FFCLUSTER_FFPROBE"),
     key("controller", "FFCLUSTER_CONTROLLER"),
@@ -63,6 +84,7 @@ pub const KEYS: [Key; 8] = [
     TOKEN_FILE,
     key("mode", "FFCLUSTER_MODE"),
     key("probe_cache", "FFCLUSTER_PROBE_CACHE"),
+    key("probes", "FFCLUSTER_PROBES"),
     key("log", "FFCLUSTER_LOG"),
 ];
 
@@ -84,6 +106,8 @@ pub struct FileConfig {
     pub mode: Option<String>,
     /// Directory of cached probe answers (`FFCLUSTER_PROBE_CACHE`); `"off"` disables it.
     pub probe_cache: Option<String>,
+    /// `local` or `cluster`: who answers capability probes (`FFCLUSTER_PROBES`).
+    pub probes: Option<String>,
     /// File the shim appends its own log lines to (`FFCLUSTER_LOG`).
     pub log: Option<PathBuf>,
 }
@@ -113,6 +137,9 @@ pub struct Config {
     /// (logged, then treated as auto).
     pub bad_mode: Option<(String, String)>,
     pub probe_cache: Option<PathBuf>,
+    pub probes: Probes,
+    /// The probes string when it was not understood (logged, then local).
+    pub bad_probes: Option<String>,
     pub log: Option<PathBuf>,
     pub file: Option<PathBuf>,
 }
@@ -157,6 +184,8 @@ impl Config {
             Some(s) => Some(PathBuf::from(s)),
             None => default_cache_dir(&env),
         };
+        let probes_str = env("FFCLUSTER_PROBES").or(file.probes);
+        let probes = probes_str.as_deref().map(Probes::parse);
         let cfg = Config {
             ffmpeg: env("FFCLUSTER_FFMPEG").map(PathBuf::from).or(file.ffmpeg),
             ffprobe: env("FFCLUSTER_FFPROBE").map(PathBuf::from).or(file.ffprobe),
@@ -165,6 +194,8 @@ impl Config {
             mode: mode.flatten().unwrap_or_default(),
             bad_mode: if mode == Some(None) { mode_str.map(|m| (m, mode_source)) } else { None },
             probe_cache,
+            probes: probes.flatten().unwrap_or_default(),
+            bad_probes: if probes == Some(None) { probes_str } else { None },
             log: env("FFCLUSTER_LOG").map(PathBuf::from).or(file.log),
             file: path,
         };
@@ -246,6 +277,7 @@ mod tests {
         assert_eq!(c.mode, Mode::Auto);
         assert!(c.bad_mode.is_none());
         assert_eq!(c.probe_cache.as_deref(), Some(Path::new("/var/cache/ffcluster/probes")));
+        assert_eq!(c.probes, Probes::Local);
         assert!(c.token.is_some());
     }
 
@@ -270,6 +302,16 @@ mod tests {
         let (c, err) = Config::load_from(env(&[("FFCLUSTER_CONFIG", f.to_str().unwrap())]));
         assert!(err.unwrap().to_string().contains("token_file"));
         assert_eq!(c.token, None);
+    }
+
+    #[test]
+    fn probes_from_the_cluster() {
+        let (c, _) = Config::load_from(env(&[("FFCLUSTER_PROBES", "cluster")]));
+        assert_eq!((c.probes, c.bad_probes), (Probes::Cluster, None));
+        let (c, _) = Config::load_from(env(&[("FFCLUSTER_PROBES", "gpu")]));
+        assert_eq!((c.probes, c.bad_probes.as_deref()), (Probes::Local, Some("gpu")));
+        let (c, _) = Config::load_from(env(&[]));
+        assert_eq!(c.probes, Probes::Local);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! The shim writes nothing of its own to stdout, ever.
 
 mod cluster;
+mod cluster_probe;
 mod config;
 mod local;
 mod log;
@@ -58,6 +59,9 @@ fn main() -> ExitCode {
     if let Some((bad, source)) = &cfg.bad_mode {
         log.line(format_args!("mode {bad:?} (from {source}) is not one of auto|local|whole|split; using auto"));
     }
+    if let Some(bad) = &cfg.bad_probes {
+        log.line(format_args!("probes {bad:?} is not one of local|cluster; using local"));
+    }
     let me = real::SelfLocation::detect(&argv0);
 
     // Arguments that are not UTF-8 cannot be modelled; ffmpeg takes them as bytes.
@@ -88,7 +92,11 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     if let (Route::Cluster, Some(a), Some(v)) = (&route, &utf8, &verdict) {
-        if v.decision == ffmpeg::Decision::Split && cfg.mode != config::Mode::Whole {
+        let hardware = ffcluster::hardware::hardware_needs(&v.needs);
+        if !hardware.is_empty() && v.decision == ffmpeg::Decision::Split {
+            // The finisher would open the job's devices on this host.
+            log.line(format_args!("split: not split (needs {}); the whole job goes to one node", hardware.join(", ")));
+        } else if v.decision == ffmpeg::Decision::Split && cfg.mode != config::Mode::Whole {
             match try_split(a, v, &cfg, &me, &log) {
                 Some(cluster::Outcome::Exit(code)) => return ExitCode::from(code),
                 Some(cluster::Outcome::Fallback(why)) => {
@@ -140,11 +148,17 @@ fn answer_probe(
     me: &real::SelfLocation,
     log: &Log,
 ) -> Option<u8> {
-    let dir = cfg.probe_cache.as_ref()?;
     // Interactive use gets colours and the real thing; caching is for Jellyfin's pipes.
     if std::io::stderr().is_terminal() || std::io::stdout().is_terminal() || std::env::var_os("FFREPORT").is_some() {
         return None;
     }
+    if program == Program::Ffmpeg
+        && cfg.probes == config::Probes::Cluster
+        && let Some(answer) = cluster_answer(args, cfg, log)
+    {
+        return Some(probe_cache::replay(&answer).clamp(0, 255) as u8);
+    }
+    let dir = cfg.probe_cache.as_ref()?;
     let cache = ProbeCache::new(dir);
     let real = real::find(program, cfg, me);
     let key = Key::new(program.as_str(), args, real.as_ref().ok().and_then(|p| BinaryId::of(p)));
@@ -166,6 +180,40 @@ fn answer_probe(
         }
     };
     Some(probe_cache::replay(&answer).clamp(0, 255) as u8)
+}
+
+/// How long an answer from the cluster is reused before the controller is asked
+/// again: long enough for Jellyfin's burst of start-up probes, short enough to
+/// notice a GPU node that joined.
+const CLUSTER_ANSWER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The cluster's answer to a capability probe (`probes = "cluster"`), from the
+/// probe cache while fresh, else from the controller. `None`: answer locally.
+fn cluster_answer(args: &[String], cfg: &Config, log: &Log) -> Option<Answer> {
+    let (Some(controller), Some(token)) = (&cfg.controller, &cfg.token) else {
+        log.line(format_args!(
+            "probes from the cluster need FFCLUSTER_CONTROLLER and FFCLUSTER_TOKEN; answering locally"
+        ));
+        return None;
+    };
+    let cache = cfg.probe_cache.as_ref().map(ProbeCache::new);
+    let key = Key::new("ffmpeg@cluster", args, None);
+    if let Some(a) = cache.as_ref().and_then(|c| c.get_fresh(&key, CLUSTER_ANSWER_TTL)) {
+        return Some(a);
+    }
+    match cluster_probe::fetch(controller, token, args) {
+        Ok(got) => {
+            log.line(format_args!("probe {} answered by node {}", shell_join(args), got.node));
+            if let Some(Err(e)) = cache.as_ref().map(|c| c.put(&key, &got.answer)) {
+                log.line(format_args!("{e}"));
+            }
+            Some(got.answer)
+        }
+        Err(e) => {
+            log.line(format_args!("probe {} from the cluster: {e}; answering locally", shell_join(args)));
+            None
+        }
+    }
 }
 
 fn exec_local(

@@ -111,6 +111,17 @@ impl ProbeCache {
         read_entry(&self.dir.join(key.file_name()), key)
     }
 
+    /// The answer for `key` if it was recorded less than `max_age` ago (answers
+    /// from the cluster, which change when nodes come and go).
+    pub fn get_fresh(&self, key: &Key, max_age: std::time::Duration) -> Option<Answer> {
+        let path = self.dir.join(key.file_name());
+        let age = std::fs::metadata(&path).ok()?.modified().ok()?.elapsed().ok()?;
+        if age > max_age {
+            return None;
+        }
+        read_entry(&path, key)
+    }
+
     /// The last answer recorded for this probe by any binary: what Jellyfin gets
     /// when the binary that answered before cannot be run now.
     pub fn get_any_binary(&self, key: &Key) -> Option<Answer> {
@@ -191,6 +202,19 @@ mod tests {
         let upgraded = Key::new("ffmpeg", &["-encoders".into()], Some(BinaryId { size: 11, ..bin }));
         assert_eq!(cache.get(&upgraded), None, "another binary misses the exact entry");
         assert_eq!(cache.get_any_binary(&upgraded), Some(ans));
+    }
+
+    #[test]
+    fn fresh_entries_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ProbeCache::new(dir.path());
+        let key = Key::new("ffmpeg@cluster", &["-encoders".into()], None);
+        let ans = Answer { stdout: b"list".to_vec(), stderr: vec![], code: 0 };
+        assert_eq!(cache.get_fresh(&key, std::time::Duration::from_secs(60)), None);
+        cache.put(&key, &ans).unwrap();
+        assert_eq!(cache.get_fresh(&key, std::time::Duration::from_secs(60)), Some(ans));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(cache.get_fresh(&key, std::time::Duration::from_millis(10)), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use ffcluster::ffmpeg::decision::{Decision, Reason, Verdict};
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, Probes};
 
 /// What the shim does with one invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,12 @@ pub fn choose(v: &Verdict, args: &[String], cfg: &Config) -> Route {
                 v.reason.as_str()
             ));
         }
+        // Jellyfin built it for hardware the cluster reported, which this host
+        // may not have: a node that has it runs it (chapter images, remuxes).
+        (Decision::Local, Mode::Auto)
+            if cfg.probes == Probes::Cluster
+                && FORCEABLE.contains(&v.reason)
+                && !ffcluster::hardware::hardware_needs(&v.needs).is_empty() => {}
         (Decision::Local, _) => return Route::Local,
         (Decision::Whole | Decision::Split, _) => {}
     }
@@ -103,5 +109,22 @@ mod tests {
         let stdin = "-i - -c:v libx264 out.mp4";
         assert!(matches!(route(stdin, Mode::Whole, true), Route::Fallback(w) if w.contains("cannot apply")));
         assert_eq!(route("-version", Mode::Whole, true), Route::CachedProbe);
+    }
+
+    #[test]
+    fn hardware_jobs_follow_the_cluster_probes() {
+        let a: Vec<String> = "-hwaccel vaapi -ss 10 -i in.mkv -frames:v 1 -c:v mjpeg_vaapi out.jpg"
+            .split(' ')
+            .map(str::to_owned)
+            .collect();
+        let v = classify(ffcluster::ffmpeg::Program::Ffmpeg, &a);
+        assert_eq!(v.reason, Reason::SingleFrame);
+        let mut cfg = Config { controller: Some("http://c:9470".into()), token: Some("t".into()), ..Config::default() };
+        assert_eq!(choose(&v, &a, &cfg), Route::Local);
+        cfg.probes = Probes::Cluster;
+        assert_eq!(choose(&v, &a, &cfg), Route::Cluster);
+        // Software jobs stay here.
+        let sw: Vec<String> = "-ss 10 -i in.mkv -frames:v 1 out.jpg".split(' ').map(str::to_owned).collect();
+        assert_eq!(choose(&classify(ffcluster::ffmpeg::Program::Ffmpeg, &sw), &sw, &cfg), Route::Local);
     }
 }

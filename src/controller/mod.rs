@@ -30,6 +30,7 @@ pub mod joblog;
 mod metrics;
 mod node_link;
 mod outbox;
+mod probes;
 pub mod relay;
 pub mod scheduler;
 mod shim_link;
@@ -58,8 +59,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::protocol::{
-    DEAD_AFTER, FILES_PATH, FRAME_HEADER, HEARTBEAT_INTERVAL, MAX_FRAME_PAYLOAD, NODE_PATH, SHIM_PATH, STATUS_PATH,
-    bearer, secret_eq,
+    DEAD_AFTER, FILES_PATH, FRAME_HEADER, HEARTBEAT_INTERVAL, MAX_FRAME_PAYLOAD, NODE_PATH, PROBES_PATH, SHIM_PATH,
+    STATUS_PATH, bearer, secret_eq,
 };
 use state::{Registry, unix_ms_now};
 pub use status::Status;
@@ -127,9 +128,12 @@ pub(crate) struct Shared {
     registry: Mutex<Registry>,
     /// The registry's counters, bumped by the links without its lock.
     metrics: Arc<metrics::Metrics>,
-    shutdown: shutdown::Signal,
     /// Every job's log; the registry writes it too.
     logs: Arc<joblog::JobLogs>,
+    shutdown: shutdown::Signal,
+    /// Nodes' capability probe answers (README, Hardware), apart from the
+    /// registry: large, and never needed under its lock.
+    probes: Mutex<probes::ProbeStore>,
     /// Dropped with the last `Shared`: `run` knows every link has finished.
     _alive: mpsc::Sender<()>,
 }
@@ -139,6 +143,10 @@ impl Shared {
         // Registry updates are single statements that leave it consistent; a
         // panic in one handler must not take the whole controller down.
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn probes(&self) -> MutexGuard<'_, probes::ProbeStore> {
+        self.probes.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -159,15 +167,16 @@ pub async fn run(
     let shared = Arc::new(Shared {
         config,
         metrics: registry.metrics(),
+        logs: registry.logs(),
         registry: Mutex::new(registry),
         shutdown: trigger.signal(),
+        probes: Mutex::new(probes::ProbeStore::default()),
         _alive: alive,
     });
     let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let ticker = tokio::spawn(tick(shared.clone()));
     let watcher = {
         let trigger = trigger.clone();
-        logs: registry.logs(),
         tokio::spawn(async move {
             shutdown.await;
             trigger.fire();
@@ -216,8 +225,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(NODE_PATH, get(node_ws))
         .route(SHIM_PATH, get(shim_ws))
         .route(STATUS_PATH, get(status))
+        .route(PROBES_PATH, get(probes::serve))
         .route(admin::METRICS_PATH, get(admin::metrics))
         .route(&format!("{}/{{name}}/drain", admin::NODES_PATH), post(admin::drain).delete(admin::undrain))
+        .route(&format!("{}/{{id}}/log", joblog::JOBS_PATH), get(joblog::serve))
         .route_layer(middleware::from_fn_with_state(shared.clone(), require_token));
     let open = Router::new()
         .route(&format!("{FILES_PATH}/{{access}}/{{file}}"), get(relay::serve_file))
@@ -228,7 +239,6 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/dashboard/app.css", get(dashboard::style));
     authed.merge(open).with_state(shared)
 }
-        .route(&format!("{}/{{id}}/log", joblog::JOBS_PATH), get(joblog::serve))
 
 async fn require_token(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);

@@ -17,7 +17,7 @@ use super::outbox::{CLOSE_GOING_AWAY, CLOSE_POLICY, Outbox, close, pump};
 use super::split::AttemptEnd;
 use super::state::{NodeInfo, Outcome, Registry, Target, millis};
 use super::status::JobMode;
-use crate::protocol::{Frame, FrameKind, NodeMsg, PROTOCOL_VERSION, ToNode, ToShim};
+use crate::protocol::{Capabilities, Frame, FrameKind, NodeMsg, PROTOCOL_VERSION, ToNode, ToShim};
 
 /// Stdin bytes queued for one node before the shims sending them are held back.
 const NODE_BUDGET: u32 = 1 << 20;
@@ -60,6 +60,7 @@ pub(crate) async fn handle(socket: WebSocket, shared: Arc<Shared>, peer: SocketA
     };
 
     let name = info.name.clone();
+    let caps = info.caps.clone();
     let (outbox, rx) = Outbox::new(NODE_BUDGET);
     if info.slots == 0 {
         warn!(node = %name, "node announces no slots; it will get no jobs");
@@ -83,7 +84,7 @@ pub(crate) async fn handle(socket: WebSocket, shared: Arc<Shared>, peer: SocketA
         Some((shared.config.heartbeat_interval, ToNode::Heartbeat)),
     ));
 
-    let link = Link { id, name, shared: shared.clone(), outbox: outbox.clone(), last_seen, epoch };
+    let link = Link { id, name, caps, shared: shared.clone(), outbox: outbox.clone(), last_seen, epoch };
     let end = link.relay(&mut stream).await;
     let reason = match end {
         End::Shutdown => "controller shutting down".to_owned(),
@@ -94,6 +95,7 @@ pub(crate) async fn handle(socket: WebSocket, shared: Arc<Shared>, peer: SocketA
         End::Silent(quiet) => warn!(node = %link.name, id, "node silent for {} ms; dropping it", millis(*quiet)),
         End::Shutdown => debug!(node = %link.name, id, "closing node link for shutdown"),
     }
+    shared.probes().remove(id);
     let lost = shared.registry().remove_node(id, &reason, Instant::now());
     for ended in lost {
         ended.shim.finish(ToShim::Failed { reason: reason.clone() });
@@ -130,6 +132,8 @@ async fn goodbye(sink: &mut SplitSink<WebSocket, Message>, reason: String) {
 struct Link {
     id: u64,
     name: String,
+    /// What the node advertised, for ranking its probe answers.
+    caps: Capabilities,
     shared: Arc<Shared>,
     outbox: Outbox<ToNode>,
     last_seen: Arc<AtomicU64>,
@@ -236,6 +240,10 @@ impl Link {
                     None => debug!(node = %self.name, job, "refusal of a job this node does not run; dropped"),
                 }
             }
+            NodeMsg::Probes { answers } => {
+                debug!(node = %self.name, answers = answers.len(), "capability probe answers received");
+                self.shared.probes().insert(self.id, &self.name, &self.caps, answers);
+            }
             NodeMsg::Hello { .. } => warn!(node = %self.name, "repeated hello ignored"),
         }
     }
@@ -266,6 +274,8 @@ impl Link {
                     let metrics = &self.shared.metrics;
                     metrics.output_bytes(JobMode::Whole, frame.payload.len());
                     metrics.first_output(&shim.first_output, shim.connected.elapsed());
+                } else {
+                    self.shared.logs.stderr(frame.job, frame.payload);
                 }
                 shim.out.binary(frame.with_job(0).encode()).await;
             }
@@ -274,8 +284,6 @@ impl Link {
             }
             Some(Target::Chunk { shim, chunk }) => {
                 // The shim tells attempts apart by job and joins chunks by id.
-                } else {
-                    self.shared.logs.stderr(frame.job, frame.payload);
                 let out = Frame::new(FrameKind::Output, frame.job, chunk, frame.offset, frame.payload).encode();
                 let Some(share) = shim.out.reserve(out.len()).await else { return };
                 // The attempt may have lost its race or failed while we waited;

@@ -94,6 +94,12 @@ impl Opt {
         Opt { avoption: def.is_none(), key, value: value.map(Into::into), negated, def, pos: None }
     }
 
+    /// The same option and value under another key, rendered where this one
+    /// was written (an option renamed by a node's argument translation).
+    pub fn with_key(&self, key: impl Into<String>) -> Opt {
+        Opt { pos: self.pos, ..Opt::new(key, self.value.clone()) }
+    }
+
     /// The option's name without stream specifier or `no` prefix, aliases resolved:
     /// `codec` for `codec:v:0` and `c:v`, `accurate_seek` for `noaccurate_seek`.
     pub fn name(&self) -> &str {

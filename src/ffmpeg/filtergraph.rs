@@ -21,6 +21,33 @@ pub fn filter_names(graph: &str) -> Vec<String> {
     names
 }
 
+/// `graph` with every filter named `from` renamed to `to` (arguments, labels and
+/// instance names kept), or `None` when no filter is named `from`. Used by node
+/// argument translations (`scale_qsv` run as `scale_vaapi`).
+pub fn rename_filter(graph: &str, from: &str, to: &str) -> Option<String> {
+    let mut out = String::with_capacity(graph.len());
+    let mut done = 0;
+    let mut hit = false;
+    for filter in split_top_level(graph) {
+        // Byte offset of this description inside `graph` (it is a subslice).
+        let start = filter.as_ptr() as usize - graph.as_ptr() as usize;
+        let mut rest = filter.trim_start();
+        while let Some(stripped) = rest.strip_prefix('[') {
+            rest = stripped.split_once(']').map_or("", |(_, r)| r).trim_start();
+        }
+        let at = start + (filter.len() - rest.len());
+        let end = rest.find(['=', '@', '[', ' ', '\t', '\n']).unwrap_or(rest.len());
+        if &rest[..end] == from {
+            out.push_str(&graph[done..at]);
+            out.push_str(to);
+            done = at + end;
+            hit = true;
+        }
+    }
+    out.push_str(&graph[done..]);
+    hit.then_some(out)
+}
+
 /// Splits a graph into filter descriptions at `,` and `;` outside quotes and escapes.
 fn split_top_level(graph: &str) -> Vec<&str> {
     let mut parts = Vec::new();
@@ -48,7 +75,18 @@ fn split_top_level(graph: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::filter_names;
+    use super::{filter_names, rename_filter};
+
+    #[test]
+    fn renames_filters_only_where_they_are_named() {
+        let g = "[0:v]scale_qsv=w=1280:h=720,format=nv12[v];[v]scale_qsv@x,drawtext=text='scale_qsv'";
+        assert_eq!(
+            rename_filter(g, "scale_qsv", "scale_vaapi").as_deref(),
+            Some("[0:v]scale_vaapi=w=1280:h=720,format=nv12[v];[v]scale_vaapi@x,drawtext=text='scale_qsv'")
+        );
+        assert_eq!(rename_filter("scale=1:2", "scale_qsv", "x"), None);
+        assert_eq!(rename_filter("scale", "scale", "scale_vaapi").as_deref(), Some("scale_vaapi"));
+    }
 
     #[test]
     fn jellyfin_software_chain() {
