@@ -541,6 +541,18 @@ mod tests {
     }
 
     #[test]
+    fn floats_survive_a_json_round_trip() {
+        // Found by the `protocol` fuzz target: without serde_json's
+        // `float_roundtrip`, 3.0048e85 decoded one ULP off, so a message did not
+        // decode to what was encoded.
+        for start in [3.0048e85, 3.0045, 1e-300, f64::MAX, 5e-324] {
+            let m = ToShim::ChunkStarted { chunk: 1, attempt: 2, node: "n".into(), start, end: start, last: false };
+            let s = serde_json::to_string(&m).unwrap();
+            assert_eq!(serde_json::from_str::<ToShim>(&s).unwrap(), m, "{s}");
+        }
+    }
+
+    #[test]
     fn secrets_and_headers() {
         assert!(secret_eq(b"abc", b"abc"));
         assert!(!secret_eq(b"abc", b"abd"));
@@ -558,18 +570,6 @@ mod tests {
         assert_eq!(http_url("h:1", STATUS_PATH), "http://h:1/api/v1/status");
     }
 
-    #[test]
-    fn missing_capabilities() {
-        let caps = Capabilities {
-            encoders: ["libx264".into(), "aac".into()].into(),
-            filters: ["scale".into()].into(),
-            ..Default::default()
-        };
-        let mut needs = Needs::default();
-        needs.encoders.insert("libx264".into());
-        needs.filters.insert("scale".into());
-        assert!(caps.missing(&needs).is_empty());
-        needs.encoders.insert("h264_nvenc".into());
     #[test]
     fn probe_queries_round_trip() {
         let args = vec!["-h".to_owned(), "filter=scale_cuda".to_owned(), "a b&c%".to_owned()];
@@ -590,6 +590,18 @@ mod tests {
         assert_eq!(serde_json::from_str::<NodeMsg>(&s).unwrap(), probes);
     }
 
+    #[test]
+    fn missing_capabilities() {
+        let caps = Capabilities {
+            encoders: ["libx264".into(), "aac".into()].into(),
+            filters: ["scale".into()].into(),
+            ..Default::default()
+        };
+        let mut needs = Needs::default();
+        needs.encoders.insert("libx264".into());
+        needs.filters.insert("scale".into());
+        assert!(caps.missing(&needs).is_empty());
+        needs.encoders.insert("h264_nvenc".into());
         needs.hwaccels.insert("cuda".into());
         assert_eq!(caps.missing(&needs), ["encoder h264_nvenc", "hwaccel cuda"]);
     }

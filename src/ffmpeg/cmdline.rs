@@ -331,10 +331,18 @@ impl CommandLine {
         for o in &self.globals {
             units.push((key(o.pos, -1), o.tokens()));
         }
-        let mut group = |opts: &[Opt], sep_pos: Option<usize>, sep: Vec<String>, units: &mut Vec<_>, gi: usize| {
+        // `after_dashdash`: the separator was written right after a `--`, so added
+        // options go before that `--` (after it, the first would be the output).
+        let mut group = |opts: &[Opt],
+                         sep_pos: Option<usize>,
+                         after_dashdash: bool,
+                         sep: Vec<String>,
+                         units: &mut Vec<_>,
+                         gi: usize| {
             let sep_key = sep_pos.map_or(end + 2 * gi as i64, |p| 2 * p as i64);
+            let added_key = if after_dashdash && sep_pos.is_some() { sep_key - 3 } else { sep_key - 1 };
             for o in opts {
-                units.push((key(o.pos, sep_key - 1), o.tokens()));
+                units.push((key(o.pos, added_key), o.tokens()));
             }
             units.push((key(sep_pos, sep_key), sep));
         };
@@ -343,7 +351,7 @@ impl CommandLine {
                 InputKind::File => "-i",
                 InputKind::Decoder => "-dec",
             };
-            group(&inp.opts, inp.pos, vec![flag.to_owned(), inp.url.raw.clone()], &mut units, gi);
+            group(&inp.opts, inp.pos, false, vec![flag.to_owned(), inp.url.raw.clone()], &mut units, gi);
         }
         let n_in = self.inputs.len();
         for (gi, out) in self.outputs.iter().enumerate() {
@@ -352,7 +360,7 @@ impl CommandLine {
                 sep.push("--".to_owned());
             }
             sep.push(out.url.raw.clone());
-            group(&out.opts, out.pos, sep, &mut units, n_in + gi);
+            group(&out.opts, out.pos, out.after_dashdash, sep, &mut units, n_in + gi);
         }
         for o in &self.trailing {
             units.push((key(o.pos, i64::MAX), o.tokens()));
@@ -545,6 +553,19 @@ mod tests {
             cl.to_args(),
             ["-y", "-ss", "12", "-i", "in.mkv", "-c:v", "libx264", "-t", "6", "out.mp4", "second.mkv"]
         );
+    }
+
+    #[test]
+    fn added_options_go_before_a_dashdash() {
+        // Found while fuzzing (`argv`): an option added to an output written
+        // after `--` was rendered after the `--`, so ffmpeg took it for the output.
+        let mut cl = parse("-i x -f mp4 -- -weird-name.mp4");
+        cl.outputs[0].push(Opt::new("t", Some("6")));
+        let args = cl.to_args();
+        assert_eq!(args, ["-i", "x", "-f", "mp4", "-t", "6", "--", "-weird-name.mp4"]);
+        let again = CommandLine::parse(&args).unwrap();
+        assert_eq!(again.outputs.len(), 1);
+        assert_eq!(again.outputs[0].last_value("t"), Some("6"));
     }
 
     #[test]

@@ -842,21 +842,8 @@ fn finisher_args(
     audio: Option<usize>,
 ) -> Result<Vec<String>, NotSplit> {
     let mut fin = cl.clone();
-    fin.outputs[0] = out.clone();
-    let mut args = fin.to_args();
-    let at = args
-        .windows(2)
-        .position(|w| w[0] == "-i" && w[1] == input)
-        .ok_or_else(|| NotSplit::Shape("cannot place the finisher's input".into()))?;
-    let mut joined: Vec<String> =
-        ["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_VIDEO_INPUT].map(str::to_owned).to_vec();
-    if audio.is_some() {
-        joined.extend(["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_AUDIO_INPUT].map(str::to_owned));
-    }
-    args.splice(at + 2..at + 2, joined);
+    let mut out = out.clone();
     if let Some(outs) = explicit {
-        let url_at = args.len() - 1;
-        let mut maps = Vec::new();
         for (i, o) in outs.iter().enumerate() {
             let m = if i == vidx {
                 "1:0".to_owned()
@@ -865,10 +852,27 @@ fn finisher_args(
             } else {
                 format!("0:{}", o.index)
             };
-            maps.extend(["-map".to_owned(), m]);
+            // Added options render just before the output (and before a `--`).
+            out.push(Opt::new("map", Some(m)));
         }
-        args.splice(url_at..url_at, maps);
     }
+    fin.outputs[0] = out;
+    // The input's `-i`, found by a URL no argument can hold (argv strings end at
+    // a NUL): an option's value may be `-i` followed by a word equal to the input.
+    const MARK: &str = "\0input";
+    fin.inputs[0].url = crate::ffmpeg::url::Url::parse(MARK);
+    let mut args = fin.to_args();
+    let at = args
+        .windows(2)
+        .position(|w| w[0] == "-i" && w[1] == MARK)
+        .ok_or_else(|| NotSplit::Shape("cannot place the finisher's input".into()))?;
+    args[at + 1] = input.to_owned();
+    let mut joined: Vec<String> =
+        ["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_VIDEO_INPUT].map(str::to_owned).to_vec();
+    if audio.is_some() {
+        joined.extend(["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_AUDIO_INPUT].map(str::to_owned));
+    }
+    args.splice(at + 2..at + 2, joined);
     Ok(args)
 }
 
