@@ -272,27 +272,8 @@ fn measure(
     let mut reference = None;
     for r in 1..=args.runs {
         step(&format!("direct ffmpeg, run {r}/{}", args.runs));
-        let target = out.join(format!("direct-{r}"));
-        let mut cmd = Command::new(&tools.ffmpeg);
-        cmd.args(jellyfin_hls_args(&clip, &target, STEM, width, height));
-        if let Some(cg) = &direct_cgroup {
-            cg.confine(&mut cmd);
-        }
-        let t = timed(cmd, &target, &logs.join(format!("direct-{r}.stderr.log")))?;
-        let (segments, frames) = check_output(&tools.ffprobe, &target, reference)?;
-        reference.get_or_insert((segments, frames));
-        let direct = Figures {
-            wall: t.wall,
-            first_segment: t.first_segment,
-            vs_direct_ms: None,
-            shim_cpu: None,
-            controller_cpu: None,
-            worker_cpu: Some(t.children_cpu),
-            frames,
-            segments,
-            mode: "-".into(),
-        };
-        println!("    {}", direct.summary());
+        let clip_run = ClipRun { clip: &clip, width, height, out: &out, logs: &logs };
+        let direct = clip_run.direct(&tools.ffmpeg, &tools.ffprobe, r, direct_cgroup.as_ref(), &mut reference)?;
 
         for ((n, cluster), samples) in clusters.iter().zip(&mut cluster_samples) {
             let n = *n;
@@ -303,14 +284,14 @@ fn measure(
             let controller_before = process_cpu(cluster.controller);
             let workers_before = cluster.worker_cpu();
             let shim_log = logs.join(format!("shim-{label}.log"));
-            let mut cmd = Command::new(bin.join("ffmpeg"));
-            cmd.args(jellyfin_hls_args(&clip, &target, STEM, width, height))
-                .env("FFCLUSTER_CONTROLLER", &cluster.url)
-                .env("FFCLUSTER_TOKEN", &cluster.token)
-                .env("FFCLUSTER_MODE", "split")
-                .env("FFCLUSTER_FFMPEG", &tools.ffmpeg)
-                .env("FFCLUSTER_FFPROBE", &tools.ffprobe)
-                .env("FFCLUSTER_LOG", &shim_log);
+            let cmd = clip_run.through_shim(
+                &bin,
+                (&tools.ffmpeg, &tools.ffprobe),
+                &target,
+                &cluster.url,
+                &cluster.token,
+                &shim_log,
+            );
             let t = timed(cmd, &target, &logs.join(format!("shim-{label}.stderr.log")))?;
             let controller_cpu = delta(process_cpu(cluster.controller), controller_before);
             let worker_cpu = delta(cluster.worker_cpu(), workers_before);
@@ -354,6 +335,73 @@ fn measure(
         limits: limits.map(CgroupFs::describe),
         rows,
     })
+}
+
+/// The clip and where its runs write.
+struct ClipRun<'a> {
+    clip: &'a Path,
+    width: u32,
+    height: u32,
+    out: &'a Path,
+    logs: &'a Path,
+}
+
+impl ClipRun<'_> {
+    /// Run `r` of the real ffmpeg on the clip (in `cgroup` if given), checked
+    /// against `reference` (set by the first run).
+    fn direct(
+        &self,
+        ffmpeg: &Path,
+        ffprobe: &Path,
+        r: u32,
+        cgroup: Option<&Cgroup>,
+        reference: &mut Option<(usize, u64)>,
+    ) -> Result<Figures> {
+        let target = self.out.join(format!("direct-{r}"));
+        let mut cmd = Command::new(ffmpeg);
+        cmd.args(jellyfin_hls_args(self.clip, &target, STEM, self.width, self.height));
+        if let Some(cg) = cgroup {
+            cg.confine(&mut cmd);
+        }
+        let t = timed(cmd, &target, &self.logs.join(format!("direct-{r}.stderr.log")))?;
+        let (segments, frames) = check_output(ffprobe, &target, *reference)?;
+        reference.get_or_insert((segments, frames));
+        let direct = Figures {
+            wall: t.wall,
+            first_segment: t.first_segment,
+            vs_direct_ms: None,
+            shim_cpu: None,
+            controller_cpu: None,
+            worker_cpu: Some(t.children_cpu),
+            frames,
+            segments,
+            mode: "-".into(),
+        };
+        println!("    {}", direct.summary());
+        Ok(direct)
+    }
+
+    /// The same transcode through the shim (`bin/ffmpeg`), split on the
+    /// cluster at `controller`; `real` is the real ffmpeg and ffprobe.
+    fn through_shim(
+        &self,
+        bin: &Path,
+        real: (&Path, &Path),
+        target: &Path,
+        controller: &str,
+        token: &str,
+        shim_log: &Path,
+    ) -> Command {
+        let mut cmd = Command::new(bin.join("ffmpeg"));
+        cmd.args(jellyfin_hls_args(self.clip, target, STEM, self.width, self.height))
+            .env("FFCLUSTER_CONTROLLER", controller)
+            .env("FFCLUSTER_TOKEN", token)
+            .env("FFCLUSTER_MODE", "split")
+            .env("FFCLUSTER_FFMPEG", real.0)
+            .env("FFCLUSTER_FFPROBE", real.1)
+            .env("FFCLUSTER_LOG", shim_log);
+        cmd
+    }
 }
 
 fn plural(n: u32) -> &'static str {

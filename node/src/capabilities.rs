@@ -266,19 +266,25 @@ struct Captured {
     stderr: String,
 }
 
-async fn capture(ffmpeg: &Path, args: &[String], limit: Duration) -> anyhow::Result<Captured> {
-    use std::os::unix::process::ExitStatusExt;
+/// Runs ffmpeg with `args`, killed after `limit`.
+async fn output<S: AsRef<str>>(ffmpeg: &Path, args: &[S], limit: Duration) -> anyhow::Result<std::process::Output> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let child = Command::new(ffmpeg)
-        .args(args)
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", ffmpeg.display()))?;
-    let out = tokio::time::timeout(limit, child.wait_with_output())
+    Ok(tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .with_context(|| format!("ffmpeg {} did not finish in {limit:?}", args.join(" ")))??;
+        .with_context(|| format!("ffmpeg {} did not finish in {limit:?}", args.join(" ")))??)
+}
+
+async fn capture(ffmpeg: &Path, args: &[String], limit: Duration) -> anyhow::Result<Captured> {
+    use std::os::unix::process::ExitStatusExt;
+    let out = output(ffmpeg, args, limit).await?;
     let code = out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
     // Uploaded answers must be byte-exact: text that is not UTF-8 is not sent.
     let text =
@@ -321,17 +327,7 @@ pub async fn speed(ffmpeg: &Path, encoder: &str) -> anyhow::Result<f64> {
 /// Runs ffmpeg with `args` and returns its stdout; a non-zero exit is an error that
 /// carries the end of stderr.
 async fn run(ffmpeg: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let child = Command::new(ffmpeg)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", ffmpeg.display()))?;
-    let out = tokio::time::timeout(PROBE_TIMEOUT, child.wait_with_output())
-        .await
-        .with_context(|| format!("ffmpeg {} did not finish in {PROBE_TIMEOUT:?}", args.join(" ")))??;
+    let out = output(ffmpeg, args, PROBE_TIMEOUT).await?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(3).collect();

@@ -12,16 +12,16 @@
 use std::collections::HashSet;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
 use super::{
-    Figures, SEGMENT_SECS, STEM, WorkDir, catch_interrupts, check_output, generate_clip, later_ms, median, plural,
+    ClipRun, Figures, SEGMENT_SECS, WorkDir, catch_interrupts, check_output, generate_clip, later_ms, median, plural,
     timed,
 };
-use crate::demo::{fetch_status, jellyfin_hls_args, sibling, step};
+use crate::demo::{fetch_status, sibling, step};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -145,37 +145,15 @@ fn measure(args: &Args, token: &str, tools: &Tools, connected: usize, dir: &Path
     let mut reference = None;
     for r in 1..=args.runs {
         step(&format!("direct ffmpeg on this machine, run {r}/{}", args.runs));
-        let target = out.join(format!("direct-{r}"));
-        let mut cmd = Command::new(&tools.ffmpeg);
-        cmd.args(jellyfin_hls_args(&clip, &target, STEM, width, height));
-        let t = timed(cmd, &target, &logs.join(format!("direct-{r}.stderr.log")))?;
-        let (segments, frames) = check_output(&tools.ffprobe, &target, reference)?;
-        reference.get_or_insert((segments, frames));
-        let direct = Figures {
-            wall: t.wall,
-            first_segment: t.first_segment,
-            vs_direct_ms: None,
-            shim_cpu: None,
-            controller_cpu: None,
-            worker_cpu: Some(t.children_cpu),
-            frames,
-            segments,
-            mode: "-".into(),
-        };
-        println!("    {}", direct.summary());
+        let clip_run = ClipRun { clip: &clip, width, height, out: &out, logs: &logs };
+        let direct = clip_run.direct(&tools.ffmpeg, &tools.ffprobe, r, None, &mut reference)?;
 
         step(&format!("through the cluster at {}, run {r}/{}", args.controller, args.runs));
         let target = out.join(format!("cluster-{r}"));
         let known: HashSet<u64> = fetch_status(&args.controller, token)?.jobs.iter().map(|j| j.id).collect();
         let shim_log = logs.join(format!("shim-{r}.log"));
-        let mut cmd = Command::new(bin.join("ffmpeg"));
-        cmd.args(jellyfin_hls_args(&clip, &target, STEM, width, height))
-            .env("FFCLUSTER_CONTROLLER", &args.controller)
-            .env("FFCLUSTER_TOKEN", token)
-            .env("FFCLUSTER_MODE", "split")
-            .env("FFCLUSTER_FFMPEG", &tools.ffmpeg)
-            .env("FFCLUSTER_FFPROBE", &tools.ffprobe)
-            .env("FFCLUSTER_LOG", &shim_log);
+        let cmd =
+            clip_run.through_shim(&bin, (&tools.ffmpeg, &tools.ffprobe), &target, &args.controller, token, &shim_log);
         let t = timed(cmd, &target, &logs.join(format!("cluster-{r}.stderr.log")))?;
         let status = fetch_status(&args.controller, token)?;
         let new: Vec<_> = status.jobs.iter().filter(|j| !known.contains(&j.id)).collect();
