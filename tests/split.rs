@@ -387,3 +387,67 @@ fn a_stalled_audio_track_is_run_again_and_continues_seamlessly() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The shapes not covered above, and two split jobs sharing the nodes at once:
+/// an HLS event playlist and a progressive Matroska file run concurrently, then
+/// a progressive MPEG-TS file; each matches its direct run.
+#[test]
+fn event_playlist_mkv_and_ts_outputs_and_two_jobs_at_once() {
+    let c = Cluster::start(2);
+    let input = film(&c, "film.mkv", 12);
+    let md5 = "fedcba98765432100123456789abcdef";
+    let (direct, split) = (c.work.join("direct"), c.work.join("split"));
+    std::fs::create_dir_all(&direct).unwrap();
+    std::fs::create_dir_all(&split).unwrap();
+    let event = |dir: &Path| -> Vec<String> {
+        let mut a = jellyfin_hls(&input, dir, md5, false, 3);
+        let at = a.iter().position(|x| x == "-hls_playlist_type").unwrap();
+        a[at + 1] = "event".into();
+        a
+    };
+    let file = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = vec!["-i".into(), input.display().to_string()];
+        a.extend(["-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-c:a", "aac", "-y"].map(String::from));
+        a.push(out.display().to_string());
+        a
+    };
+    let (dmkv, smkv) = (c.work.join("direct.mkv"), c.work.join("split.mkv"));
+    run_ok(Command::new(real("ffmpeg")).args(event(&direct)).stdin(Stdio::null()));
+    run_ok(Command::new(real("ffmpeg")).args(file(&dmkv)).stdin(Stdio::null()));
+
+    let mut hls = shim(&c).args(event(&split)).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut mkv = shim(&c).args(file(&smkv)).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let (hls_err, mkv_err) = (collect_stderr(&mut hls), collect_stderr(&mut mkv));
+    let (hs, ms) = (hls.wait().unwrap(), mkv.wait().unwrap());
+    let (hls_err, mkv_err) = (hls_err.join().unwrap(), mkv_err.join().unwrap());
+    assert!(hs.success(), "{hls_err}\n{}", c.all_logs());
+    assert!(ms.success(), "{mkv_err}\n{}", c.all_logs());
+    let status = c.status();
+    let jobs = status["jobs"].as_array().unwrap();
+    assert_eq!(jobs.iter().filter(|j| j["mode"] == "split" && j["state"] == "done").count(), 2, "{status}");
+
+    let playlist = |d: &Path| d.join(format!("{md5}.m3u8"));
+    assert!(std::fs::read_to_string(playlist(&split)).unwrap().contains("#EXT-X-PLAYLIST-TYPE:EVENT"));
+    assert_eq!(names(&direct), names(&split));
+    let (d, s) = (extinf(&playlist(&direct)), extinf(&playlist(&split)));
+    assert_eq!(d.len(), s.len(), "segment count");
+    for (i, (a, b)) in d.iter().zip(&s).enumerate() {
+        assert!((a - b).abs() <= 1001.0 / 24000.0 + 1e-6, "segment {i}: direct {a} s, split {b} s");
+    }
+    for (d, s) in [(playlist(&direct), playlist(&split)), (dmkv.clone(), smkv.clone())] {
+        assert_eq!(decode_frames(&d), decode_frames(&s), "{}", s.display());
+        let (ad, as_) = (audio_samples(&d), audio_samples(&s));
+        assert!(ad.abs_diff(as_) <= 1024, "{}: audio samples direct {ad}, split {as_}", s.display());
+        assert_eq!(silences(&d), silences(&s), "{}: audio dropouts", s.display());
+    }
+
+    let (dts, sts) = (c.work.join("direct.ts"), c.work.join("split.ts"));
+    run_ok(Command::new(real("ffmpeg")).args(file(&dts)).stdin(Stdio::null()));
+    let out = shim(&c).args(file(&sts)).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.all_logs());
+    let status = c.status();
+    assert_eq!(status["jobs"].as_array().unwrap().iter().filter(|j| j["mode"] == "split").count(), 3, "{status}");
+    assert_eq!(decode_frames(&dts), decode_frames(&sts));
+    assert!(audio_samples(&dts).abs_diff(audio_samples(&sts)) <= 1024);
+    assert!(c.remote_ffmpegs().is_empty(), "chunk ffmpegs left running");
+}

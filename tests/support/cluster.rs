@@ -426,7 +426,10 @@ pub fn decode_frames(path: &Path) -> u64 {
             .args(["-map", "0:v:0", "-f", "null", "-"]),
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.trim().is_empty(), "decode errors in {}: {err}", path.display());
+    // Matroska's millisecond timestamps make the null muxer (not the decoder)
+    // complain about equal dts once rescaled; that is no decode error.
+    let err: Vec<&str> = err.lines().filter(|l| !l.contains("non monotonically increasing dts to muxer")).collect();
+    assert!(err.is_empty(), "decode errors in {}: {}", path.display(), err.join("\n"));
     let out = run_ok(
         Command::new(real("ffprobe"))
             .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
