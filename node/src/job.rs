@@ -285,7 +285,7 @@ impl SideFiles {
     }
 
     fn relay(&self, f: &FileOffer) -> String {
-        http_url(&self.controller, &format!("{FILES_PATH}/{}/{}", self.access, f.id))
+        http_url(&self.controller, &format!("{FILES_PATH}/{}/{}{}", self.access, f.id, relay_extension(f)))
     }
 
     fn input(&self, f: &FileOffer) -> String {
@@ -340,6 +340,24 @@ async fn fetch_one(f: Fetch, url: String) -> anyhow::Result<()> {
     }
     tracing::debug!(file = %what, bytes = f.offer.size, "side file ready");
     Ok(())
+}
+
+/// The offered file's extension, with its dot, for its relay URL (`…/1.mkv`;
+/// the controller ignores it). ffmpeg guesses a format from the name when the
+/// content alone is not conclusive (a damaged header): without the extension
+/// the node could read a file as another format than a local ffmpeg does, and
+/// fail differently. Only a short alphanumeric extension is kept, so the URL
+/// stays one plain path segment.
+fn relay_extension(f: &FileOffer) -> String {
+    let name = base_name(f.entry.as_deref().unwrap_or(&f.reference));
+    match name.rsplit_once('.') {
+        Some((stem, ext))
+            if !stem.is_empty() && (1..=8).contains(&ext.len()) && ext.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            format!(".{ext}")
+        }
+        _ => String::new(),
+    }
 }
 
 /// The last component of a path (the whole string when it has no `/`).
@@ -663,7 +681,7 @@ mod tests {
         let dir = dir.to_str().unwrap();
         let files = SideFiles::plan(&spec, &c, dir, &refs);
         assert_eq!(files.input(&spec.files[0]), format!("file:{}/movies/a.mkv", nas.display()));
-        assert_eq!(files.input(&spec.files[1]), "http://ctl:9470/api/v1/files/cap%2F..%2Fx/1");
+        assert_eq!(files.input(&spec.files[1]), "http://ctl:9470/api/v1/files/cap%2F..%2Fx/1.mkv");
         assert_eq!(files.side(&spec.files[2]), format!("{dir}/side/2/x.srt"));
         assert_eq!(files.side_dir("/att/fonts"), format!("{dir}/side/dir0"));
         let dests: Vec<String> = files.fetches.iter().map(|f| f.dest.to_str().unwrap().to_owned()).collect();
@@ -681,3 +699,13 @@ mod tests {
         }
     }
 }
+
+    #[test]
+    fn relay_urls_keep_a_plain_extension_only() {
+        let ext = |r: &str, e: Option<&str>| relay_extension(&offer(0, r, e, 1));
+        assert_eq!(ext("/m/My Film (2001).mkv", None), ".mkv");
+        assert_eq!(ext("/att/fonts", Some("a.TTF")), ".TTF");
+        for odd in ["/m/noext", "/m/.hidden", "/m/a.b c", "/m/a.%2e", "/m/a.verylongext", "/m/a."] {
+            assert_eq!(ext(odd, None), "", "{odd}");
+        }
+    }

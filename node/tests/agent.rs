@@ -135,6 +135,11 @@ async fn serve_file(mut stream: TcpStream, files: &HashMap<String, PathBuf>) {
     }
     let head = String::from_utf8_lossy(&head).into_owned();
     let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+    // Nodes add the file's extension to its id (`…/0.mkv`); the controller ignores it.
+    let path = match path.rsplit_once('/') {
+        Some((dir, last)) => format!("{dir}/{}", last.split('.').next().unwrap_or(last)),
+        None => path,
+    };
     let Some(file) = files.get(&path) else {
         let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
         return;

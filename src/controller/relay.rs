@@ -90,7 +90,9 @@ pub(crate) async fn serve_file(
     headers: HeaderMap,
 ) -> Response {
     let not_found = || (StatusCode::NOT_FOUND, "no such file\n").into_response();
-    let Ok(file) = file.parse::<u32>() else { return not_found() };
+    // Nodes add the file's extension (`1.mkv`) for ffmpeg's format guess.
+    let id = file.split_once('.').map_or(file.as_str(), |(id, _)| id);
+    let Ok(file) = id.parse::<u32>() else { return not_found() };
     let Some(found) = shared.registry().servable(&access, file) else { return not_found() };
     let size = found.size;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());

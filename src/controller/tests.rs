@@ -292,6 +292,10 @@ async fn a_job_runs_on_a_node_end_to_end() {
     assert_eq!((r.status, r.body, reads), (206, pattern(SIZE - 10, 10), vec![(SIZE - 10, 10)]));
     let r = c.get(&file_path, &[("Range", "bytes=2000000-")]).await.unwrap();
     assert_eq!((r.status, r.header("content-range")), (416, Some("bytes */2000000")));
+    // Nodes add the input's extension to the id for ffmpeg's format guess.
+    let r = c.get(&format!("{file_path}.mkv"), &[("Range", "bytes=2000000-")]).await.unwrap();
+    assert_eq!((r.status, r.header("content-range")), (416, Some("bytes */2000000")));
+    assert_eq!(c.get(&format!("{FILES_PATH}/{}/1.mkv", spec.access), &[]).await.unwrap().status, 404);
     assert_eq!(c.get(&format!("{FILES_PATH}/{}/1", spec.access), &[]).await.unwrap().status, 404);
     assert_eq!(c.get(&format!("{FILES_PATH}/{}0/0", &spec.access[1..]), &[]).await.unwrap().status, 404);
 
