@@ -429,7 +429,14 @@ async fn supervise(
     let stdin = child.stdin.take().expect("stdin is piped");
     let stdin_task = tokio::spawn(feed_stdin(stdin, stdin_rx));
     let stderr = child.stderr.take().expect("stderr is piped");
-    let stderr_task = tokio::spawn(pump_stderr(job, stderr, rw.replacements.clone(), out.clone()));
+    let disk_full = Arc::new(AtomicBool::new(false));
+    let mut stderr_task = tokio::spawn(pump_stderr(
+        job,
+        stderr,
+        rw.replacements.clone(),
+        out.clone(),
+        DiskFull { flag: disk_full.clone(), ffmpeg: pid },
+    ));
     let stdout_task =
         child.stdout.take().map(|s| tokio::spawn(outputs::pump_stdout(job, s, file_ids.clone(), out.clone())));
     let (ended_tx, ended_rx) = watch::channel(None);
@@ -458,6 +465,14 @@ async fn supervise(
         tracing::info!(job, "ffmpeg killed, job dropped");
         return;
     }
+    // ffmpeg reports a full scratch disk only on stderr, and may still exit 0
+    // (it does when closing an mp4 fails): read stderr to the end before
+    // judging how the job ended. Its pipe closes as ffmpeg exits.
+    let stderr_read = tokio::time::timeout(Duration::from_secs(1), &mut stderr_task).await.is_ok();
+    let disk_full = disk_full.load(Ordering::Relaxed);
+    // Exit code 1, as an ffmpeg that gave up on a write error, whether it exited
+    // 0 or was killed for it.
+    let status = if disk_full { Ok(std::process::ExitStatus::from_raw(1 << 8)) } else { status };
     let (exit, ended) = match status {
         Ok(s) => {
             let exit = RemoteExit { code: s.code(), signal: s.signal() };
@@ -470,12 +485,15 @@ async fn supervise(
             (RemoteExit { code: None, signal: None }, Ended::Killed)
         }
     };
-    let _ = ended_tx.send(Some(ended));
+    // What was written after the disk filled up is damaged: publish no more of it.
+    let _ = ended_tx.send(Some(if disk_full { Ended::Killed } else { ended }));
 
     // Everything ffmpeg said and wrote goes out before Exited; a Cancel still wins.
     let drain = async {
         let streams = async {
-            let _ = stderr_task.await;
+            if !stderr_read {
+                let _ = stderr_task.await;
+            }
             if let Some(t) = stdout_task {
                 let _ = t.await;
             }
@@ -549,13 +567,41 @@ async fn feed_stdin(mut stdin: ChildStdin, mut rx: mpsc::UnboundedReceiver<Vec<u
     }
 }
 
+/// Watches ffmpeg's stderr for a full disk. On a node every output file is in
+/// the job's scratch directory, so "No space left on device" always means the
+/// node's scratch filled up and the output is incomplete, whatever ffmpeg's
+/// exit code says.
+struct DiskFull {
+    flag: Arc<AtomicBool>,
+    ffmpeg: Option<u32>,
+}
+
+impl DiskFull {
+    /// True (once) when `line` reports a full disk; ffmpeg is then killed, so
+    /// that it writes nothing more that could be published.
+    fn check(&self, line: &[u8]) -> bool {
+        let full = [nix::errno::Errno::ENOSPC, nix::errno::Errno::EDQUOT]
+            .iter()
+            .any(|e| line.windows(e.desc().len()).any(|w| w == e.desc().as_bytes()));
+        if !full || self.flag.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        if let Some(pid) = self.ffmpeg {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        true
+    }
+}
+
 /// Sends ffmpeg's stderr a line at a time (so no path is cut in two), with the
 /// node's paths and relay URLs turned back into the names the shim gave.
+/// A full disk is reported after the line that says so.
 async fn pump_stderr(
     job: JobId,
     mut stderr: ChildStderr,
     replacements: Vec<(String, String)>,
     out: Outbox,
+    disk_full: DiskFull,
 ) -> Result<(), Closed> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut pending: Vec<u8> = Vec::new();
@@ -571,7 +617,11 @@ async fn pump_stderr(
             None => 0,
         };
         if cut > 0 {
-            let text = translate(&pending[..cut], &replacements);
+            let mut text = translate(&pending[..cut], &replacements);
+            if pending[..cut].split_inclusive(|b| matches!(b, b'\n' | b'\r')).any(|l| disk_full.check(l)) {
+                tracing::error!(job, "the scratch disk is full; ffmpeg stopped, the output is incomplete");
+                text.extend_from_slice(b"ffcluster-node: the node's scratch disk is full; the output is incomplete\n");
+            }
             pending.drain(..cut);
             for chunk in text.chunks(MAX_FRAME_PAYLOAD) {
                 out.frame(&Frame::new(FrameKind::Stderr, job, 0, offset, chunk)).await?;
@@ -698,7 +748,6 @@ mod tests {
             assert!(!d[dir.len()..].contains("/../"), "{d}");
         }
     }
-}
 
     #[test]
     fn relay_urls_keep_a_plain_extension_only() {
@@ -709,3 +758,4 @@ mod tests {
             assert_eq!(ext(odd, None), "", "{odd}");
         }
     }
+}

@@ -1,0 +1,391 @@
+//! Fault tests with real processes: a node killed or frozen mid-chunk, the
+//! controller restarted mid-job, a node whose scratch disk fills up. Each ends
+//! with a correct output or a clear error, and no ffmpeg of the cluster left
+//! running anywhere (SIGKILL of the shim is in tests/split.rs and tests/cluster.rs).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::cluster::*;
+
+const MD5: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+fn split_shim(c: &Cluster) -> Command {
+    let mut cmd = c.shim();
+    cmd.env("FFCLUSTER_MODE", "split");
+    cmd
+}
+
+/// ffmpeg processes started for this cluster: every one (finisher, chunk,
+/// whole job) runs with its working directory inside the cluster's temporary
+/// directory, so this finds them even once their parent is gone and they were
+/// re-parented to init.
+fn cluster_ffmpegs(c: &Cluster) -> Vec<i32> {
+    let root = c.dir.path();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((head, tail)) = stat.rsplit_once(')') else { continue };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+        if comm != "ffmpeg" || tail.split_whitespace().next() == Some("Z") {
+            continue;
+        }
+        if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until no ffmpeg of the cluster runs; how long that took.
+fn wait_no_ffmpeg(c: &Cluster, limit: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let left = cluster_ffmpegs(c);
+        if left.is_empty() {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "ffmpeg still running after {limit:?}: {left:?}\n{}", c.all_logs());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Waits for `child` up to `limit`.
+fn wait_child(child: &mut Child, limit: Duration, c: &Cluster) -> ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the shim did not end within {limit:?}\n{}", c.all_logs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Video frames ffprobe can read from a file, damaged or not (`None` when it
+/// cannot read any stream at all).
+fn frames_lenient(path: &Path) -> Option<u64> {
+    let out = Command::new(real("ffprobe"))
+        .args(["-v", "quiet", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.trim().trim_end_matches(',').parse().ok())
+}
+
+/// A 640x360 H.264 + AAC clip, `seconds` long, 24 fps, keyframes every 2 s.
+fn clip(c: &Cluster, seconds: u32) -> PathBuf {
+    let path = c.work.join("clip.mkv");
+    make_clip(&path, seconds, "640x360", &[]);
+    path
+}
+
+/// Runs Jellyfin's HLS command line directly into `<work>/direct`.
+fn direct_hls(c: &Cluster, input: &Path) -> PathBuf {
+    let dir = c.work.join("direct");
+    std::fs::create_dir_all(&dir).unwrap();
+    run_ok(Command::new(real("ffmpeg")).args(jellyfin_hls(input, &dir, MD5, false, 3)).stdin(Stdio::null()));
+    dir
+}
+
+fn playlist(dir: &Path) -> PathBuf {
+    dir.join(format!("{MD5}.m3u8"))
+}
+
+/// The job's chunk records in the status document.
+fn chunks(c: &Cluster) -> Vec<Value> {
+    let s = c.status();
+    s["jobs"].as_array().and_then(|j| j.first()).and_then(|j| j["chunks"].as_array()).cloned().unwrap_or_default()
+}
+
+/// A running chunk attempt that is not the one the finisher is being fed (the
+/// lowest chunk not yet done): index ≥ 2 and past that head. Its node's name.
+fn victim(c: &Cluster) -> Option<(String, u64)> {
+    let recs = chunks(c);
+    let done: BTreeSet<u64> =
+        recs.iter().filter(|r| r["state"] == "done").filter_map(|r| r["chunk"].as_u64()).collect();
+    let head = (0..).find(|i| !done.contains(i)).unwrap();
+    recs.iter()
+        .filter(|r| r["state"] == "running")
+        .filter_map(|r| Some((r["node"].as_str()?.to_owned(), r["chunk"].as_u64()?)))
+        .find(|(_, chunk)| *chunk >= 2 && *chunk > head)
+}
+
+/// Waits until some node runs a chunk `victim` accepts, and that node's ffmpegs.
+fn find_victim(c: &Cluster) -> (usize, u64, Vec<i32>) {
+    let t = Instant::now();
+    loop {
+        if let Some((node, chunk)) = victim(c) {
+            let i = c.nodes.iter().position(|n| n.name == node).expect("a node of this cluster");
+            let ffmpegs = children_named(&[c.nodes[i].pid()], "ffmpeg");
+            if !ffmpegs.is_empty() {
+                return (i, chunk, ffmpegs);
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no chunk ≥ 2 ran past the head: {}", c.all_logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The split output matches the direct run: the same file names, the same
+/// decoded frame count, a complete decode.
+fn assert_matches_direct(direct: &Path, split: &Path) {
+    assert_eq!(names(direct), names(split), "file names differ");
+    assert_eq!(decode_frames(&playlist(direct)), decode_frames(&playlist(split)), "frame count");
+}
+
+/// SIGKILL of a node agent while it runs a chunk that is not being streamed:
+/// its ffmpeg dies with it (PR_SET_PDEATHSIG), the controller sees the socket
+/// close, the chunk runs again on another node and the output is the direct run's.
+#[test]
+fn a_node_killed_mid_chunk_is_rerun_elsewhere() {
+    let mut c = Cluster::start(3);
+    let input = clip(&c, 30);
+    let direct = direct_hls(&c, &input);
+    let split = c.work.join("split");
+    std::fs::create_dir_all(&split).unwrap();
+    let t = Instant::now();
+    let mut shim = split_shim(&c)
+        .args(jellyfin_hls(&input, &split, MD5, false, 3))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let (i, chunk, ffmpegs) = find_victim(&c);
+    c.nodes[i].signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    let _ = c.nodes[i].child.wait();
+    let name = c.nodes[i].name.clone();
+    eprintln!("killed {name} running chunk {chunk} (ffmpeg {ffmpegs:?}) at {:?}", t.elapsed());
+    // The orphaned ffmpeg dies with its agent.
+    for pid in &ffmpegs {
+        while Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+        {
+            assert!(killed.elapsed() < Duration::from_secs(2), "ffmpeg {pid} outlived its node agent");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let orphan_gone = killed.elapsed();
+
+    let status = wait_child(&mut shim, Duration::from_secs(60), &c);
+    let wall = t.elapsed();
+    assert!(status.success(), "{status:?}\n{}", c.all_logs());
+    let recs = chunks(&c);
+    let failed = recs.iter().find(|r| r["chunk"] == chunk && r["node"] == name.as_str()).expect("the killed attempt");
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let winner = recs.iter().find(|r| r["chunk"] == chunk && r["state"] == "done").expect("chunk done");
+    assert_ne!(winner["node"], name.as_str(), "{winner}");
+    let rerun_after =
+        winner["started_unix_ms"].as_u64().unwrap().saturating_sub(failed["started_unix_ms"].as_u64().unwrap());
+    assert_matches_direct(&direct, &split);
+    let gone = wait_no_ffmpeg(&c, Duration::from_secs(5));
+    eprintln!(
+        "orphan ffmpeg gone {orphan_gone:?} after the kill; chunk {chunk} re-ran on {} (started {rerun_after} ms after the \
+         killed attempt); job {wall:?}; nothing left {gone:?} after",
+        winner["node"]
+    );
+}
+
+/// A node frozen with its sockets open (agent and ffmpeg SIGSTOPped): the
+/// controller drops it after its heartbeats stop, the chunk runs elsewhere and
+/// the job matches the direct run; once the node runs again it learns its
+/// session is gone and kills the stale ffmpeg.
+#[test]
+fn a_frozen_node_is_expired_and_its_ffmpeg_killed_on_resume() {
+    let c = Cluster::start(3);
+    let input = clip(&c, 30);
+    let direct = direct_hls(&c, &input);
+    let split = c.work.join("split");
+    std::fs::create_dir_all(&split).unwrap();
+    let t = Instant::now();
+    let mut shim = split_shim(&c)
+        .args(jellyfin_hls(&input, &split, MD5, false, 3))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let (i, chunk, ffmpegs) = find_victim(&c);
+    let signal_all = |sig| {
+        c.nodes[i].signal(sig);
+        for pid in &ffmpegs {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), sig);
+        }
+    };
+    signal_all(Signal::SIGSTOP);
+    let frozen = Instant::now();
+    let name = c.nodes[i].name.clone();
+    eprintln!("froze {name} running chunk {chunk} (ffmpeg {ffmpegs:?}) at {:?}", t.elapsed());
+    c.wait_nodes(2, Duration::from_secs(6));
+    let expired = frozen.elapsed();
+
+    let status = wait_child(&mut shim, Duration::from_secs(60), &c);
+    let wall = t.elapsed();
+    assert!(status.success(), "{status:?}\n{}", c.all_logs());
+    let recs = chunks(&c);
+    let winner = recs.iter().find(|r| r["chunk"] == chunk && r["state"] == "done").expect("chunk done");
+    assert_ne!(winner["node"], name.as_str(), "{winner}");
+    assert_matches_direct(&direct, &split);
+    // The stopped ffmpegs are still there until the node runs again.
+    assert!(ffmpegs.iter().all(|p| Path::new(&format!("/proc/{p}")).exists()));
+
+    signal_all(Signal::SIGCONT);
+    let resumed = Instant::now();
+    let gone = wait_no_ffmpeg(&c, Duration::from_secs(5));
+    let back = c.wait_nodes(3, Duration::from_secs(15));
+    eprintln!(
+        "{name} dropped {expired:?} after freezing; job {wall:?}; stale ffmpeg gone {gone:?} after SIGCONT, node back \
+         {:?} after",
+        resumed.elapsed().max(back)
+    );
+}
+
+/// SIGKILL of the controller mid split job, and a new controller on the same
+/// port: the nodes reconnect by themselves (with backoff), the shim's job is
+/// lost. It must end with an error or a correct output, never a published
+/// segment that differs from the direct run's, and leave no ffmpeg behind. A new
+/// job through the shim then works.
+#[test]
+fn a_controller_restarted_mid_job() {
+    let mut c = Cluster::start(2);
+    let input = clip(&c, 30);
+    let direct = direct_hls(&c, &input);
+    let split = c.work.join("split");
+    std::fs::create_dir_all(&split).unwrap();
+    let mut shim = split_shim(&c)
+        .args(jellyfin_hls(&input, &split, MD5, false, 3))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = collect_stderr(&mut shim);
+    // Mid-job: a segment published and chunks running on the nodes.
+    c.wait_for_file(&split.join(format!("{MD5}1.ts")));
+    let t = Instant::now();
+    while c.remote_ffmpegs().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no chunk running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.controller.as_ref().unwrap().signal(Signal::SIGKILL);
+    let _ = c.controller.as_mut().unwrap().child.wait();
+    let killed = Instant::now();
+    let first_log = c.log("controller.log");
+    std::fs::write(c.dir.path().join("controller-before-restart.log"), first_log).unwrap();
+
+    let status = wait_child(&mut shim, Duration::from_secs(60), &c);
+    let shim_ended = killed.elapsed();
+    let err = err.join().unwrap();
+    c.start_controller();
+    let reconnected = c.wait_nodes(2, Duration::from_secs(20));
+    let gone = wait_no_ffmpeg(&c, Duration::from_secs(5));
+
+    if status.success() {
+        assert_matches_direct(&direct, &split);
+    } else {
+        assert!(err.contains("ffcluster: the split job was lost on the cluster"), "no clear error: {err}");
+    }
+    // Whatever was published is the direct run's, segment by segment.
+    let mut published = 0;
+    for name in names(&split).iter().filter(|n| n.ends_with(".ts")) {
+        let (d, s) = (direct.join(name), split.join(name));
+        assert!(d.exists(), "{name} is not a segment of the direct run");
+        assert_eq!(frames_lenient(&d), frames_lenient(&s), "segment {name} differs from the direct run's");
+        published += 1;
+    }
+    eprintln!(
+        "controller killed: shim ended {shim_ended:?} later with {status:?} ({published} segments published); nodes \
+         back {reconnected:?} after the new controller; nothing running {gone:?} after"
+    );
+
+    // A new job goes through the new controller.
+    let again = c.work.join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    let out = split_shim(&c).args(jellyfin_hls(&input, &again, MD5, false, 3)).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.all_logs());
+    assert_eq!(c.status()["jobs"][0]["mode"], "split", "{}", c.log("shim.log"));
+    assert_matches_direct(&direct, &again);
+    wait_no_ffmpeg(&c, Duration::from_secs(5));
+}
+
+/// A mounted tmpfs, unmounted on drop (lazily: a node may still have its
+/// working directory there).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir));
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A node whose scratch disk fills up while its ffmpeg writes a progressive
+/// mp4: no truncated file may be published as complete. The job ends with a
+/// clear error or runs locally and produces the direct run's output.
+#[test]
+fn a_full_scratch_disk_publishes_nothing_truncated() {
+    let mut c = Cluster::bare();
+    c.start_controller();
+    let scratch = c.dir.path().join("scratch-tiny");
+    let _mount = Tmpfs::mount(&scratch, "1m");
+    let mut cmd = isolated(Command::new(workspace_bin("ffcluster-node")));
+    cmd.args(["--controller", &c.url(), "--token", &c.token, "--name", "tiny", "--slots", "1"])
+        .arg("--scratch")
+        .arg(&scratch)
+        .arg("--ffmpeg")
+        .arg(real("ffmpeg"))
+        .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
+        .env("RUST_LOG", "info");
+    c.spawn_node("tiny", cmd);
+    c.wait_nodes(1, Duration::from_secs(30));
+
+    let input = c.work.join("movie.mp4");
+    make_clip(&input, 8, "640x360", &[]);
+    // About 4 MB at 4 Mb/s: several times what the scratch disk holds.
+    let args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = vec!["-i".into(), format!("file:{}", input.display())];
+        a.extend(
+            ["-codec:v:0", "libx264", "-preset", "ultrafast", "-b:v", "4M", "-codec:a:0", "aac"].map(String::from),
+        );
+        a.extend(["-f", "mp4", "-movflags", "frag_keyframe+empty_moov+delay_moov", "-y"].map(String::from));
+        a.push(out.display().to_string());
+        a
+    };
+    let direct = c.work.join("direct.mp4");
+    run_ok(Command::new(real("ffmpeg")).args(args(&direct)).stdin(Stdio::null()));
+    let out_file = c.work.join("out.mp4");
+    let t = Instant::now();
+    let out = c.shim().args(args(&out_file)).stdin(Stdio::null()).output().unwrap();
+    let wall = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let log = c.log("shim.log");
+    assert!(log.contains("runs on node"), "the job did not go to the node: {log}");
+    if out.status.success() {
+        assert_eq!(decode_frames(&out_file), decode_frames(&direct), "a truncated output published as complete");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("No space left on device"), "no clear error: {err}");
+        assert!(err.contains("ffcluster-node: the node's scratch disk is full"), "no clear error: {err}");
+    }
+    let gone = wait_no_ffmpeg(&c, Duration::from_secs(5));
+    eprintln!("full scratch: {:?} in {wall:?}; nothing running {gone:?} after; stderr:\n{err}", out.status);
+}
