@@ -770,6 +770,26 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
             _ => ss.max(vstart),
         },
     };
+    // ffmpeg's automatic frame-rate mode is constant for muxers without
+    // variable-rate support (mp4, mov, and hls) unless -copyts, and then fills
+    // a gap of half a frame or more between the output's start and a first
+    // frame that comes later by repeating it (its vsync rounds the gap plus one
+    // frame to a frame count). The finisher copies the video and cannot repeat
+    // frames, so such a job is not split (found by tests/badinput.rs: an mkv
+    // whose AAC audio starts its video at 21 ms gave direct 97 frames, split 96).
+    let lead = first_frame - seek_t.unwrap_or(0.0);
+    let lead = match fd {
+        Some(fd) if lead / fd < 0.5 - 1e-3 => 0.0,
+        _ => lead,
+    };
+    let copyts = cl.globals.iter().rev().find(|o| o.name() == "copyts").is_some_and(Opt::is_on);
+    let explicit_rate = output.opts.iter().chain(&cl.globals).any(|o| matches!(o.name(), "vsync" | "fps_mode" | "r"));
+    if lead > 1e-4 && !copyts && !explicit_rate && probe.streams.len() > 1 && constant_rate_muxer(shape) {
+        return Err(NotSplit::Shape(format!(
+            "the output repeats the first frame to fill the {:.0} ms before it (constant frame rate)",
+            lead * 1000.0
+        )));
+    }
     let (period, start_number) = match shape {
         OutputShape::Hls { start_number, .. } => {
             let grid = Grid::of(cl, 0, shape).ok_or_else(|| {
@@ -874,6 +894,19 @@ fn finisher_args(
     }
     args.splice(at + 2..at + 2, joined);
     Ok(args)
+}
+
+/// Whether ffmpeg 5.1's automatic frame-rate mode for this output is constant:
+/// muxers without AVFMT_VARIABLE_FPS (Matroska, MPEG-TS, FLV, NUT, WebM and AVI
+/// have it or are treated as variable).
+fn constant_rate_muxer(shape: &OutputShape) -> bool {
+    match shape {
+        OutputShape::Hls { .. } => true,
+        OutputShape::Progressive { format } | OutputShape::Stream { format } => {
+            matches!(format.as_str(), "mp4" | "mov" | "ipod" | "ismv" | "3gp" | "3g2" | "psp" | "f4v")
+        }
+        _ => false,
+    }
 }
 
 /// Audio encoders whose output survives a trip through MPEG-TS unchanged, and

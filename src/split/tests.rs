@@ -252,3 +252,29 @@ fn fmp4_strips_adts_and_an_unsafe_audio_stays_local() {
     // An audio bitstream filter would have to chain with the ADTS one.
     assert!(plan_of(&swap("-af", &["-bsf:a", "noise", "-af"]), &probe()).unwrap().plan.audio.is_none());
 }
+
+#[test]
+fn a_job_whose_direct_run_repeats_the_first_frame_is_not_split() {
+    // Video starting 21 ms after the file (AAC priming in Matroska), plain mp4
+    // output without -copyts: ffmpeg repeats the first frame, a copy cannot.
+    let json = r#"{"streams":[
+        {"index":0,"codec_type":"video","r_frame_rate":"24000/1001","avg_frame_rate":"24000/1001","start_time":"0.021000"},
+        {"index":1,"codec_type":"audio","channels":2,"start_time":"0.000000"}],
+        "format":{"start_time":"0.000000","duration":"24.000000"}}"#;
+    let late = Probe::from_json(json).unwrap();
+    let mp4 = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        a.extend("-i /media/in.mkv -c:v libx264 -c:a aac /tmp/out.mp4".split(' ').map(str::to_owned));
+        a
+    };
+    assert!(matches!(plan_of(&mp4(&[]), &late), Err(NotSplit::Shape(s)) if s.contains("repeats the first frame")));
+    // Variable-rate muxers, -copyts and an explicit rate mode do not repeat it.
+    let mkv: Vec<String> = mp4(&[]).into_iter().map(|a| a.replace("out.mp4", "out.mkv")).collect();
+    assert!(plan_of(&mkv, &late).is_ok());
+    assert!(plan_of(&mp4(&["-copyts"]), &late).is_ok());
+    let mut vfr = mp4(&[]);
+    vfr.splice(vfr.len() - 1..vfr.len() - 1, ["-fps_mode".to_owned(), "passthrough".to_owned()]);
+    assert!(plan_of(&vfr, &late).is_ok());
+    // A video that starts with the file is split as before.
+    assert!(plan_of(&mp4(&[]), &probe()).is_ok());
+}
