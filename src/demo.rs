@@ -198,9 +198,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     println!("     (this demo's are in {})", bin.display());
     println!("  2. set FFCLUSTER_CONTROLLER=http://<controller>:9470 and FFCLUSTER_TOKEN=<token> for Jellyfin,");
     println!("     or write them to /etc/ffcluster/shim.toml");
-    println!("  3. point Jellyfin at the shim: JELLYFIN_FFMPEG=<dir>/ffmpeg (or --ffmpeg <dir>/ffmpeg,");
-    println!("     or Dashboard > Playback > Transcoding > FFmpeg path)");
+    println!("  3. point Jellyfin at the shim with --ffmpeg <dir>/ffmpeg (the Debian package and the Docker");
+    println!("     image already pass --ffmpeg, which beats JELLYFIN_FFMPEG; see contrib/docs/JELLYFIN.md)");
     println!("  4. on each spare machine: ffcluster-node --controller http://<controller>:9470 --token <token>");
+    println!("  5. watch it at http://<controller>:9470/#token=<token>, or with `ffcluster status`");
     if !offloaded {
         bail!("the job ran locally instead of on a node; see {}", logs.join("shim.log").display());
     }
