@@ -246,18 +246,8 @@ fn measure(
     direct_cgroup: Option<Cgroup>,
     dir: &Path,
 ) -> Result<Report> {
-    let (bin, logs, out) = (dir.join("bin"), dir.join("logs"), dir.join("out"));
-    for d in [&bin, &logs, &out] {
-        std::fs::create_dir_all(d)?;
-    }
-    symlink(&tools.shim, bin.join("ffmpeg"))?;
-    symlink(&tools.shim, bin.join("ffprobe"))?;
-
-    let height = args.height;
-    let width = (height * 16 / 9).div_ceil(2) * 2;
-    step(&format!("generating a {} s {width}x{height} clip with 5.1 audio", args.seconds));
-    let clip = dir.join("source.mkv");
-    generate_clip(&tools.ffmpeg, &clip, args.seconds, width, height)?;
+    let Prepared { bin, logs, out, clip, width, height } =
+        prepare(dir, &tools.shim, &tools.ffmpeg, args.seconds, args.height)?;
 
     // Every cluster starts first and each round runs direct and every cluster
     // size back to back: the machine drifts by more than the differences the
@@ -335,6 +325,33 @@ fn measure(
         limits: limits.map(CgroupFs::describe),
         rows,
     })
+}
+
+/// A benchmark's working directory: the shim's `ffmpeg`/`ffprobe` links in
+/// `bin`, `logs`, `out`, and the generated clip.
+struct Prepared {
+    bin: PathBuf,
+    logs: PathBuf,
+    out: PathBuf,
+    clip: PathBuf,
+    width: u32,
+    height: u32,
+}
+
+/// Lays out `dir` and generates the standard clip (`seconds` long, 16:9 at
+/// `height`).
+fn prepare(dir: &Path, shim: &Path, ffmpeg: &Path, seconds: u32, height: u32) -> Result<Prepared> {
+    let (bin, logs, out) = (dir.join("bin"), dir.join("logs"), dir.join("out"));
+    for d in [&bin, &logs, &out] {
+        std::fs::create_dir_all(d)?;
+    }
+    symlink(shim, bin.join("ffmpeg"))?;
+    symlink(shim, bin.join("ffprobe"))?;
+    let width = (height * 16 / 9).div_ceil(2) * 2;
+    step(&format!("generating a {seconds} s {width}x{height} clip with 5.1 audio"));
+    let clip = dir.join("source.mkv");
+    generate_clip(ffmpeg, &clip, seconds, width, height)?;
+    Ok(Prepared { bin, logs, out, clip, width, height })
 }
 
 /// The clip and where its runs write.

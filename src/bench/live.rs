@@ -10,7 +10,6 @@
 //! machine as it is, the honest comparison for a Jellyfin host.
 
 use std::collections::HashSet;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,8 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use super::{
-    ClipRun, Figures, SEGMENT_SECS, WorkDir, catch_interrupts, check_output, generate_clip, later_ms, median, plural,
-    timed,
+    ClipRun, Figures, Prepared, SEGMENT_SECS, WorkDir, catch_interrupts, check_output, later_ms, median, plural,
+    prepare, timed,
 };
 use crate::demo::{fetch_status, sibling, step};
 
@@ -127,17 +126,8 @@ struct Report {
 }
 
 fn measure(args: &Args, token: &str, tools: &Tools, connected: usize, dir: &Path) -> Result<Report> {
-    let (bin, logs, out) = (dir.join("bin"), dir.join("logs"), dir.join("out"));
-    for d in [&bin, &logs, &out] {
-        std::fs::create_dir_all(d)?;
-    }
-    symlink(&tools.shim, bin.join("ffmpeg"))?;
-    symlink(&tools.shim, bin.join("ffprobe"))?;
-    let height = args.height;
-    let width = (height * 16 / 9).div_ceil(2) * 2;
-    step(&format!("generating a {} s {width}x{height} clip with 5.1 audio", args.seconds));
-    let clip = dir.join("source.mkv");
-    generate_clip(&tools.ffmpeg, &clip, args.seconds, width, height)?;
+    let Prepared { bin, logs, out, clip, width, height } =
+        prepare(dir, &tools.shim, &tools.ffmpeg, args.seconds, args.height)?;
 
     let mut direct_samples = Vec::new();
     let mut cluster_samples = Vec::new();
