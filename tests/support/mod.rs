@@ -14,3 +14,4 @@ pub fn corpus_path() -> PathBuf {
     if shared.exists() { shared } else { root.join("tests/data/jellyfin-cmdlines.json") }
 }
 pub mod cluster;
+pub mod jellyfin;
