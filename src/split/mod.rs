@@ -702,6 +702,12 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
                 fin_out.opts.push(c);
                 continue;
             }
+            // The codec tag is the container's: the finisher writes it (hvc1
+            // for Apple players); the chunks' MPEG-TS has none.
+            "tag" | "vtag" if covers_video != Some(false) => {
+                fin_out.opts.push(o.clone());
+                continue;
+            }
             "vf" => {
                 filter = o.value.clone();
                 continue;

@@ -278,3 +278,16 @@ fn a_job_whose_direct_run_repeats_the_first_frame_is_not_split() {
     // A video that starts with the file is split as before.
     assert!(plan_of(&mp4(&[]), &probe()).is_ok());
 }
+
+#[test]
+fn the_codec_tag_is_the_finishers() {
+    // Jellyfin's HEVC in fMP4 asks for hvc1; only the finisher's mp4 muxer can write it.
+    let args: Vec<String> = jellyfin(&[], "3")
+        .into_iter()
+        .flat_map(|a| if a == "libx264" { vec!["libx265".into(), "-tag:v:0".into(), "hvc1".into()] } else { vec![a] })
+        .collect();
+    let s = plan_of(&args, &probe()).unwrap();
+    assert!(s.finisher.windows(2).any(|w| w == ["-tag:v:0", "hvc1"]), "{:?}", s.finisher);
+    let chunk = Chunk { index: 0, start: 0.005, end: 3.005, first_segment: 0 };
+    assert!(!s.plan.recipe.args(&chunk, true, false).iter().any(|a| a.starts_with("-tag")));
+}
