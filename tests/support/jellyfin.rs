@@ -683,6 +683,9 @@ pub struct HlsSpec {
     pub seg: u32,
     /// The x264 preset (`EncoderPreset` in Jellyfin's settings).
     pub preset: String,
+    /// Turns the libx264 template into another of Jellyfin's variants (another
+    /// encoder, audio copy, audio only…); applied before the seek options.
+    pub rewrite: Option<fn(Vec<String>) -> Vec<String>>,
 }
 
 impl HlsSpec {
@@ -701,8 +704,12 @@ impl HlsSpec {
         let mut a = super::cluster::jellyfin_hls(&self.input, &self.dir, &self.md5, self.fmp4, self.seg);
         let i = a.iter().position(|s| s == "-start_number").unwrap();
         a[i + 1] = start.to_string();
-        let p = a.iter().position(|s| s == "-preset").unwrap();
-        a[p + 1] = self.preset.clone();
+        if let Some(p) = a.iter().position(|s| s == "-preset") {
+            a[p + 1] = self.preset.clone();
+        }
+        if let Some(f) = self.rewrite {
+            a = f(a);
+        }
         if start > 0 {
             let t = start * self.seg;
             let mut seek = vec!["-ss".to_owned(), format!("{:02}:{:02}:{:02}.000", t / 3600, t / 60 % 60, t % 60)];
@@ -718,26 +725,39 @@ impl HlsSpec {
     /// The same as the one string Jellyfin builds: paths as `file:"…"` and
     /// `"…"`, filter graphs and expressions in double quotes.
     pub fn arguments(&self, start: u32) -> String {
-        let argv = self.argv(start);
-        let quoted_after =
-            ["-vf", "-af", "-force_key_frames:0", "-hls_fmp4_init_filename", "-hls_segment_filename", "-y"];
-        let mut s = String::new();
-        for (i, arg) in argv.iter().enumerate() {
-            if !s.is_empty() {
-                s.push(' ');
-            }
-            if let Some(path) = arg.strip_prefix("file:") {
-                s.push_str(&format!("file:\"{path}\""));
-            } else if i > 0 && quoted_after.contains(&argv[i - 1].as_str()) {
-                s.push_str(&format!("\"{arg}\""));
-            } else {
-                s.push_str(arg);
-            }
-        }
-        // The string must reach ffmpeg as exactly the template's argv.
-        assert_eq!(dotnet_args::split(&s), argv, "argument string does not split back: {s}");
-        s
+        arguments_string(&self.argv(start))
     }
+}
+
+/// The one string Jellyfin builds for `argv`: paths as `file:"…"` and `"…"`,
+/// filter graphs and expressions in double quotes. Panics unless .NET's
+/// splitting gives `argv` back.
+pub fn arguments_string(argv: &[String]) -> String {
+    let quoted_after = [
+        "-vf",
+        "-af",
+        "-force_key_frames:0",
+        "-force_key_frames",
+        "-hls_fmp4_init_filename",
+        "-hls_segment_filename",
+        "-y",
+    ];
+    let mut s = String::new();
+    for (i, arg) in argv.iter().enumerate() {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        if let Some(path) = arg.strip_prefix("file:") {
+            s.push_str(&format!("file:\"{path}\""));
+        } else if (i > 0 && quoted_after.contains(&argv[i - 1].as_str())) || i + 1 == argv.len() {
+            s.push_str(&format!("\"{arg}\""));
+        } else {
+            s.push_str(arg);
+        }
+    }
+    // The string must reach ffmpeg as exactly the template's argv.
+    assert_eq!(dotnet_args::split(&s), argv, "argument string does not split back: {s}");
+    s
 }
 
 /// One segment request's answer.
@@ -910,6 +930,101 @@ impl Drop for HlsSession {
             j.kill();
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Progressive streams (§4.1, §5.5) and trickplay (§4.5, §5.13)
+
+/// What a client of a progressive stream received.
+#[derive(Debug)]
+pub struct Tailed {
+    /// The bytes `ProgressiveFileStream` read, in order, from the one handle it
+    /// opened.
+    pub bytes: Vec<u8>,
+    /// The job's exit code; `Failed` if it exited non-zero before the file appeared.
+    pub code: Option<i32>,
+    /// The job exited non-zero before the output existed (`FfmpegException`, HTTP 500).
+    pub failed: bool,
+}
+
+/// A progressive transcode served as Jellyfin serves it: `StartFfMpeg` polls
+/// every 100 ms until `output` exists (or the job exited), waits 1 s more
+/// (progressive video), then `ProgressiveFileStream` opens the file once with
+/// `FileShare.ReadWrite` and reads; at EOF it sleeps 50 ms and reads again,
+/// until the job has exited and nothing more is there.
+pub fn progressive(ff: &Ffmpeg, arguments: &str, output: &Path) -> Tailed {
+    let mut job = Job::launch(ff, arguments);
+    let deadline = Instant::now() + FOREVER;
+    while !output.exists() {
+        if let Some(s) = job.child.try_wait().unwrap() {
+            if !output.exists() {
+                job.finish();
+                return Tailed { bytes: Vec::new(), code: s.code(), failed: !s.success() };
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} never appeared", output.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let mut file = std::fs::File::open(output).unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n > 0 {
+            bytes.extend_from_slice(&buf[..n]);
+            continue;
+        }
+        if job.exited() {
+            // The job's last bytes were written before it exited.
+            file.read_to_end(&mut bytes).unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} kept growing past {FOREVER:?}", output.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let code = job.child.wait().unwrap().code();
+    job.finish();
+    Tailed { bytes, code, failed: false }
+}
+
+/// How a trickplay extraction went by `ExtractVideoImagesOnIntervalInternal`'s rules.
+#[derive(Debug, PartialEq)]
+pub struct Trickplay {
+    /// Must be exactly 0.
+    pub code: Option<i32>,
+    /// The watchdog saw 20 s without a new image and killed the job.
+    pub killed_by_watchdog: bool,
+    /// The images, read sorted by name (`TrickplayManager.cs:345-347`).
+    pub images: Vec<String>,
+}
+
+/// Runs a trickplay command (§5.13) and watches `dir` as Jellyfin's watchdog
+/// does: every 20 s the number of files must have grown, or the job is stopped.
+pub fn trickplay(ff: &Ffmpeg, arguments: &str, dir: &Path) -> Trickplay {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut job = Job::launch(ff, arguments);
+    let count = || std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    let (mut last, mut since) = (0, Instant::now());
+    let mut killed_by_watchdog = false;
+    while !job.exited() {
+        let n = count();
+        if n > last {
+            (last, since) = (n, Instant::now());
+        } else if since.elapsed() > Duration::from_secs(20) {
+            killed_by_watchdog = true;
+            job.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let code = job.child.wait().unwrap().code();
+    job.finish();
+    let mut images: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    images.sort();
+    Trickplay { code, killed_by_watchdog, images }
 }
 
 /// Processes named `ffmpeg` whose command line mentions `needle` (a job's
