@@ -397,6 +397,38 @@ impl SplitJob {
         now: Instant,
     ) -> JobSpec {
         let c = &self.chunks[chunk];
+        let (span, last) = ((c.chunk.start, c.chunk.end), c.last);
+        let args = self.plan.recipe.args(&c.chunk, c.chunk.index == 0, c.last);
+        self.launch(chunk, attempt, on, reissue, span, last, args, now)
+    }
+
+    /// Starts the audio track's attempt `attempt` on a node, like [`Self::start`].
+    pub(crate) fn start_audio(
+        &mut self,
+        attempt: JobId,
+        on: Taker<'_>,
+        reissue: bool,
+        now: Instant,
+    ) -> Option<JobSpec> {
+        let args = self.plan.recipe.audio_args(self.plan.audio.as_ref()?);
+        let span = (self.plan.start, self.plan.end);
+        Some(self.launch(AUDIO, attempt, on, reissue, span, false, args, now))
+    }
+
+    /// What starting any attempt records: the build it pins, the node, a
+    /// re-issue; the shim's `ChunkStarted`; the running attempt.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &mut self,
+        chunk: usize,
+        attempt: JobId,
+        on: Taker<'_>,
+        reissue: bool,
+        (start, end): (f64, f64),
+        last: bool,
+        args: Vec<String>,
+        now: Instant,
+    ) -> JobSpec {
         self.version.get_or_insert_with(|| on.version.to_owned());
         self.nodes_used.insert(on.name.to_owned());
         if reissue {
@@ -406,11 +438,10 @@ impl SplitJob {
             chunk: wire(chunk),
             attempt,
             node: on.name.to_owned(),
-            start: c.chunk.start,
-            end: c.chunk.end,
-            last: c.last,
+            start,
+            end,
+            last,
         });
-        let args = self.plan.recipe.args(&c.chunk, c.chunk.index == 0, c.last);
         self.attempts.insert(
             attempt,
             Attempt {
@@ -424,52 +455,13 @@ impl SplitJob {
                 stderr: VecDeque::new(),
             },
         );
-        JobSpec { args, cwd: self.cwd.clone(), files: self.files.clone(), access: self.access.clone(), light: false }
-    }
-
-    /// Starts the audio track's attempt `attempt` on a node, like [`Self::start`].
-    pub(crate) fn start_audio(
-        &mut self,
-        attempt: JobId,
-        on: Taker<'_>,
-        reissue: bool,
-        now: Instant,
-    ) -> Option<JobSpec> {
-        let audio = self.plan.audio.as_ref()?;
-        self.version.get_or_insert_with(|| on.version.to_owned());
-        self.nodes_used.insert(on.name.to_owned());
-        if reissue {
-            self.reissued += 1;
-        }
-        self.shim.out.json(ToShim::ChunkStarted {
-            chunk: AUDIO_CHUNK,
-            attempt,
-            node: on.name.to_owned(),
-            start: self.plan.start,
-            end: self.plan.end,
-            last: false,
-        });
-        let args = self.plan.recipe.audio_args(audio);
-        self.attempts.insert(
-            attempt,
-            Attempt {
-                chunk: AUDIO,
-                node: on.id,
-                node_name: on.name.to_owned(),
-                started: now,
-                progressed: now,
-                sent: 0,
-                announced: None,
-                stderr: VecDeque::new(),
-            },
-        );
-        Some(JobSpec {
+        JobSpec {
             args,
             cwd: self.cwd.clone(),
             files: self.files.clone(),
             access: self.access.clone(),
-            light: true,
-        })
+            light: chunk == AUDIO,
+        }
     }
 
     /// An `Output` event of an attempt: only its announced size matters (the
@@ -668,9 +660,9 @@ fn exit_reason(exit: RemoteExit, a: &Attempt) -> String {
     if text.is_empty() { how } else { format!("{how}: {text}") }
 }
 
-/// The chunk index as the protocol carries it.
-fn wire(chunk: usize) -> u32 {
-    u32::try_from(chunk).unwrap_or(u32::MAX)
+/// The chunk index as the protocol carries it ([`AUDIO_CHUNK`] for the audio).
+pub(crate) fn wire(chunk: usize) -> u32 {
+    if chunk == AUDIO { AUDIO_CHUNK } else { u32::try_from(chunk).unwrap_or(u32::MAX) }
 }
 
 fn count(n: usize) -> u32 {

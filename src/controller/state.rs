@@ -334,8 +334,7 @@ impl Registry {
         }
         let split = self.splits.get(self.attempts.get(&job)?)?;
         let attempt = split.attempts.get(&job).filter(|a| a.node == node)?;
-        let chunk = u32::try_from(attempt.chunk).unwrap_or(u32::MAX);
-        Some(Target::Chunk { shim: split.shim.clone(), chunk })
+        Some(Target::Chunk { shim: split.shim.clone(), chunk: super::split::wire(attempt.chunk) })
     }
 
     /// The shim of a running job or attempt, if node `node` runs it.
