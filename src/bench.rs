@@ -133,17 +133,7 @@ fn split(mut args: SplitArgs) -> Result<ExitCode> {
 
     let mut work = WorkDir::create()?;
     let result = measure(&args, &tools, limits.as_ref(), direct_cgroup, &work.path);
-    match &result {
-        Err(_) => {
-            work.keep = true;
-            eprintln!("ffcluster bench split: the clip, outputs and logs are kept in {}", work.path.display());
-        }
-        Ok(_) if args.keep => {
-            work.keep = true;
-            println!("kept: {}", work.path.display());
-        }
-        Ok(_) => {}
-    }
+    work.keep_if("ffcluster bench split", result.is_err(), args.keep);
     let report = result?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)
@@ -165,25 +155,27 @@ impl Tools {
         let bins = ffcluster.parent().context("executable directory")?;
         let node = sibling(bins, "ffcluster-node")?;
         let shim = sibling(bins, "ffcluster-shim")?;
-        let real = |var: &str, name: &str| -> Result<PathBuf> {
-            let wanted = std::env::var_os(var).filter(|v| !v.is_empty()).unwrap_or_else(|| name.into());
-            let path = which::which(&wanted).with_context(|| {
-                format!("{} not found (apt-get install ffmpeg, or set {var})", Path::new(&wanted).display())
-            })?;
-            // On a Jellyfin host `ffmpeg` on PATH may be the shim itself.
-            if std::fs::canonicalize(&path)? == std::fs::canonicalize(&shim)? {
-                bail!("{} is ffcluster-shim; set {var} to the real {name}", path.display());
-            }
-            Ok(path)
-        };
         Ok(Tools {
-            ffmpeg: real("FFCLUSTER_FFMPEG", "ffmpeg")?,
-            ffprobe: real("FFCLUSTER_FFPROBE", "ffprobe")?,
+            ffmpeg: real_tool("FFCLUSTER_FFMPEG", "ffmpeg", &shim)?,
+            ffprobe: real_tool("FFCLUSTER_FFPROBE", "ffprobe", &shim)?,
             ffcluster,
             node,
             shim,
         })
     }
+}
+
+/// The real `name` (ffmpeg or ffprobe): `var`, else `PATH`; never `shim`,
+/// which on a Jellyfin host may be what `ffmpeg` on `PATH` is.
+fn real_tool(var: &str, name: &str, shim: &Path) -> Result<PathBuf> {
+    let wanted = std::env::var_os(var).filter(|v| !v.is_empty()).unwrap_or_else(|| name.into());
+    let path = which::which(&wanted).with_context(|| {
+        format!("{} not found (apt-get install ffmpeg, or set {var})", Path::new(&wanted).display())
+    })?;
+    if std::fs::canonicalize(&path)? == std::fs::canonicalize(shim)? {
+        bail!("{} is ffcluster-shim; set {var} to the real {name}", path.display());
+    }
+    Ok(path)
 }
 
 /// The benchmark's working directory, removed on drop unless `keep`.
@@ -201,6 +193,19 @@ impl WorkDir {
         }
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(WorkDir { path, keep: false })
+    }
+}
+
+impl WorkDir {
+    /// Keeps the directory after a failure (saying where) or when asked to.
+    fn keep_if(&mut self, what: &str, failed: bool, asked: bool) {
+        if failed {
+            self.keep = true;
+            eprintln!("{what}: the clip, outputs and logs are kept in {}", self.path.display());
+        } else if asked {
+            self.keep = true;
+            println!("kept: {}", self.path.display());
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use super::{
     ClipRun, Figures, Prepared, SEGMENT_SECS, WorkDir, catch_interrupts, check_output, later_ms, median, plural,
-    prepare, timed,
+    prepare, real_tool, timed,
 };
 use crate::demo::{fetch_status, sibling, step};
 
@@ -60,17 +60,7 @@ pub(super) fn run(args: Args) -> Result<ExitCode> {
     catch_interrupts()?;
     let mut work = WorkDir::create()?;
     let result = measure(&args, &token, &tools, status.nodes.len(), &work.path);
-    match &result {
-        Err(_) => {
-            work.keep = true;
-            eprintln!("ffcluster bench cluster: the clip, outputs and logs are kept in {}", work.path.display());
-        }
-        Ok(_) if args.keep => {
-            work.keep = true;
-            println!("kept: {}", work.path.display());
-        }
-        Ok(_) => {}
-    }
+    work.keep_if("ffcluster bench cluster", result.is_err(), args.keep);
     print!("{}", result?);
     Ok(ExitCode::SUCCESS)
 }
@@ -88,18 +78,8 @@ impl Tools {
     fn find() -> Result<Tools> {
         let exe = std::env::current_exe()?;
         let shim = sibling(exe.parent().context("executable directory")?, "ffcluster-shim")?;
-        let real = |var: &str, name: &str| -> Result<PathBuf> {
-            let wanted = std::env::var_os(var).filter(|v| !v.is_empty()).unwrap_or_else(|| name.into());
-            let path = which::which(&wanted).with_context(|| {
-                format!("{} not found (apt-get install ffmpeg, or set {var})", Path::new(&wanted).display())
-            })?;
-            // On a Jellyfin host `ffmpeg` on PATH may be the shim itself.
-            if std::fs::canonicalize(&path)? == std::fs::canonicalize(&shim)? {
-                bail!("{} is ffcluster-shim; set {var} to the real {name}", path.display());
-            }
-            Ok(path)
-        };
-        Ok(Tools { ffmpeg: real("FFCLUSTER_FFMPEG", "ffmpeg")?, ffprobe: real("FFCLUSTER_FFPROBE", "ffprobe")?, shim })
+        let ffmpeg = real_tool("FFCLUSTER_FFMPEG", "ffmpeg", &shim)?;
+        Ok(Tools { ffprobe: real_tool("FFCLUSTER_FFPROBE", "ffprobe", &shim)?, ffmpeg, shim })
     }
 }
 
