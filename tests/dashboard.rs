@@ -5,15 +5,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ffcluster::controller::http_client;
 use serde_json::Value;
 use support::cluster::*;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A 12 s clip and the Jellyfin HLS command line for it, with 2 s segments:
 /// enough chunks for both nodes.
@@ -76,16 +74,8 @@ fn artifacts() -> PathBuf {
 /// Runs headless Chromium with `extra` on `url`; fails loudly when it is not
 /// installed (contrib/scripts/ensure-deps.sh installs it), never skips.
 fn chromium(url: &str, extra: &[String]) -> Output {
-    assert!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: the dashboard test needs a real browser (contrib/scripts/ensure-deps.sh, \
-         or apt-get install chromium)"
-    );
-    let profile = tempfile::tempdir().unwrap();
-    let mut child = Command::new(CHROMIUM)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
-        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
+    let (mut cmd, _profile) = support::headless_chromium("dashboard");
+    let mut child = cmd
         // Enough virtual time for the page to load and poll a few times.
         .arg("--virtual-time-budget=4000")
         .args(extra)

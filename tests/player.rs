@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::cluster::*;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// Chromium's ceiling for HTMLMediaElement.playbackRate.
 const RATE: f64 = 16.0;
 /// The longest the picture may freeze while playing.
@@ -168,19 +167,11 @@ struct Browser {
 
 impl Browser {
     fn open(url: &str) -> Browser {
-        assert!(
-            Path::new(CHROMIUM).is_file(),
-            "{CHROMIUM} is missing: the player test needs a real browser (contrib/scripts/ensure-deps.sh, \
-             or apt-get install chromium)"
-        );
-        let profile = tempfile::tempdir().unwrap();
-        let mut child = Command::new(CHROMIUM)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
-            .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        let (mut cmd, profile) = support::headless_chromium("player");
+        let mut child = cmd
             .args(["--autoplay-policy=no-user-gesture-required", "--mute-audio"])
             // Real time: media playback follows the wall clock, not virtual time.
             .args(["--disable-background-timer-throttling", "--disable-renderer-backgrounding"])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
             .process_group(0)
             .stdin(Stdio::null())
@@ -356,7 +347,11 @@ fn figures(label: &str, v: &Value) -> String {
 fn hls_js_plays_split_hls_output_to_the_end() {
     let started = Instant::now();
     let dist = hls_dist();
-    assert!(Path::new(CHROMIUM).is_file(), "{CHROMIUM} is missing (contrib/scripts/ensure-deps.sh)");
+    assert!(
+        Path::new(support::CHROMIUM).is_file(),
+        "{} is missing (contrib/scripts/ensure-deps.sh)",
+        support::CHROMIUM
+    );
     let c = Cluster::start(2);
     let input = c.work.join("clip.mkv");
     make_clip(&input, CLIP_SECONDS, "640x360", &[]);

@@ -15,3 +15,25 @@ pub fn corpus_path() -> PathBuf {
 }
 pub mod cluster;
 pub mod jellyfin;
+
+/// Debian's Chromium, which the browser tests drive headless.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Headless Chromium with the flags this machine needs (no sandbox as root, no
+/// background connections a closed network refuses) and a fresh profile,
+/// which the caller keeps alive while the browser runs. Fails loudly when
+/// Chromium is missing (`contrib/scripts/ensure-deps.sh` installs it): `test`
+/// names the test that needs it.
+pub fn headless_chromium(test: &str) -> (std::process::Command, tempfile::TempDir) {
+    assert!(
+        std::path::Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: the {test} test needs a real browser (contrib/scripts/ensure-deps.sh, \
+         or apt-get install chromium)"
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(CHROMIUM);
+    cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.path().display()));
+    (cmd, profile)
+}
