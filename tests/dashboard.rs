@@ -44,14 +44,6 @@ fn admin_ok(c: &Cluster, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn metrics(c: &Cluster) -> String {
-    let auth = format!("Bearer {}", c.token);
-    let r = http_client::get(&format!("{}/metrics", c.url()), &[("Authorization", &auth)]).unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert!(r.header("content-type").is_some_and(|t| t.starts_with("text/plain; version=0.0.4")));
-    String::from_utf8(r.body).unwrap()
-}
-
 /// The value of one series (full name with labels) in a scrape.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -136,7 +128,7 @@ fn dashboard_metrics_and_chunk_records_after_a_split_job() {
     for path in ["/metrics", "/api/v1/status"] {
         assert_eq!(http_client::get(&format!("{}{path}", c.url()), &[]).unwrap().status, 401, "{path}");
     }
-    let before = metrics(&c);
+    let before = c.metrics();
     assert_eq!(sample(&before, "ffcluster_jobs_total{mode=\"split\",result=\"ok\"}"), 0.0);
     assert_eq!(sample(&before, "ffcluster_node_connected{node=\"node0\"}"), 1.0);
 
@@ -167,7 +159,7 @@ fn dashboard_metrics_and_chunk_records_after_a_split_job() {
     assert_eq!(nodes.len(), 2, "both nodes encoded chunks: {records:?}");
 
     // The counters moved by what the job did.
-    let after = metrics(&c);
+    let after = c.metrics();
     assert_eq!(sample(&after, "ffcluster_jobs_total{mode=\"split\",result=\"ok\"}"), 1.0);
     assert_eq!(sample(&after, "ffcluster_chunk_attempts_total{result=\"done\"}"), done_count as f64);
     assert_eq!(sample(&after, "ffcluster_first_chunk_seconds_count"), 1.0);
@@ -189,7 +181,7 @@ fn dashboard_metrics_and_chunk_records_after_a_split_job() {
         .collect();
     run_shim(&c, "whole", &whole);
     let whole_id = c.status()["jobs"][0]["id"].as_u64().unwrap();
-    let last = metrics(&c);
+    let last = c.metrics();
     assert_eq!(sample(&last, "ffcluster_jobs_total{mode=\"whole\",result=\"ok\"}"), 1.0);
     assert_eq!(sample(&last, "ffcluster_first_output_seconds_count"), 1.0);
     assert!(sample(&last, "ffcluster_relay_output_bytes_total{mode=\"whole\"}") > 0.0);
@@ -257,7 +249,7 @@ fn a_drained_node_gets_no_new_work_until_undrained() {
     assert_eq!((j["mode"].as_str(), j["state"].as_str()), (Some("split"), Some("done")), "{j}");
     assert_eq!(j["nodes"], serde_json::json!(["node1"]), "{j}");
     assert!(j["chunks"].as_array().unwrap().iter().all(|r| r["node"] == "node1"), "{j}");
-    let m = metrics(&c);
+    let m = c.metrics();
     assert_eq!(sample(&m, "ffcluster_node_draining{node=\"node0\"}"), 1.0);
 
     // Undrained (both spellings), it takes work again: the next split job's

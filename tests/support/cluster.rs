@@ -198,6 +198,17 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// A `/metrics` scrape (Prometheus text), with the token.
+    pub fn metrics(&self) -> String {
+        let auth = format!("Bearer {}", self.token);
+        let r =
+            ffcluster::controller::http_client::get(&format!("{}/metrics", self.url()), &[("Authorization", &auth)])
+                .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r.header("content-type").is_some_and(|t| t.starts_with("text/plain; version=0.0.4")));
+        String::from_utf8(r.body).unwrap()
+    }
+
     pub fn node_names(&self) -> Vec<String> {
         let s = self.status();
         let mut names: Vec<String> =

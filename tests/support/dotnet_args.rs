@@ -24,6 +24,45 @@ pub fn split(s: &str) -> Vec<String> {
     }
 }
 
+/// The inverse of [`split`]: one string that .NET splits back into `argv`
+/// (each argument quoted only when it must be, backslashes before a quote
+/// doubled). For scenarios whose arguments no Jellyfin template quoted.
+pub fn join<S: AsRef<str>>(argv: &[S]) -> String {
+    let mut out = String::new();
+    for arg in argv {
+        let arg = arg.as_ref();
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if !arg.is_empty() && !arg.contains([' ', '\t', '"']) {
+            out.push_str(arg);
+            continue;
+        }
+        out.push('"');
+        let mut backslashes = 0;
+        for c in arg.chars() {
+            match c {
+                '\\' => backslashes += 1,
+                '"' => {
+                    out.extend(std::iter::repeat_n('\\', 2 * backslashes + 1));
+                    out.push('"');
+                    backslashes = 0;
+                    continue;
+                }
+                _ => {}
+            }
+            if c != '\\' {
+                out.extend(std::iter::repeat_n('\\', backslashes));
+                backslashes = 0;
+                out.push(c);
+            }
+        }
+        out.extend(std::iter::repeat_n('\\', 2 * backslashes));
+        out.push('"');
+    }
+    out
+}
+
 fn next_argument(chars: &[char], i: &mut usize) -> String {
     let mut arg = String::new();
     let mut in_quotes = false;
@@ -67,7 +106,18 @@ fn next_argument(chars: &[char], i: &mut usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::split;
+    use super::{join, split};
+
+    #[test]
+    fn join_splits_back() {
+        let cases: &[&[&str]] = &[
+            &["-i", "file:/media/My Movie.mkv", "-y", "x"],
+            &["", "a\\", "a\\b", "say \"hi\"", "tail\\\\", "\\\"", "-user_agent", "Mozilla/5.0 (X11; Linux)"],
+        ];
+        for argv in cases {
+            assert_eq!(split(&join(argv)), *argv, "{}", join(argv));
+        }
+    }
 
     #[test]
     fn contract_examples() {
