@@ -15,6 +15,7 @@
 //!   (pure).
 //! * [`split`]: whether a job can be split, each chunk's command line, and the
 //!   local finisher that joins the chunks into the job's real outputs (pure).
+//! * [`resume`]: where an HLS job the cluster lost picks up again (pure).
 //! * [`hardware`]: hardware families, node argument translations and the
 //!   capability probes nodes answer for the cluster (pure).
 //! * [`config`]: the daemons' layered settings (TOML file, environment, flags).
@@ -32,4 +33,5 @@ pub mod hardware;
 pub mod plan;
 pub mod protocol;
 pub mod remote;
+pub mod resume;
 pub mod split;

@@ -48,6 +48,9 @@ pub enum Outcome {
     Exit(u8),
     /// Run it locally instead; nothing of the attempt is visible.
     Fallback(String),
+    /// The cluster lost the job after some of its output was published: the
+    /// caller resumes it ([`crate::resume`]) or exits 1 with this message.
+    Lost(String),
 }
 
 pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outcome {
@@ -248,16 +251,20 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The cluster lost the job: fall back if nothing is visible yet, else fail.
+    /// The cluster lost the job: fall back if nothing is visible yet, else resume
+    /// or fail (a stopping job just fails: Jellyfin wanted it to end).
     fn lost(&mut self, why: String) -> Outcome {
         self.publisher.abandon();
         if !self.publisher.visible && !self.stderr.released {
             return Outcome::Fallback(why);
         }
         self.stderr.release();
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "ffcluster: the job was lost on the cluster: {why}");
-        Outcome::Exit(1)
+        let why = format!("the job was lost on the cluster: {why}");
+        if self.stop_requested {
+            let _ = writeln!(std::io::stderr().lock(), "ffcluster: {why}");
+            return Outcome::Exit(1);
+        }
+        Outcome::Lost(why)
     }
 }
 

@@ -23,6 +23,7 @@ mod offer;
 mod probe_cache;
 mod publish;
 mod real;
+mod resume;
 mod route;
 mod split;
 
@@ -99,6 +100,7 @@ fn main() -> ExitCode {
         } else if v.decision == ffmpeg::Decision::Split && cfg.mode != config::Mode::Whole {
             match try_split(a, v, &cfg, &me, &log) {
                 Some(cluster::Outcome::Exit(code)) => return ExitCode::from(code),
+                Some(cluster::Outcome::Lost(why)) => return resume_or_fail(&argv0, a, &why, &log),
                 Some(cluster::Outcome::Fallback(why)) => {
                     log.line(format_args!("local fallback: {why}"));
                     return exec_local(program, &argv0, &args, &cfg, &me, &log);
@@ -108,10 +110,29 @@ fn main() -> ExitCode {
         }
         match cluster::run(a, v, &cfg, &log) {
             cluster::Outcome::Exit(code) => return ExitCode::from(code),
+            cluster::Outcome::Lost(why) => return resume_or_fail(&argv0, a, &why, &log),
             cluster::Outcome::Fallback(why) => log.line(format_args!("local fallback: {why}")),
         }
     }
     exec_local(program, &argv0, &args, &cfg, &me, &log)
+}
+
+/// After the cluster lost a job with output already published: carries on from
+/// the newest segment in a new run of the shim, or fails as before.
+fn resume_or_fail(argv0: &OsString, args: &[String], why: &str, log: &Log) -> ExitCode {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let failed = match resume::plan(args, &cwd) {
+        Ok((resumed, n)) => {
+            log.line(format_args!("{why}; resuming at segment {n}: {}", shell_join(&resumed)));
+            eprintln!("ffcluster: {why}; resuming at segment {n}");
+            let err = resume::exec(argv0, &resumed);
+            format!("cannot resume: {err}")
+        }
+        Err(e) => format!("not resumed: {e}"),
+    };
+    log.line(format_args!("{why}; {failed}"));
+    eprintln!("ffcluster: {why}");
+    ExitCode::from(1)
 }
 
 /// Splits the job across nodes. `None`: it cannot be split, offload it whole.

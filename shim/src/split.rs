@@ -12,7 +12,7 @@
 //! Until the controller accepts the job nothing has happened here, so any
 //! failure up to then falls back (to a whole-job offload when the job cannot be
 //! split, to a local run when the cluster cannot take it). Once the finisher runs,
-//! a lost job ends it with an error; its outputs stay as incomplete as an
+//! a lost job resumes where it was (`crate::resume`) or ends with an error; its outputs stay as incomplete as an
 //! interrupted ffmpeg leaves them (no playlist end, no trailer).
 
 use std::io::{Read, Write};
@@ -168,14 +168,20 @@ impl Session<'_> {
         let end = run.pump(&mut tx, &mut rx, &self.offers, self.log).await;
         // Closing the socket tells the controller to cancel whatever still runs.
         let _ = tokio::time::timeout(Duration::from_millis(200), tx.close()).await;
+        let mut lost = None;
         let code = match end {
             End::Finished(status) => exit_code(status),
             End::Lost(why) => {
                 run.kill();
                 let _ = run.exited.recv().await;
-                let mut err = std::io::stderr().lock();
-                let _ = writeln!(err, "ffcluster: the split job was lost on the cluster: {why}");
                 self.log.line(format_args!("split: job {job} lost: {why}"));
+                let why = format!("the split job was lost on the cluster: {why}");
+                // A stopping job just fails: Jellyfin wanted it to end.
+                if run.close_video_at.is_some() {
+                    let _ = writeln!(std::io::stderr().lock(), "ffcluster: {why}");
+                } else {
+                    lost = Some(why);
+                }
                 1
             }
         };
@@ -197,7 +203,7 @@ impl Session<'_> {
             cpu(nix::sys::resource::UsageWho::RUSAGE_SELF),
             cpu(nix::sys::resource::UsageWho::RUSAGE_CHILDREN),
         ));
-        Outcome::Exit(code)
+        lost.map_or(Outcome::Exit(code), Outcome::Lost)
     }
 }
 

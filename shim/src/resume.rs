@@ -1,0 +1,55 @@
+//! Carrying on after the cluster lost a job that had already published output:
+//! the newest segment (perhaps incomplete) is deleted and the shim runs again,
+//! as itself, on the command line that makes that segment and the rest
+//! ([`ffcluster::resume`]). The new run goes to the cluster if the controller is
+//! back, and runs locally if not; Jellyfin keeps the same process.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use ffcluster::ffmpeg::CommandLine;
+use ffcluster::resume::Segments;
+
+/// How many times one job may be resumed; each resume starts at a later or the
+/// same segment, so this only stops a controller that loses every job at once.
+const MAX_RESUMES: u32 = 3;
+/// Set on the resumed run: how many resumes came before it.
+const RESUMES_ENV: &str = "FFCLUSTER_RESUMED";
+
+/// The resumed command line and the segment it starts at; the newest segment
+/// file is deleted. `Err`: the job cannot resume, and why.
+pub fn plan(args: &[String], cwd: &Path) -> Result<(Vec<String>, u64), String> {
+    let done: u32 = std::env::var(RESUMES_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if done >= MAX_RESUMES {
+        return Err(format!("resumed {done} times already"));
+    }
+    let cl = CommandLine::parse(args).map_err(|e| e.to_string())?;
+    let segments = Segments::of(&cl).map_err(|e| e.to_string())?;
+    let dir = cwd.join(segments.dir());
+    let newest = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = format!("{}{}", segments.dir(), e.file_name().to_str()?);
+            Some((segments.index(&name)?, e.path()))
+        })
+        .max_by_key(|(n, _)| *n);
+    let Some((n, path)) = newest else {
+        return Err("no segment was written".into());
+    };
+    let args = segments.resume_at(&cl, n).map_err(|e| e.to_string())?;
+    std::fs::remove_file(&path).map_err(|e| format!("cannot delete {}: {e}", path.display()))?;
+    Ok((args, n))
+}
+
+/// Replaces this process with the shim on `args` (same program name, same
+/// standard streams, so Jellyfin's `q` and kill reach the new run).
+pub fn exec(argv0: &OsString, args: &[String]) -> std::io::Error {
+    let done: u32 = std::env::var(RESUMES_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    std::process::Command::new(exe).arg0(argv0).args(args).env(RESUMES_ENV, (done + 1).to_string()).exec()
+}
