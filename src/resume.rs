@@ -71,6 +71,11 @@ impl Segments {
         (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
     }
 
+    /// The job's first segment.
+    pub fn first(&self) -> u64 {
+        self.start_number
+    }
+
     /// The directory the segments are written to ("" for the working directory).
     pub fn dir(&self) -> &str {
         self.pattern.rfind('/').map_or("", |i| &self.pattern[..=i])

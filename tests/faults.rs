@@ -133,6 +133,17 @@ fn assert_matches_direct(direct: &Path, split: &Path) {
     assert_eq!(decode_frames(&playlist(direct)), decode_frames(&playlist(split)), "frame count");
 }
 
+/// Every segment of the direct run is in `out`, each decoding to the same
+/// frames. (A resumed job's playlist lists the segments from where it resumed,
+/// as after a seek restart: the playlist is not compared.)
+fn assert_segments_match_direct(direct: &Path, out: &Path) {
+    let segments = |dir: &Path| names(dir).into_iter().filter(|n| n.ends_with(".ts")).collect::<Vec<_>>();
+    assert_eq!(segments(direct), segments(out), "segments differ");
+    for name in segments(out) {
+        assert_eq!(decode_frames(&direct.join(&name)), decode_frames(&out.join(&name)), "segment {name} differs");
+    }
+}
+
 /// SIGKILL of a node agent while it runs a chunk that is not being streamed:
 /// its ffmpeg dies with it (PR_SET_PDEATHSIG), the controller sees the socket
 /// close, the chunk runs again on another node and the output is the direct run's.
@@ -297,13 +308,7 @@ fn controller_restarted_mid_job(split_it: bool) {
         .nth(1)
         .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or_else(|| panic!("no resume reported: {err}"));
-    // Every segment the direct run made, each with the direct run's frames.
-    let segments = |dir: &Path| names(dir).into_iter().filter(|n| n.ends_with(".ts")).collect::<Vec<_>>();
-    assert_eq!(segments(&direct), segments(&split), "segments differ");
-    for name in segments(&split) {
-        let (d, s) = (direct.join(&name), split.join(&name));
-        assert_eq!(decode_frames(&d), decode_frames(&s), "segment {name} differs from the direct run's");
-    }
+    assert_segments_match_direct(&direct, &split);
     // The resumed run's playlist starts where it did, as after a seek restart.
     let text = std::fs::read_to_string(playlist(&split)).unwrap();
     assert!(text.contains(&format!("#EXT-X-MEDIA-SEQUENCE:{resumed_at}")) && text.contains("#EXT-X-ENDLIST"), "{text}");
@@ -324,6 +329,87 @@ fn controller_restarted_mid_job(split_it: bool) {
     assert_eq!(c.status()["jobs"][0]["mode"], if split_it { "split" } else { "whole" }, "{}", c.log("shim.log"));
     assert_matches_direct(&direct, &again);
     wait_no_ffmpeg(&c, Duration::from_secs(5));
+}
+
+/// A node whose ffmpeg hands back broken chunks and exits 0, as a faulty build
+/// or disk would: cut short on a packet boundary (`truncate`: only the frame
+/// count shows it) or with bytes overwritten mid-stream (`corrupt`). The
+/// controller's verification fails each such attempt, the node is quarantined,
+/// the chunk runs again on the good node (a streamed head chunk that broke
+/// mid-interval makes the shim resume from its newest segment), and every
+/// segment is the direct run's.
+fn broken_chunks(mode: &str) {
+    let mut c = Cluster::bare();
+    c.start_controller();
+    c.add_node("good");
+    let wrapper = c.dir.path().join("broken-ffmpeg");
+    let damage = match mode {
+        "truncate" => r#"head -c $(( s * 6 / 10 / 188 * 188 )) "$t""#,
+        _ => r#"h=$(( s / 2 / 188 * 188 )); head -c "$h" "$t"; printf 'garbage!'; tail -c +$(( h + 9 )) "$t""#,
+    };
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# Damages video chunks (they end at a trim=); anything else is ffmpeg.\n\
+             case \"$*\" in *trim=end=*) ;; *) exec {real} \"$@\" ;; esac\n\
+             t=$(mktemp) || exit 1\n{real} \"$@\" > \"$t\"; rc=$?\ns=$(stat -c %s \"$t\")\n{damage}\nrm -f \"$t\"\nexit $rc\n",
+            real = real("ffmpeg").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = isolated(Command::new(workspace_bin("ffcluster-node")));
+    cmd.args(["--controller", &c.url(), "--token", &c.token, "--name", "broken", "--slots", "1"])
+        .arg("--scratch")
+        .arg(c.dir.path().join("scratch-broken"))
+        .arg("--ffmpeg")
+        .arg(&wrapper)
+        .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
+        .env("RUST_LOG", "info");
+    c.spawn_node("broken", cmd);
+    c.wait_nodes(2, Duration::from_secs(30));
+
+    let input = clip(&c, 30);
+    let direct = direct_hls(&c, &input);
+    let split = c.work.join("split");
+    std::fs::create_dir_all(&split).unwrap();
+    let t = Instant::now();
+    let out = split_shim(&c).args(jellyfin_hls(&input, &split, MD5, false, 3)).stdin(Stdio::null()).output().unwrap();
+    let wall = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{err}\n{}", out.status, c.all_logs());
+    assert_segments_match_direct(&direct, &split);
+    // Chunk records of every job (a resumed job is a second one).
+    let records: Vec<Value> = c.status()["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|j| j["chunks"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let caught: Vec<&Value> =
+        records.iter().filter(|r| r["error"].as_str().is_some_and(|e| e.contains("failed verification"))).collect();
+    assert!(!caught.is_empty(), "no attempt failed verification: {records:?}\n{}", c.log("controller.log"));
+    assert!(caught.iter().all(|r| r["node"] == "broken"), "{caught:?}");
+    let status = c.status();
+    let broken = status["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "broken").unwrap().clone();
+    assert_eq!(broken["state"], "quarantined", "{broken}");
+    let resumed = err.contains("resuming at segment");
+    let gone = wait_no_ffmpeg(&c, Duration::from_secs(5));
+    eprintln!(
+        "{mode}: {} attempt(s) caught ({}); resumed: {resumed}; job {wall:?}; nothing left {gone:?} after",
+        caught.len(),
+        caught[0]["error"]
+    );
+}
+
+#[test]
+fn a_node_sending_truncated_chunks_is_caught_and_rerun() {
+    broken_chunks("truncate");
+}
+
+#[test]
+fn a_node_sending_corrupt_chunks_is_caught_and_rerun() {
+    broken_chunks("corrupt");
 }
 
 /// A mounted tmpfs, unmounted on drop (lazily: a node may still have its

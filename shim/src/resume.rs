@@ -4,8 +4,8 @@
 //! ([`ffcluster::resume`]). The new run goes to the cluster if the controller is
 //! back, and runs locally if not; Jellyfin keeps the same process.
 
-use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use ffcluster::ffmpeg::CommandLine;
@@ -35,8 +35,10 @@ pub fn plan(args: &[String], cwd: &Path) -> Result<(Vec<String>, u64), String> {
             Some((segments.index(&name)?, e.path()))
         })
         .max_by_key(|(n, _)| *n);
+    // Nothing written yet: start over.
     let Some((n, path)) = newest else {
-        return Err("no segment was written".into());
+        let n = segments.first();
+        return Ok((segments.resume_at(&cl, n).map_err(|e| e.to_string())?, n));
     };
     let args = segments.resume_at(&cl, n).map_err(|e| e.to_string())?;
     std::fs::remove_file(&path).map_err(|e| format!("cannot delete {}: {e}", path.display()))?;
@@ -45,11 +47,34 @@ pub fn plan(args: &[String], cwd: &Path) -> Result<(Vec<String>, u64), String> {
 
 /// Replaces this process with the shim on `args` (same program name, same
 /// standard streams, so Jellyfin's `q` and kill reach the new run).
+///
+/// `execve` itself, not `Command::exec`: that one first resets SIGPIPE to its
+/// default in this process, while threads feeding the dead finisher may still
+/// write to its pipes, and one such write would kill the shim.
 pub fn exec(argv0: &OsString, args: &[String]) -> std::io::Error {
     let done: u32 = std::env::var(RESUMES_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return e,
     };
-    std::process::Command::new(exe).arg0(argv0).args(args).env(RESUMES_ENV, (done + 1).to_string()).exec()
+    let cstr = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
+    let build = || -> std::io::Result<(CString, Vec<CString>, Vec<CString>)> {
+        let path = cstr(exe.as_os_str().as_bytes())?;
+        let mut argv = vec![cstr(argv0.as_bytes())?];
+        for a in args {
+            argv.push(cstr(a.as_bytes())?);
+        }
+        let mut env = Vec::new();
+        for (k, v) in std::env::vars_os().filter(|(k, _)| k != RESUMES_ENV) {
+            env.push(cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
+        }
+        env.push(cstr(format!("{RESUMES_ENV}={}", done + 1).as_bytes())?);
+        Ok((path, argv, env))
+    };
+    match build() {
+        Ok((path, argv, env)) => match nix::unistd::execve(&path, &argv, &env) {
+            Err(e) => e.into(),
+        },
+        Err(e) => e,
+    }
 }

@@ -82,6 +82,13 @@ impl<T> Outbox<T> {
         self.budget.clone().acquire_many_owned(want).await.ok().map(Reserved)
     }
 
+    /// [`Outbox::reserve`] for tests that have the budget to spare and no runtime to wait in.
+    #[cfg(test)]
+    pub(crate) fn try_reserve(&self, len: usize) -> Option<Reserved> {
+        let want = u32::try_from(len).unwrap_or(u32::MAX).clamp(1, self.budget_bytes);
+        self.budget.clone().try_acquire_many_owned(want).ok().map(Reserved)
+    }
+
     /// Queues bulk bytes with a share taken by [`Outbox::reserve`]; never waits.
     /// False when the connection is gone.
     pub(crate) fn binary_reserved(&self, bytes: Vec<u8>, share: Reserved) -> bool {

@@ -29,6 +29,7 @@ use crate::protocol::{
     AUDIO_CHUNK, Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, RemoteExit, ToShim,
 };
 use crate::split::SplitPlan;
+use crate::split::mpegts::{Invalid, Verifier};
 
 /// Failed attempts of one chunk after which the whole job fails: a chunk that
 /// fails that often fails for a reason another try will not fix.
@@ -81,6 +82,8 @@ pub(crate) enum AttemptEnd {
     Refused(String),
     /// The node went away (the reason says which).
     Lost(String),
+    /// Its bytes failed verification while streaming; the node is told to stop.
+    Invalid(String),
 }
 
 /// What the registry must do after an attempt ended.
@@ -93,6 +96,11 @@ pub(crate) struct Ending {
     /// Seconds of content per wall second the attempt achieved, when it won.
     pub sample: Option<f64>,
     pub fate: Fate,
+    /// Why it failed, when it did.
+    pub failure: Option<String>,
+    /// It failed because what the node sent was wrong: not the node's bad luck
+    /// but a broken node, which should get no more work for a while.
+    pub bad_output: bool,
 }
 
 /// Where the job stands after an attempt ended.
@@ -168,6 +176,10 @@ pub(crate) struct Attempt {
     /// The size the node announced in its `Done`.
     announced: Option<u64>,
     stderr: VecDeque<u8>,
+    /// Checks its bytes before they reach the shim.
+    check: Verifier,
+    /// The video frames it must hold, when certain ([`ChunkRecipe::frames`]).
+    pub(crate) frames: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -398,8 +410,14 @@ impl SplitJob {
     ) -> JobSpec {
         let c = &self.chunks[chunk];
         let (span, last) = ((c.chunk.start, c.chunk.end), c.last);
-        let args = self.plan.recipe.args(&c.chunk, c.chunk.index == 0, c.last);
-        self.launch(chunk, attempt, on, reissue, span, last, args, now)
+        let first = c.chunk.index == 0;
+        let args = self.plan.recipe.args(&c.chunk, first, c.last);
+        let frames = self.plan.recipe.frames(&c.chunk, first, c.last);
+        let spec = self.launch(chunk, attempt, on, reissue, span, last, args, now);
+        if let Some(a) = self.attempts.get_mut(&attempt) {
+            a.frames = frames;
+        }
+        spec
     }
 
     /// Starts the audio track's attempt `attempt` on a node, like [`Self::start`].
@@ -453,6 +471,8 @@ impl SplitJob {
                 sent: 0,
                 announced: None,
                 stderr: VecDeque::new(),
+                check: Verifier::default(),
+                frames: None,
             },
         );
         JobSpec {
@@ -482,33 +502,55 @@ impl SplitJob {
 
     /// Queues an output frame of a running attempt (`payload` bytes of the
     /// encoded `frame`). False when the attempt is over: its bytes are void.
-    pub(crate) fn forward(&mut self, attempt: JobId, payload: usize, frame: Vec<u8>, share: Reserved) -> bool {
-        let Some(a) = self.attempts.get_mut(&attempt) else { return false };
+    /// A chunk's bytes are checked first ([`Verifier`]): bytes that fail go
+    /// nowhere, and the caller ends the attempt with the error.
+    pub(crate) fn forward(
+        &mut self,
+        attempt: JobId,
+        payload: usize,
+        frame: Vec<u8>,
+        share: Reserved,
+    ) -> Result<bool, Invalid> {
+        let Some(a) = self.attempts.get_mut(&attempt) else { return Ok(false) };
+        if a.chunk != AUDIO {
+            a.check.feed(&frame[frame.len() - payload..])?;
+        }
         a.sent += payload as u64;
         a.progressed = Instant::now();
-        self.shim.out.binary_reserved(frame, share)
+        Ok(self.shim.out.binary_reserved(frame, share))
     }
 
     /// Ends a running attempt. None when it was not running.
     pub(crate) fn end_attempt(&mut self, attempt: JobId, end: AttemptEnd, now: Instant) -> Option<Ending> {
         let a = self.attempts.remove(&attempt)?;
+        let invalid =
+            |why: &dyn std::fmt::Display| format!("the chunk {} sent failed verification: {why}", a.node_name);
+        let mut bad_output = matches!(end, AttemptEnd::Invalid(_));
         let failure = match &end {
             AttemptEnd::Exited(exit) if exit.success() => match a.announced {
                 Some(n) if n != a.sent => {
                     Some(format!("{} announced {n} bytes of output but {} arrived", a.node_name, a.sent))
                 }
-                _ => None,
+                _ if a.chunk == AUDIO => None,
+                _ => a.check.finish(a.frames).err().map(|e| {
+                    bad_output = true;
+                    invalid(&e)
+                }),
             },
             AttemptEnd::Exited(exit) => Some(exit_reason(*exit, &a)),
             AttemptEnd::Refused(why) => Some(format!("refused by {}: {why}", a.node_name)),
             AttemptEnd::Lost(why) => Some(why.clone()),
+            AttemptEnd::Invalid(why) => Some(invalid(why)),
         };
-        Some(match (failure, a.chunk == AUDIO) {
+        let mut ending = match (failure.clone(), a.chunk == AUDIO) {
             (None, false) => self.won(attempt, a, now),
             (Some(reason), false) => self.failed(attempt, a, reason),
             (None, true) => self.audio_done(attempt, a),
             (Some(reason), true) => self.audio_failed(attempt, a, reason),
-        })
+        };
+        ending.failure = failure;
+        ending.bad_output = bad_output;
+        Some(ending)
     }
 
     fn audio_done(&mut self, attempt: JobId, a: Attempt) -> Ending {
@@ -531,7 +573,7 @@ impl SplitJob {
         }
         let fate = if self.complete() { Fate::Complete } else { Fate::Running };
         // Audio says nothing about how fast a node encodes video.
-        Ending { node: a.node, losers, sample: None, fate }
+        Ending { node: a.node, losers, sample: None, fate, failure: None, bad_output: false }
     }
 
     fn audio_failed(&mut self, attempt: JobId, a: Attempt, reason: String) -> Ending {
@@ -547,7 +589,7 @@ impl SplitJob {
         } else {
             Fate::Running
         };
-        Ending { node: a.node, losers: Vec::new(), sample: None, fate }
+        Ending { node: a.node, losers: Vec::new(), sample: None, fate, failure: None, bad_output: false }
     }
 
     fn won(&mut self, attempt: JobId, a: Attempt, now: Instant) -> Ending {
@@ -577,7 +619,14 @@ impl SplitJob {
             }
         }
         let fate = if self.complete() { Fate::Complete } else { Fate::Running };
-        Ending { node: a.node, losers, sample: Some((chunk.end - chunk.start) / wall), fate }
+        Ending {
+            node: a.node,
+            losers,
+            sample: Some((chunk.end - chunk.start) / wall),
+            fate,
+            failure: None,
+            bad_output: false,
+        }
     }
 
     fn failed(&mut self, attempt: JobId, a: Attempt, reason: String) -> Ending {
@@ -602,7 +651,7 @@ impl SplitJob {
         {
             self.version = None;
         }
-        Ending { node: a.node, losers: Vec::new(), sample: None, fate }
+        Ending { node: a.node, losers: Vec::new(), sample: None, fate, failure: None, bad_output: false }
     }
 
     /// Takes every running attempt (the job is ending): `(attempt, node)`.
@@ -1039,6 +1088,19 @@ pub(crate) mod tests {
             Rig { t0, reg, nodes, shim, shim_conn: Arc::new(ShimConn::new(out)) }
         }
 
+        /// What a node's ffmpeg writes for a chunk attempt: MPEG-TS with the
+        /// video frames its span holds (one when that is not certain), which
+        /// passes the controller's verification. Nothing for the audio track.
+        fn output(&mut self, attempt: JobId, n: usize) {
+            let Some((chunk, frames)) = self.reg.split_attempt(attempt).filter(|(c, _)| *c != AUDIO) else {
+                return;
+            };
+            let ts = crate::split::mpegts::tests::stream(frames.unwrap_or(1), b"");
+            let frame = Frame::new(FrameKind::Output, attempt, wire(chunk), 0, &ts).encode();
+            let share = self.shim_conn.out.try_reserve(frame.len()).unwrap();
+            assert!(self.reg.chunk_bytes(attempt, self.node_id(n), ts.len(), frame, share));
+        }
+
         fn submit(&mut self, duration: f64) -> JobId {
             let shim = self.shim_conn.clone();
             self.reg.place_split(split_request(plan(duration)), "cap".into(), shim, self.t0, 0).unwrap()
@@ -1084,6 +1146,9 @@ pub(crate) mod tests {
         }
 
         fn exit(&mut self, attempt: JobId, n: usize, code: i32, ms: u64) {
+            if code == 0 {
+                self.output(attempt, n);
+            }
             let end = AttemptEnd::Exited(RemoteExit { code: Some(code), signal: None });
             assert!(self.reg.attempt_ended(attempt, self.node_id(n), end, self.at(ms)), "attempt {attempt} ran");
         }
@@ -1258,13 +1323,10 @@ pub(crate) mod tests {
         rig.reg.tick(rig.at(9000));
         assert!(rig.runs(0).is_empty() && rig.runs(1).is_empty());
         // b's copy finishes first: a's is cancelled and void.
-        let frame = Frame::new(FrameKind::Output, b2, 2, 0, b"ts").encode();
-        let share = rig.shim_conn.out.reserve(frame.len()).await.unwrap();
-        assert!(rig.reg.chunk_bytes(b2, rig.node_id(1), 2, frame, share));
         rig.exit(b2, 1, 0, 9100);
         assert_eq!(rig.cancels(0), [a2]);
         let msgs = rig.shim_msgs();
-        assert!(msgs.contains(&ToShim::ChunkDone { chunk: 2, attempt: b2, size: 2 }), "{msgs:?}");
+        assert!(msgs.iter().any(|m| matches!(m, ToShim::ChunkDone { chunk: 2, attempt, .. } if *attempt == b2)), "{msgs:?}");
         assert!(msgs.contains(&ToShim::ChunkFailed { chunk: 2, attempt: a2, reason: "superseded".into() }));
         // The job is complete; a's late exit is nobody's.
         assert!(rig.reg.split(job).is_none());

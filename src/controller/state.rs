@@ -88,12 +88,23 @@ struct Node {
     rate: Option<f64>,
     /// Drained by an admin: no new work.
     draining: bool,
+    /// Sent a chunk that failed verification: no new work until then.
+    quarantined_until: Option<Instant>,
 }
 
+/// How long a node that sent a broken chunk gets no work: long enough that a
+/// job in progress does not go back to it, short enough that a passing fault
+/// (a full disk, a flaky link) does not take it out for good.
+pub(crate) const QUARANTINE: Duration = Duration::from_secs(600);
+
 impl Node {
-    /// The slots new work may use: none while draining.
+    fn quarantined(&self) -> bool {
+        self.quarantined_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The slots new work may use: none while draining or quarantined.
     fn slots(&self) -> u32 {
-        if self.draining { 0 } else { self.info.slots }
+        if self.draining || self.quarantined() { 0 } else { self.info.slots }
     }
 }
 
@@ -259,6 +270,7 @@ impl Registry {
                 outbox,
                 rate: None,
                 draining,
+                quarantined_until: None,
             },
         );
         (id, last_seen)
@@ -477,8 +489,18 @@ impl Registry {
     ) -> bool {
         let Some(split) = self.split_of(attempt, node) else { return false };
         let job = split.id;
-        if !split.forward(attempt, payload, frame, share) {
-            return false;
+        match split.forward(attempt, payload, frame, share) {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(invalid) => {
+                let now = Instant::now();
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.outbox.json(ToNode::Cancel { job: attempt });
+                }
+                self.end_attempt(attempt, AttemptEnd::Invalid(invalid.to_string()), now);
+                self.dispatch(now);
+                return false;
+            }
         }
         self.metrics.output_bytes(JobMode::Split, payload);
         if let Some(r) = self.chunk_record(job, attempt) {
@@ -500,6 +522,13 @@ impl Registry {
         r.finished_unix_ms = Some(at);
         r.error = error;
         self.metrics.chunk_ended(state);
+    }
+
+    /// A running chunk attempt's chunk and the frames it must hold.
+    #[cfg(test)]
+    pub(crate) fn split_attempt(&self, attempt: JobId) -> Option<(usize, Option<u64>)> {
+        let split = self.splits.get(self.attempts.get(&attempt)?)?;
+        split.attempts.get(&attempt).map(|a| (a.chunk, a.frames))
     }
 
     fn split_of(&mut self, attempt: JobId, node: u64) -> Option<&mut SplitJob> {
@@ -527,13 +556,21 @@ impl Registry {
             AttemptEnd::Exited(RemoteExit { signal: Some(s), .. }) => format!("ffmpeg was killed by signal {s}"),
             AttemptEnd::Exited(_) => "ffmpeg ended without a status".to_owned(),
             AttemptEnd::Refused(why) => format!("refused: {why}"),
-            AttemptEnd::Lost(why) => why.clone(),
+            AttemptEnd::Lost(why) | AttemptEnd::Invalid(why) => why.clone(),
         };
         let started = split.started;
         let at = wall(split, now);
         let audio = split.attempts.get(&attempt).is_some_and(|a| a.chunk == AUDIO);
         let clean = matches!(&end, AttemptEnd::Exited(exit) if exit.success());
         let Some(ending) = split.end_attempt(attempt, end, now) else { return };
+        // Verification says what was wrong; otherwise the end says enough.
+        let why = if ending.bad_output { ending.failure.clone().unwrap_or(why) } else { why };
+        if ending.bad_output
+            && let Some(n) = self.nodes.get_mut(&ending.node)
+        {
+            warn!(node = %n.info.name, "quarantined for {} s: {why}", QUARANTINE.as_secs());
+            n.quarantined_until = Some(now + QUARANTINE);
+        }
         let how = match (ending.sample.is_some(), audio && clean) {
             (true, _) => "done".to_owned(),
             (false, true) => "ffmpeg exited with code 0".to_owned(),
@@ -875,6 +912,8 @@ impl Registry {
                     name: n.info.name.clone(),
                     state: if n.draining {
                         NodeState::Draining
+                    } else if n.quarantined() {
+                        NodeState::Quarantined
                     } else if running >= n.info.slots {
                         NodeState::Busy
                     } else {
@@ -1153,19 +1192,28 @@ mod tests {
         let ok = || AttemptEnd::Exited(RemoteExit { code: Some(0), signal: None });
         let (out, _shim_rx) = Outbox::new(1 << 20);
         let shim = Arc::new(ShimConn::new(out));
+        // A chunk's encode, as verification expects it.
+        let output = |reg: &mut Registry, attempt: JobId, node: u64| -> usize {
+            let (chunk, frames) = reg.split_attempt(attempt).unwrap();
+            let ts = crate::split::mpegts::tests::stream(frames.unwrap_or(1), b"");
+            let frame = Frame::new(FrameKind::Output, attempt, chunk as u32, 0, &ts).encode();
+            let share = shim.out.try_reserve(frame.len()).unwrap();
+            assert!(reg.chunk_bytes(attempt, node, ts.len(), frame, share));
+            ts.len()
+        };
 
         // 9 s in three 3 s chunks: a takes 0, b takes 1.
         let job = reg.place_split(split_request(plan(9.0)), "cap".into(), shim.clone(), t0, 0).unwrap();
         let (a0, b1) = (runs(0)[0], runs(1)[0]);
-        let frame = Frame::new(FrameKind::Output, a0, 0, 0, b"ts").encode();
-        let share = shim.out.reserve(frame.len()).await.unwrap();
-        assert!(reg.chunk_bytes(a0, ids[0], 2, frame, share));
+        let a0_bytes = output(&mut reg, a0, ids[0]);
         assert!(reg.attempt_ended(a0, ids[0], ok(), at(1000)));
         let a2 = runs(0)[0];
+        let mut relayed = a0_bytes + output(&mut reg, b1, ids[1]);
         assert!(reg.attempt_ended(b1, ids[1], ok(), at(1200)));
         // Chunk 2 runs late on a: b gets a second attempt, which wins.
         reg.tick(at(3100));
         let b2 = runs(1)[0];
+        relayed += output(&mut reg, b2, ids[1]);
         assert!(reg.attempt_ended(b2, ids[1], ok(), at(3200)));
         let doc = reg.status(at(3200), 0);
         let j = &doc.jobs[0];
@@ -1184,7 +1232,7 @@ mod tests {
                 (2, b2, "b", ChunkState::Done, true, Some(3200)),
             ]
         );
-        assert_eq!((j.chunks[0].bytes, j.chunks[0].start, j.chunks[0].end), (2, 0.0, 3.0));
+        assert_eq!((j.chunks[0].bytes, j.chunks[0].start, j.chunks[0].end), (a0_bytes as u64, 0.0, 3.0));
         assert_eq!(j.chunks[2].started_unix_ms - base, 1000);
 
         // A second job: a's attempt fails, the rest is cancelled with the job.
@@ -1212,7 +1260,7 @@ mod tests {
             ("ffcluster_chunk_attempts_total{result=\"superseded\"} ", 1),
             ("ffcluster_chunk_attempts_total{result=\"failed\"} ", 1),
             ("ffcluster_chunk_reissues_total ", 1),
-            ("ffcluster_relay_output_bytes_total{mode=\"split\"} ", 2),
+            ("ffcluster_relay_output_bytes_total{mode=\"split\"} ", relayed),
             ("ffcluster_first_chunk_seconds_count ", 1),
         ] {
             assert!(m.contains(&format!("{series}{v}\n")), "{series}{v} in\n{m}");

@@ -58,6 +58,9 @@ pub enum NodeState {
     /// An admin drained it (`ffcluster drain`): it gets no new work, and what
     /// it runs finishes.
     Draining,
+    /// A chunk it sent failed verification: it gets no new work for
+    /// [`QUARANTINE`](crate::controller::state::QUARANTINE).
+    Quarantined,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +171,7 @@ impl NodeState {
             NodeState::Ready => "ready",
             NodeState::Busy => "busy",
             NodeState::Draining => "draining",
+            NodeState::Quarantined => "quarantined",
         }
     }
 }

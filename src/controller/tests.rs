@@ -509,7 +509,10 @@ fn split_request() -> (JobRequest, SplitPlan) {
             "format":{"start_time":"0.000000","duration":"20.000000"}}"#,
     )
     .unwrap();
-    let plan = split::split(&CommandLine::parse(&args).unwrap(), &probe).unwrap().plan;
+    let mut plan = split::split(&CommandLine::parse(&args).unwrap(), &probe).unwrap().plan;
+    // The fake nodes cannot know how many frames a chunk holds: verification
+    // then checks only the stream's structure.
+    plan.recipe.frame_duration = None;
     let offer = FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size: 1 << 20 };
     let request = JobRequest {
         args: args.iter().map(|a| a.to_string()).collect(),
@@ -522,9 +525,14 @@ fn split_request() -> (JobRequest, SplitPlan) {
     (request, plan)
 }
 
-/// What a fake node writes for attempt `job`: distinct per attempt.
+/// What a fake node writes for attempt `job`: MPEG-TS, distinct per attempt.
 fn chunk_payload(job: JobId) -> Vec<u8> {
-    format!("mpegts of attempt {job} ").repeat(50).into_bytes()
+    ts(format!("attempt {job}").as_bytes())
+}
+
+/// A few valid MPEG-TS packets carrying `tag`.
+fn ts(tag: &[u8]) -> Vec<u8> {
+    split::mpegts::tests::stream(3, tag)
 }
 
 async fn send_frame(ws: &mut Ws, frame: Frame<'_>) {
@@ -689,9 +697,10 @@ async fn a_chunk_of_a_lost_node_runs_again_on_another() {
     // n1 dies part-way through chunk 0.
     let open = OutputEvent::Open { file: 0, path: "pipe:1".into(), mode: WriteMode::Stdout };
     send(&mut n1, &NodeMsg::Output { job: a0, event: open.clone() }).await;
-    send_frame(&mut n1, Frame::new(FrameKind::Output, a0, 0, 0, b"half")).await;
+    let half = ts(b"half");
+    send_frame(&mut n1, Frame::new(FrameKind::Output, a0, 0, 0, &half)).await;
     let f = recv_binary(&mut shim).await;
-    assert_eq!(Frame::decode(&f).unwrap(), Frame::new(FrameKind::Output, a0, 0, 0, b"half"));
+    assert_eq!(Frame::decode(&f).unwrap(), Frame::new(FrameKind::Output, a0, 0, 0, &half));
     drop(n1);
     assert_eq!(
         recv_json::<ToShim>(&mut shim).await,
@@ -701,12 +710,14 @@ async fn a_chunk_of_a_lost_node_runs_again_on_another() {
     // n2 finishes chunk 1; then, before anything later, it re-runs chunk 0 with
     // the same bounds and the same command line.
     send(&mut n2, &NodeMsg::Output { job: b1, event: open }).await;
-    send_frame(&mut n2, Frame::new(FrameKind::Output, b1, 0, 0, b"one")).await;
-    send(&mut n2, &NodeMsg::Output { job: b1, event: OutputEvent::Done { file: 0, size: 3 } }).await;
+    let one = ts(b"one");
+    send_frame(&mut n2, Frame::new(FrameKind::Output, b1, 0, 0, &one)).await;
+    let size = one.len() as u64;
+    send(&mut n2, &NodeMsg::Output { job: b1, event: OutputEvent::Done { file: 0, size } }).await;
     send(&mut n2, &NodeMsg::Exited { job: b1, exit: RemoteExit { code: Some(0), signal: None } }).await;
     let f = recv_binary(&mut shim).await;
-    assert_eq!(Frame::decode(&f).unwrap(), Frame::new(FrameKind::Output, b1, 1, 0, b"one"));
-    assert_eq!(recv_json::<ToShim>(&mut shim).await, ToShim::ChunkDone { chunk: 1, attempt: b1, size: 3 });
+    assert_eq!(Frame::decode(&f).unwrap(), Frame::new(FrameKind::Output, b1, 1, 0, &one));
+    assert_eq!(recv_json::<ToShim>(&mut shim).await, ToShim::ChunkDone { chunk: 1, attempt: b1, size });
     let (c0, spec) = run_msg(&mut n2).await;
     assert_eq!(spec.args, spec0.args);
     match recv_json::<ToShim>(&mut shim).await {

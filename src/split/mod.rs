@@ -351,7 +351,49 @@ impl ChunkRecipe {
     }
 }
 
+/// Filters that may change how many frames leave the chain: a chunk's frame
+/// count is then not known in advance.
+const RATE_FILTERS: &[&str] = &[
+    "fps",
+    "framerate",
+    "yadif",
+    "bwdif",
+    "w3fdif",
+    "select",
+    "setpts",
+    "interlace",
+    "telecine",
+    "decimate",
+    "minterpolate",
+    "tpad",
+    "trim",
+    "loop",
+    "framestep",
+    "random",
+    "tblend",
+    "framerate",
+    "deflicker",
+];
+
 impl ChunkRecipe {
+    /// How many video frames `chunk`'s encode must hold, when that is certain:
+    /// a constant-rate source, a chain that keeps every frame, a chunk that
+    /// starts on a frame this recipe places and ends at a cut (not the input's
+    /// end). What [`mpegts::Verifier`] checks a finished chunk against.
+    pub fn frames(&self, chunk: &Chunk, first: bool, last: bool) -> Option<u64> {
+        let fd = self.frame_duration?;
+        let rate_changing = self.filter.as_deref().is_some_and(|f| {
+            f.split([',', ';', '[', ']'])
+                .map(|e| e.split('=').next().unwrap_or(e).trim())
+                .any(|name| RATE_FILTERS.contains(&name))
+        });
+        if last || rate_changing || (first && self.noaccurate_first) {
+            return None;
+        }
+        let (a, b) = (self.frame_at(chunk.start)?, self.frame_at(chunk.end)?);
+        Some(((b - a) / fd).round().max(0.0) as u64)
+    }
+
     /// The node's command line for the job's whole audio track.
     pub fn audio_args(&self, audio: &AudioPart) -> Vec<String> {
         let mut a: Vec<String> = self.globals.clone();

@@ -88,6 +88,106 @@ impl Continuity {
     }
 }
 
+/// What is wrong with a chunk's stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("no sync byte at offset {offset}")]
+    Sync { offset: u64 },
+    #[error("packets of PID {pid} are missing before offset {offset} (continuity {expected}, got {got})")]
+    Continuity { pid: u16, offset: u64, expected: u8, got: u8 },
+    #[error("it ends {bytes} bytes into a packet")]
+    Partial { bytes: usize },
+    #[error("it holds {got} video frames where {expected} were due")]
+    Frames { expected: u64, got: u64 },
+}
+
+/// Checks a chunk's MPEG-TS as it arrives, before any of it is passed on: every
+/// packet starts with the sync byte, no packet of a PID is missing (its
+/// continuity counter runs on), and the video frames (one PES each, as ffmpeg's
+/// muxer writes them) are counted, for [`Verifier::finish`] to compare with what
+/// the chunk should hold. What a broken node or a damaged transfer would get
+/// wrong; a valid stream of wrong pictures is out of its reach.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    /// The start of a packet that has not fully arrived.
+    carry: Vec<u8>,
+    offset: u64,
+    continuity: std::collections::HashMap<u16, u8>,
+    video_frames: u64,
+}
+
+impl Verifier {
+    /// Checks the next bytes of the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), Invalid> {
+        if !self.carry.is_empty() {
+            let need = (PACKET - self.carry.len()).min(bytes.len());
+            self.carry.extend_from_slice(&bytes[..need]);
+            bytes = &bytes[need..];
+            if self.carry.len() < PACKET {
+                return Ok(());
+            }
+            let packet = std::mem::take(&mut self.carry);
+            self.packet(&packet)?;
+        }
+        let mut packets = bytes.chunks_exact(PACKET);
+        for p in &mut packets {
+            self.packet(p)?;
+        }
+        self.carry.extend_from_slice(packets.remainder());
+        Ok(())
+    }
+
+    /// The stream is over: it must end on a packet boundary and hold `expected`
+    /// video frames when that is known.
+    pub fn finish(&self, expected: Option<u64>) -> Result<(), Invalid> {
+        if !self.carry.is_empty() {
+            return Err(Invalid::Partial { bytes: self.carry.len() });
+        }
+        match expected {
+            Some(e) if e != self.video_frames => Err(Invalid::Frames { expected: e, got: self.video_frames }),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn video_frames(&self) -> u64 {
+        self.video_frames
+    }
+
+    fn packet(&mut self, p: &[u8]) -> Result<(), Invalid> {
+        let offset = self.offset;
+        self.offset += PACKET as u64;
+        if p[0] != SYNC {
+            return Err(Invalid::Sync { offset });
+        }
+        let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+        if pid == NULL_PID {
+            return Ok(());
+        }
+        let afc = (p[3] >> 4) & 3;
+        let cc = p[3] & 0x0f;
+        let discontinuity = afc & 2 != 0 && p[4] > 0 && p[5] & 0x80 != 0;
+        if afc & 1 != 0 {
+            if let Some(last) = self.continuity.get(&pid)
+                && !discontinuity
+                && cc != (last + 1) & 0x0f
+            {
+                return Err(Invalid::Continuity { pid, offset, expected: (last + 1) & 0x0f, got: cc });
+            }
+            self.continuity.insert(pid, cc);
+            let start = if afc & 2 != 0 { 5 + usize::from(p[4]) } else { 4 };
+            // A video PES starts here: one frame.
+            if p[1] & 0x40 != 0
+                && let Some(pes) = p.get(start..start + 4)
+                && pes[..3] == [0, 0, 1]
+                && (0xe0..=0xef).contains(&pes[3])
+            {
+                self.video_frames += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -114,6 +214,50 @@ pub(crate) mod tests {
             None => p[3] = 0x10 | cc,
         }
         p
+    }
+
+    /// A valid stream of `frames` video frames, one packet each, whose payload
+    /// carries `tag` (to tell attempts apart), as a chunk's encode would be.
+    pub(crate) fn stream(frames: u64, tag: &[u8]) -> Vec<u8> {
+        (0..frames.max(1))
+            .flat_map(|i| {
+                let mut p = packet(256, (i % 16) as u8, Some(i * 3600));
+                let n = tag.len().min(PACKET - 30);
+                p[PACKET - n..].copy_from_slice(&tag[..n]);
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn verifier_counts_frames_and_catches_damage() {
+        let mut s = packet(0, 0, None);
+        for (cc, pts) in [(0, Some(0)), (1, None), (2, Some(3600)), (3, Some(7200))] {
+            s.extend(packet(256, cc, pts));
+        }
+        // Whole, in odd pieces.
+        let mut v = Verifier::default();
+        for piece in s.chunks(100) {
+            v.feed(piece).unwrap();
+        }
+        assert_eq!(v.video_frames(), 3);
+        assert_eq!(v.finish(Some(3)), Ok(()));
+        assert_eq!(v.finish(Some(4)), Err(Invalid::Frames { expected: 4, got: 3 }));
+        // Cut inside a packet.
+        let mut v = Verifier::default();
+        v.feed(&s[..s.len() - 10]).unwrap();
+        assert_eq!(v.finish(None), Err(Invalid::Partial { bytes: PACKET - 10 }));
+        // A packet missing.
+        let mut gap = s.clone();
+        gap.drain(2 * PACKET..3 * PACKET);
+        assert_eq!(
+            Verifier::default().feed(&gap),
+            Err(Invalid::Continuity { pid: 256, offset: 2 * PACKET as u64, expected: 1, got: 2 })
+        );
+        // A byte flipped where a packet starts.
+        let mut flipped = s.clone();
+        flipped[3 * PACKET] ^= 0xff;
+        assert_eq!(Verifier::default().feed(&flipped), Err(Invalid::Sync { offset: 3 * PACKET as u64 }));
     }
 
     #[test]
