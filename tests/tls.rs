@@ -1,0 +1,217 @@
+//! System tests of TLS: a controller serving HTTPS with a certificate from a
+//! private CA made by `ffcluster tls-init`, real nodes and the shim trusting that
+//! CA (`tls_ca`), whole and split jobs compared with direct ffmpeg by decoding;
+//! and every way a client without the right trust, or without TLS, is refused.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ffcluster::controller::http_client;
+use ffcluster::tls::Trust;
+use support::cluster::*;
+
+/// Runs `args(dir)` directly and through the shim (`mode`), and checks the
+/// outputs have the same files and decode to the same frames.
+fn matches_direct(c: &Cluster, mode: &str, name: &str, args: impl Fn(&Path) -> Vec<String>) -> u64 {
+    let (direct, cluster) = (c.work.join(format!("{name}-direct")), c.work.join(format!("{name}-cluster")));
+    std::fs::create_dir_all(&direct).unwrap();
+    std::fs::create_dir_all(&cluster).unwrap();
+    run_ok(Command::new(real("ffmpeg")).args(args(&direct)).stdin(Stdio::null()));
+    let out = c.shim().env("FFCLUSTER_MODE", mode).args(args(&cluster)).stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "shim failed: {stderr}\n{}", c.all_logs());
+    assert_eq!(names(&direct), names(&cluster), "file names differ");
+    let playlist = |d: &Path| d.join(format!("{name}.m3u8"));
+    let frames = decode_frames(&playlist(&direct));
+    assert_eq!(frames, decode_frames(&playlist(&cluster)), "frame count");
+    frames
+}
+
+#[test]
+fn whole_and_split_jobs_run_over_tls() {
+    let c = Cluster::start_tls(2);
+    assert!(c.url().starts_with("https://localhost:"), "{}", c.url());
+    let input = c.work.join("movie.mkv");
+    make_clip(&input, 12, "640x360", &[]);
+
+    // (a) A whole job: one node reads the input from the relay over https.
+    let frames = matches_direct(&c, "whole", "whole", |dir| jellyfin_hls(&input, dir, "whole", false, 2));
+    assert_eq!(frames, 288, "12 s at 24 fps");
+    let status = c.status();
+    let job = &status["jobs"][0];
+    assert_eq!((job["mode"].as_str(), job["state"].as_str()), (Some("whole"), Some("done")), "{job}");
+
+    // (b) A split job: chunks on both nodes, audio on one, joined by the finisher.
+    let frames = matches_direct(&c, "split", "split", |dir| jellyfin_hls(&input, dir, "split", false, 3));
+    assert_eq!(frames, 288);
+    let status = c.status();
+    let job = status["jobs"].as_array().unwrap().iter().find(|j| j["mode"] == "split").expect("a split job");
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["nodes"].as_array().unwrap().len(), 2, "both nodes took chunks: {job}");
+
+    // The nodes' ffmpegs read the relay over https and verify the controller
+    // against the CA: the options come from the node's argument building.
+    let ca = c.ca().unwrap();
+    let relay = format!("https://localhost:{}/api/v1/files/", c.port);
+    let verified = format!("\"-tls_verify\", \"1\", \"-ca_file\", \"{}\", \"-i\", \"{relay}", ca.display());
+    let logs = c.all_logs();
+    assert!(logs.matches(&verified).count() >= 3, "no verified https relay inputs ({verified}):\n{logs}");
+    assert!(!logs.contains("\"-i\", \"http://"), "a plain relay input:\n{logs}");
+
+    // (c) The admin commands over https, in text too, by IP address (the
+    // certificate names 127.0.0.1 as well).
+    let out = run_ok(
+        isolated(Command::new(controller_exe()))
+            .args(["nodes", "--controller", &format!("https://127.0.0.1:{}", c.port), "--token", &c.token])
+            .env("FFCLUSTER_TLS_CA", &ca),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("node0") && text.contains("node1"), "{text}");
+}
+
+#[test]
+fn clients_without_trust_or_tls_are_refused() {
+    let mut c = Cluster::bare();
+    c.make_certs();
+    c.start_controller();
+    c.add_node("trusted");
+    c.wait_nodes(1, Duration::from_secs(30));
+    let plain = format!("http://127.0.0.1:{}", c.port);
+
+    // A node without the CA: the certificate problem is named, it never registers.
+    let mut cmd = isolated(Command::new(workspace_bin("ffcluster-node")));
+    cmd.args(["--controller", &c.url(), "--token", &c.token, "--name", "untrusting", "--ffmpeg"])
+        .arg(real("ffmpeg"))
+        .arg("--scratch")
+        .arg(c.dir.path().join("scratch-untrusting"))
+        .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
+        .env("RUST_LOG", "info");
+    c.spawn_node("untrusting", cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.log("untrusting.log").contains("cannot connect") {
+        assert!(Instant::now() < deadline, "{}", c.log("untrusting.log"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = c.log("untrusting.log");
+    assert!(log.contains("signed by an unknown authority") && log.contains("tls_ca"), "{log}");
+    assert_eq!(c.node_names(), ["trusted"]);
+
+    // A node with the https controller given as http://: refused in words.
+    let mut cmd = isolated(Command::new(workspace_bin("ffcluster-node")));
+    cmd.args(["--controller", &plain, "--token", &c.token, "--name", "plain", "--ffmpeg"])
+        .arg(real("ffmpeg"))
+        .arg("--scratch")
+        .arg(c.dir.path().join("scratch-plain"))
+        .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
+        .env("RUST_LOG", "info");
+    c.spawn_node("plain", cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.log("plain.log").contains("cannot connect") {
+        assert!(Instant::now() < deadline, "{}", c.log("plain.log"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.log("plain.log").contains("400"), "{}", c.log("plain.log"));
+    assert_eq!(c.node_names(), ["trusted"]);
+
+    // Plain HTTP is not served, not even the relay: a 400 that says to use https.
+    for path in ["/api/v1/status", "/api/v1/files/x/0", "/healthz"] {
+        let auth = format!("Bearer {}", c.token);
+        let r = http_client::get(&format!("{plain}{path}"), &[("Authorization", &auth)], &Trust::default()).unwrap();
+        assert_eq!(r.status, 400, "{path}");
+        assert!(String::from_utf8_lossy(&r.body).contains("https://"), "{path}: {r:?}");
+    }
+    let out = isolated(Command::new(controller_exe()))
+        .args(["status", "--controller", &plain, "--token", &c.token])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTPS only"), "{out:?}");
+
+    // `status` without the CA names the problem and the URL.
+    let out = isolated(Command::new(controller_exe()))
+        .args(["status", "--controller", &c.url(), "--token", &c.token])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown authority") && err.contains(&c.url()), "{err}");
+
+    // An https client against a plain-HTTP controller is told so.
+    let mut p = Cluster::bare();
+    p.start_controller();
+    let out = isolated(Command::new(controller_exe()))
+        .args(["status", "--controller", &format!("https://127.0.0.1:{}", p.port), "--token", &p.token])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("does not speak TLS"), "{err}");
+
+    // A certificate for another name: the mismatch is named.
+    let mut other = Cluster::bare();
+    let other_tls = other.dir.path().join("tls");
+    run_ok(Command::new(controller_exe()).args(["tls-init", "--name", "other.invalid", "--dir"]).arg(&other_tls));
+    other.tls = Some(other_tls.clone());
+    other.start_controller();
+    let out = isolated(Command::new(controller_exe()))
+        .args(["status", "--controller", &format!("https://127.0.0.1:{}", other.port), "--token", &other.token])
+        .arg("--tls-ca")
+        .arg(other_tls.join("ca.pem"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not issued for the host name"), "{err}");
+
+    // The shim without the CA runs the job here, and its log says why.
+    let input = c.work.join("clip.mkv");
+    make_clip(&input, 2, "320x240", &[]);
+    let out_file = c.work.join("local.mkv");
+    let mut shim = c.shim();
+    shim.env_remove("FFCLUSTER_TLS_CA").args(["-i"]).arg(&input).args(["-c:v", "libx264", "-y"]).arg(&out_file);
+    run_ok(shim.stdin(Stdio::null()));
+    assert_eq!(decode_frames(&out_file), 48);
+    let log = c.log("shim.log");
+    assert!(log.contains("unknown authority"), "{log}");
+}
+
+#[test]
+fn a_certificate_without_its_key_is_refused_at_start() {
+    let mut c = Cluster::bare();
+    c.make_certs();
+    let tls = c.tls.clone().unwrap();
+    for (flag, file, missing) in [("--tls-cert", "server.pem", "tls_key"), ("--tls-key", "server.key", "tls_cert")] {
+        let out = isolated(Command::new(controller_exe()))
+            .args(["serve", "--config", "/dev/null", "--token", "t0123456789abcdef", "--listen"])
+            .arg(format!("127.0.0.1:{}", c.port))
+            .arg(flag)
+            .arg(tls.join(file))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&format!("but {missing} is not")), "{flag}: {err}");
+    }
+    // The key of another certificate is refused too, naming both files.
+    let other = c.dir.path().join("other");
+    run_ok(Command::new(controller_exe()).args(["tls-init", "--name", "x.invalid", "--dir"]).arg(&other));
+    let out = isolated(Command::new(controller_exe()))
+        .args(["serve", "--config", "/dev/null", "--token", "t0123456789abcdef", "--listen"])
+        .arg(format!("127.0.0.1:{}", c.port))
+        .arg("--tls-cert")
+        .arg(tls.join("server.pem"))
+        .arg("--tls-key")
+        .arg(other.join("server.key"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("server.pem") && err.contains("server.key"), "{err}");
+    // --check-config shows where the files come from.
+    let out = run_ok(
+        isolated(Command::new(controller_exe()))
+            .args(["serve", "--config", "/dev/null", "--token", "t", "--check-config"])
+            .env("FFCLUSTER_TLS_CERT", tls.join("server.pem"))
+            .env("FFCLUSTER_TLS_KEY", tls.join("server.key")),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tls_cert") && text.contains("# from FFCLUSTER_TLS_CERT"), "{text}");
+}
