@@ -70,6 +70,33 @@ fn whole_and_split_jobs_run_over_tls() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("node0") && text.contains("node1"), "{text}");
+
+    // (d) Capability probes answered by a node, through the controller over https.
+    let probe = c.shim().env("FFCLUSTER_PROBES", "cluster").arg("-version").stdin(Stdio::null()).output().unwrap();
+    let local = run_ok(Command::new(real("ffmpeg")).arg("-version").stdin(Stdio::null()));
+    assert_eq!(probe.stdout, local.stdout, "-version through the cluster");
+    let log = c.log("shim.log");
+    assert!(log.contains("probe -version answered by node"), "{log}");
+}
+
+/// Starts a node without `tls_ca` against `controller`, and returns its log once
+/// it has failed to connect.
+fn failed_node(c: &mut Cluster, name: &str, controller: &str) -> String {
+    let mut cmd = isolated(Command::new(workspace_bin("ffcluster-node")));
+    cmd.args(["--controller", controller, "--token", &c.token, "--name", name, "--ffmpeg"])
+        .arg(real("ffmpeg"))
+        .arg("--scratch")
+        .arg(c.dir.path().join(format!("scratch-{name}")))
+        .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
+        .env("RUST_LOG", "info");
+    c.spawn_node(name, cmd);
+    let log = format!("{name}.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.log(&log).contains("cannot connect") {
+        assert!(Instant::now() < deadline, "{}", c.log(&log));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.log(&log)
 }
 
 #[test]
@@ -80,41 +107,40 @@ fn clients_without_trust_or_tls_are_refused() {
     c.add_node("trusted");
     c.wait_nodes(1, Duration::from_secs(30));
     let plain = format!("http://127.0.0.1:{}", c.port);
+    // A client that connects and never starts its handshake holds up nobody:
+    // everything below is served while it waits.
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap();
 
     // A node without the CA: the certificate problem is named, it never registers.
-    let mut cmd = isolated(Command::new(workspace_bin("ffcluster-node")));
-    cmd.args(["--controller", &c.url(), "--token", &c.token, "--name", "untrusting", "--ffmpeg"])
-        .arg(real("ffmpeg"))
-        .arg("--scratch")
-        .arg(c.dir.path().join("scratch-untrusting"))
-        .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
-        .env("RUST_LOG", "info");
-    c.spawn_node("untrusting", cmd);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !c.log("untrusting.log").contains("cannot connect") {
-        assert!(Instant::now() < deadline, "{}", c.log("untrusting.log"));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let log = c.log("untrusting.log");
+    let url = c.url();
+    let log = failed_node(&mut c, "untrusting", &url);
     assert!(log.contains("signed by an unknown authority") && log.contains("tls_ca"), "{log}");
     assert_eq!(c.node_names(), ["trusted"]);
 
     // A node with the https controller given as http://: refused in words.
-    let mut cmd = isolated(Command::new(workspace_bin("ffcluster-node")));
-    cmd.args(["--controller", &plain, "--token", &c.token, "--name", "plain", "--ffmpeg"])
-        .arg(real("ffmpeg"))
-        .arg("--scratch")
-        .arg(c.dir.path().join("scratch-plain"))
-        .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
-        .env("RUST_LOG", "info");
-    c.spawn_node("plain", cmd);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !c.log("plain.log").contains("cannot connect") {
-        assert!(Instant::now() < deadline, "{}", c.log("plain.log"));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(c.log("plain.log").contains("400"), "{}", c.log("plain.log"));
+    let log = failed_node(&mut c, "plain", &plain);
+    assert!(log.contains("400"), "{log}");
     assert_eq!(c.node_names(), ["trusted"]);
+
+    // What the node gives its ffmpeg for an https relay input really verifies
+    // the controller: with the right CA the handshake passes (the relay then
+    // answers 404 for an unknown job), with another CA it fails.
+    let ffmpeg_relay = |ca: &Path| {
+        let out = Command::new(real("ffmpeg"))
+            .args(["-hide_banner", "-nostdin", "-tls_verify", "1", "-ca_file"])
+            .arg(ca)
+            .args(["-i", &format!("https://localhost:{}/api/v1/files/nojob/0", c.port), "-f", "null", "-"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = ffmpeg_relay(&c.ca().unwrap());
+    assert!(err.contains("404"), "{err}");
+    let wrong = c.dir.path().join("wrong-ca");
+    run_ok(Command::new(controller_exe()).args(["tls-init", "--name", "localhost", "--dir"]).arg(&wrong));
+    let err = ffmpeg_relay(&wrong.join("ca.pem"));
+    assert!(!err.contains("404") && err.to_lowercase().contains("verif"), "{err}");
 
     // Plain HTTP is not served, not even the relay: a 400 that says to use https.
     for path in ["/api/v1/status", "/api/v1/files/x/0", "/healthz"] {
