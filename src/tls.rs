@@ -192,15 +192,7 @@ pub enum DialError {
 /// `connect` and with `io` as the read and write timeout.
 pub fn dial(url: &str, authority: &str, trust: &Trust, connect: Duration, io: Duration) -> Result<Conn, DialError> {
     use std::net::ToSocketAddrs;
-    let tls = is_tls_url(url);
-    let has_port = authority.rsplit_once(':').is_some_and(|(h, p)| {
-        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']'))
-    });
-    let target = match (has_port, tls) {
-        (true, _) => authority.to_owned(),
-        (false, true) => format!("{authority}:443"),
-        (false, false) => format!("{authority}:80"),
-    };
+    let target = socket_target(url, authority);
     let host = authority.to_owned();
     let addrs: Vec<_> =
         target.to_socket_addrs().map_err(|error| DialError::Resolve { host: host.clone(), error })?.collect();
@@ -218,16 +210,35 @@ pub fn dial(url: &str, authority: &str, trust: &Trust, connect: Duration, io: Du
     let tcp = tcp.ok_or_else(|| DialError::Connect { host: host.clone(), error: last })?;
     let timeouts = tcp.set_read_timeout(Some(io)).and_then(|()| tcp.set_write_timeout(Some(io)));
     timeouts.map_err(|error| DialError::Connect { host: host.clone(), error })?;
-    if tls { Ok(Conn::Tls(trust.connect(url, authority, tcp)?)) } else { Ok(Conn::Plain(tcp)) }
+    if is_tls_url(url) { Ok(Conn::Tls(trust.connect(url, authority, tcp)?)) } else { Ok(Conn::Plain(tcp)) }
+}
+
+/// `authority` (`host`, `host:port`, `[v6]:port`) split into its host and port.
+fn split_authority(authority: &str) -> (&str, Option<&str>) {
+    match authority.rsplit_once(':') {
+        Some((h, p))
+            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            (h, Some(p))
+        }
+        _ => (authority, None),
+    }
+}
+
+/// `authority` with a port, for connecting: the URL scheme's default (443 for
+/// `https://`, else 80) when it has none.
+pub fn socket_target(url: &str, authority: &str) -> String {
+    match split_authority(authority) {
+        (_, Some(_)) => authority.to_owned(),
+        (host, None) if is_tls_url(url) => format!("{host}:443"),
+        (host, None) => format!("{host}:80"),
+    }
 }
 
 /// The name a certificate must carry for `authority` (`host`, `host:port`,
 /// `[v6]:port`).
 pub fn server_name(authority: &str) -> Result<ServerName<'static>, TlsError> {
-    let host = match authority.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')) => h,
-        _ => authority,
-    };
+    let (host, _) = split_authority(authority);
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     ServerName::try_from(host.to_owned()).map_err(|_| TlsError::ServerName(host.to_owned()))
 }
@@ -337,6 +348,10 @@ mod tests {
         assert_eq!(name("[::1]:9470").unwrap(), "::1");
         assert_eq!(name("host").unwrap(), "host");
         assert!(server_name("bad host:1").is_err());
+        assert_eq!(socket_target("https://h/x", "h"), "h:443");
+        assert_eq!(socket_target("http://h/x", "h"), "h:80");
+        assert_eq!(socket_target("https://[::1]/x", "[::1]"), "[::1]:443");
+        assert_eq!(socket_target("https://[::1]:9/x", "[::1]:9"), "[::1]:9");
     }
 
     #[test]

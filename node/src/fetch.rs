@@ -29,9 +29,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 pub async fn download(url: &str, trust: &Trust, dest: &Path, expected: u64) -> anyhow::Result<u64> {
     let (host, path) = split_url(url)?;
     let tls = ffcluster::tls::is_tls_url(url);
-    let default_port = if tls { 443 } else { 80 };
-    let addr =
-        if host.contains(':') && !host.ends_with(']') { host.to_owned() } else { format!("{host}:{default_port}") };
+    let addr = ffcluster::tls::socket_target(url, host);
     let tcp = idle(TcpStream::connect(&addr)).await?.with_context(|| format!("connecting to {addr}"))?;
     tcp.set_nodelay(true)?;
     let stream: Box<dyn Stream> = if tls {
