@@ -25,8 +25,8 @@ const MAX_RESPONSE: u64 = 16 << 20;
 pub enum ClusterProbeError {
     #[error("controller URL {0:?} is not http://HOST:PORT or https://HOST:PORT")]
     Url(String),
-    #[error(transparent)]
-    Dial(#[from] DialError),
+    #[error("cannot reach the controller at {url}: {source}")]
+    Dial { url: String, source: Box<DialError> },
     #[error("cannot reach the controller at {url}: {source}")]
     Io { url: String, source: std::io::Error },
     #[error("the controller has no answer for this probe (HTTP {0})")]
@@ -54,7 +54,8 @@ pub fn fetch(base: &str, token: &str, trust: &Trust, args: &[String]) -> Result<
         None => (rest, ""),
     };
     let io = |source| ClusterProbeError::Io { url: base.to_owned(), source };
-    let mut stream = dial(base, authority, trust, CONNECT_TIMEOUT, IO_TIMEOUT)?;
+    let mut stream = dial(base, authority, trust, CONNECT_TIMEOUT, IO_TIMEOUT)
+        .map_err(|e| ClusterProbeError::Dial { url: base.to_owned(), source: Box::new(e) })?;
     let request = format!(
         "GET {prefix}{PROBES_PATH}?{} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
         probe_query(args)
@@ -126,6 +127,10 @@ mod tests {
     fn an_unreachable_controller_is_an_error() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let err = fetch(&format!("http://127.0.0.1:{port}"), "t", &Trust::default(), &["-version".into()]).unwrap_err();
-        assert!(matches!(err, ClusterProbeError::Dial(DialError::Connect { .. })), "{err}");
+        assert!(
+            matches!(&err, ClusterProbeError::Dial { source, .. } if matches!(**source, DialError::Connect { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("cannot reach the controller at http://127.0.0.1:"), "{err}");
     }
 }
