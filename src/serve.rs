@@ -357,6 +357,21 @@ mod tests {
     }
 
     #[test]
+    fn tls_needs_the_certificate_and_its_key() {
+        let env = [("FFCLUSTER_TOKEN", "t"), ("FFCLUSTER_TLS_KEY", "/k.pem")];
+        let err = resolve(&[], &env).unwrap_err().to_string();
+        assert!(err.contains("tls_key is set (from FFCLUSTER_TLS_KEY) but tls_cert is not"), "{err}");
+        assert!(err.contains("--tls-cert"), "{err}");
+        let s = resolve(&["--tls-cert", "/c.pem"], &env).unwrap();
+        let (cert, key) = s.tls.as_ref().unwrap();
+        assert_eq!((cert.value.as_path(), &cert.source), (Path::new("/c.pem"), &Source::Flag("--tls-cert")));
+        assert_eq!(key.source, Source::Env("FFCLUSTER_TLS_KEY"));
+        assert!(s.report().contains("tls_cert") && s.report().contains("\"/c.pem\""), "{}", s.report());
+        let plain = resolve(&[], &[("FFCLUSTER_TOKEN", "t")]).unwrap();
+        assert!(plain.tls.is_none() && plain.report().contains("none (plain HTTP)"));
+    }
+
+    #[test]
     fn mistakes_name_the_key_and_the_source() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

@@ -19,7 +19,6 @@
 //!   `dashboard` (the web page at `/`).
 //! * [`joblog`]: each job's log, which reads like ffmpeg's, at
 //!   `/api/v1/jobs/{id}/log`.
-//!
 //! * `tls_listener`: with `tls_cert`/`tls_key`, the listener that does each
 //!   connection's TLS handshake.
 //!
