@@ -5,8 +5,11 @@
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ffcluster::controller::http_client;
@@ -79,9 +82,8 @@ fn whole_and_split_jobs_run_over_tls() {
     assert!(log.contains("probe -version answered by node"), "{log}");
 }
 
-/// Starts a node without `tls_ca` against `controller`, and returns its log once
-/// it has failed to connect.
-fn failed_node(c: &mut Cluster, name: &str, controller: &str) -> String {
+/// Starts node `name` against `controller`, trusting `ca` if given.
+fn spawn_node_at(c: &mut Cluster, name: &str, controller: &str, ca: Option<&Path>) {
     let mut cmd = isolated(Command::new(workspace_bin("ffcluster-node")));
     cmd.args(["--controller", controller, "--token", &c.token, "--name", name, "--ffmpeg"])
         .arg(real("ffmpeg"))
@@ -89,14 +91,96 @@ fn failed_node(c: &mut Cluster, name: &str, controller: &str) -> String {
         .arg(c.dir.path().join(format!("scratch-{name}")))
         .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
         .env("RUST_LOG", "info");
+    if let Some(ca) = ca {
+        cmd.arg("--tls-ca").arg(ca);
+    }
     c.spawn_node(name, cmd);
+}
+
+/// Starts a node without `tls_ca` against `controller`, and returns its log once
+/// it has failed to connect.
+fn failed_node(c: &mut Cluster, name: &str, controller: &str) -> String {
+    spawn_node_at(c, name, controller, None);
     let log = format!("{name}.log");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // A node measures its ffmpeg before it connects: long on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !c.log(&log).contains("cannot connect") {
         assert!(Instant::now() < deadline, "{}", c.log(&log));
         std::thread::sleep(Duration::from_millis(100));
     }
     c.log(&log)
+}
+
+/// A TCP relay on loopback to `port` that keeps a copy of every byte that
+/// crosses it, both ways: what a capture on the wire would see.
+struct Tap {
+    port: u16,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Tap {
+    fn to(port: u16) -> Tap {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let tap = Tap { port: listener.local_addr().unwrap().port(), seen: seen.clone() };
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+                let pairs = [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)];
+                for (mut from, mut to) in pairs {
+                    let seen = seen.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n @ 1..) = from.read(&mut buf) {
+                            seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        tap
+    }
+
+    fn saw(&self, needle: &str) -> bool {
+        self.seen.lock().unwrap().windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    fn bytes(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+#[test]
+fn the_wire_carries_no_plaintext() {
+    let mut c = Cluster::bare();
+    c.make_certs();
+    c.start_controller();
+    // The node reaches the controller, and its ffmpeg the relay, through the tap.
+    let tap = Tap::to(c.port);
+    let via_tap = format!("https://localhost:{}", tap.port);
+    let ca = c.ca().unwrap();
+    spawn_node_at(&mut c, "tapped", &via_tap, Some(&ca));
+    c.wait_nodes(1, Duration::from_secs(90));
+    let input = c.work.join("movie.mkv");
+    make_clip(&input, 4, "640x360", &[]);
+    let out = c.work.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    run_ok(c.shim().args(jellyfin_hls(&input, &out, "tapped", false, 2)).stdin(Stdio::null()));
+    assert_eq!(decode_frames(&out.join("tapped.m3u8")), 96);
+    let input_size = std::fs::metadata(&input).unwrap().len() as usize;
+    assert!(tap.bytes() > input_size, "the input and outputs crossed the tap: {} bytes", tap.bytes());
+    for secret in [c.token.as_str(), "Bearer", "/api/v1/files/", "#EXTM3U", "libx264"] {
+        assert!(!tap.saw(secret), "{secret:?} crossed the wire in clear");
+    }
+    // The tap does see plaintext when there is some: a plain request's token.
+    let plain = format!("http://127.0.0.1:{}", tap.port);
+    let _ =
+        http_client::get(&format!("{plain}/healthz"), &[("Authorization", "Bearer visible-secret")], &Trust::default());
+    assert!(tap.saw("visible-secret"));
 }
 
 #[test]
