@@ -189,7 +189,7 @@ fn clients_without_trust_or_tls_are_refused() {
     c.make_certs();
     c.start_controller();
     c.add_node("trusted");
-    c.wait_nodes(1, Duration::from_secs(30));
+    c.wait_nodes(1, Duration::from_secs(90));
     let plain = format!("http://127.0.0.1:{}", c.port);
     // A client that connects and never starts its handshake holds up nobody:
     // everything below is served while it waits.

@@ -119,7 +119,8 @@ impl Cluster {
         for i in 0..nodes {
             c.add_node(&format!("node{i}"));
         }
-        c.wait_nodes(nodes, Duration::from_secs(30));
+        // A node measures its ffmpeg before it connects: 36 s at load average 50.
+        c.wait_nodes(nodes, Duration::from_secs(90));
         c
     }
 
