@@ -340,7 +340,11 @@ impl Settings {
         let rows = [
             (CONTROLLER.name, format!("{:?}", self.controller.value), self.controller.source.clone()),
             (TOKEN.name, "<hidden>".to_owned(), self.token.source.clone()),
-            (TLS_CA.name, format!("{:?}", self.tls_ca.value), self.tls_ca.source.clone()),
+            (
+                TLS_CA.name,
+                self.tls_ca.value.as_ref().map_or("none".into(), |p| format!("{p:?}")),
+                self.tls_ca.source.clone(),
+            ),
             (NAME.name, format!("{:?}", self.name.value), self.name.source.clone()),
             (SLOTS.name, self.slots.value.to_string(), self.slots.source.clone()),
             (SCRATCH.name, format!("{:?}", self.scratch_path()), self.scratch.source.clone()),
