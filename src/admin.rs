@@ -2,36 +2,48 @@
 //! beyond `status`, all talking to the controller's authenticated API.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ffcluster::controller::http_client::{fetch_log, fetch_status, set_drain};
 use ffcluster::controller::status::{JobState, Status};
+use ffcluster::tls::Trust;
 
 use crate::status::{job_row, node_row, table};
 
-/// Where the controller is and how to authenticate.
+/// Where the controller is and how to authenticate (every admin command, `status`
+/// and `bench cluster`).
 #[derive(Debug, clap::Args)]
 pub struct Conn {
-    /// The controller's base URL.
+    /// The controller's base URL (https:// for a controller with TLS).
     #[arg(long, value_name = "URL", env = "FFCLUSTER_CONTROLLER", default_value = "http://127.0.0.1:9470")]
-    controller: String,
+    pub controller: String,
     /// The controller's shared secret.
     #[arg(long, env = "FFCLUSTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A PEM file of CA certificates trusted besides the system's, for an
+    /// https:// controller whose certificate a private CA signed.
+    #[arg(long, value_name = "FILE", env = "FFCLUSTER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Conn {
-    fn token(&self) -> anyhow::Result<&str> {
+    pub fn token(&self) -> anyhow::Result<&str> {
         match self.token.as_deref().filter(|t| !t.trim().is_empty()) {
             Some(t) => Ok(t),
             None => bail!("no token: pass the controller's token with --token or FFCLUSTER_TOKEN"),
         }
     }
 
-    fn status(&self) -> anyhow::Result<Status> {
-        fetch_status(&self.controller, self.token()?).with_context(|| format!("controller at {}", self.controller))
+    pub fn trust(&self) -> Trust {
+        Trust::new(self.tls_ca.clone())
+    }
+
+    pub fn status(&self) -> anyhow::Result<Status> {
+        fetch_status(&self.controller, self.token()?, &self.trust())
+            .with_context(|| format!("controller at {}", self.controller))
     }
 }
 
@@ -121,7 +133,8 @@ const FOLLOW_PERIOD: Duration = Duration::from_millis(500);
 
 pub fn log(a: LogArgs) -> anyhow::Result<ExitCode> {
     let token = a.conn.token()?;
-    let fetch = |after| fetch_log(&a.conn.controller, token, a.job, after);
+    let trust = a.conn.trust();
+    let fetch = |after| fetch_log(&a.conn.controller, token, &trust, a.job, after);
     let context = || format!("controller at {}", a.conn.controller);
     if !a.follow {
         print!("{}", fetch(None).with_context(context)?.text);
@@ -152,7 +165,7 @@ pub fn undrain(a: UndrainArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn set(conn: &Conn, node: &str, draining: bool) -> anyhow::Result<ExitCode> {
-    let reply = set_drain(&conn.controller, conn.token()?, node, draining)
+    let reply = set_drain(&conn.controller, conn.token()?, &conn.trust(), node, draining)
         .with_context(|| format!("controller at {}", conn.controller))?;
     match (reply.draining, reply.connected) {
         (true, _) => println!("{}: draining (no new work; running jobs finish)", reply.node),

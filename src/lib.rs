@@ -19,6 +19,8 @@
 //! * [`hardware`]: hardware families, node argument translations and the
 //!   capability probes nodes answer for the cluster (pure).
 //! * [`config`]: the daemons' layered settings (TOML file, environment, flags).
+//! * `tls` (feature `tls`): the TLS configurations of the controller and of
+//!   every client, and a blocking connection for the small HTTP clients.
 //! * `controller` (feature `controller`): the daemon behind `ffcluster serve`
 //!   (node and shim WebSockets, the scheduler, the input relay, the status
 //!   document) and the small HTTP client behind `ffcluster status`.
@@ -35,3 +37,5 @@ pub mod protocol;
 pub mod remote;
 pub mod resume;
 pub mod split;
+#[cfg(feature = "tls")]
+pub mod tls;

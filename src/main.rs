@@ -6,6 +6,7 @@ mod demo;
 mod explain;
 mod serve;
 mod status;
+mod tls_init;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,8 @@ enum Command {
     Explain(explain::Args),
     /// Measure the cluster on this machine (see README, Benchmarks).
     Bench(bench::Args),
+    /// Write a private CA and a controller certificate it signs, for TLS.
+    TlsInit(tls_init::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Undrain(args) => admin::undrain(args),
         Command::Explain(args) => explain::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::TlsInit(args) => tls_init::run(args),
     };
     match result {
         Ok(code) => code,

@@ -137,6 +137,9 @@ pub struct Access<'a> {
     /// Input file id → what the node's ffmpeg opens instead (a relay URL, or a local
     /// path when a path mapping applies).
     pub input: &'a dyn Fn(&FileOffer) -> String,
+    /// Input options the node's ffmpeg needs to open an input at this URL (for
+    /// an `https://` relay URL: verify the controller's certificate).
+    pub input_options: &'a dyn Fn(&str) -> Vec<Opt>,
     /// File id → path of its copy in scratch (filter files, and directory entries).
     pub side: &'a dyn Fn(&FileOffer) -> String,
     /// Directory reference → scratch directory holding its entries.
@@ -228,6 +231,9 @@ pub fn rewrite(cl: &CommandLine, refs: &[FileRef], access: &Access<'_>) -> Resul
                 let offer = offered(&r.path).ok_or_else(|| RemoteError::NotOffered(r.path.clone()))?;
                 let url = (access.input)(offer);
                 replacements.push((url.clone(), cl.inputs[n].url.raw.clone()));
+                for opt in (access.input_options)(&url) {
+                    cl.inputs[n].push(opt);
+                }
                 cl.inputs[n].url = Url::parse(&url);
             }
             Site::Filter { .. } => {}
@@ -935,11 +941,27 @@ mod tests {
         let input = |f: &FileOffer| format!("http://c/api/v1/files/cap/{}", f.id);
         let side = |f: &FileOffer| format!("/scratch/side/{}", f.id);
         let side_dir = |_: &str| "/scratch/side/dir".to_owned();
-        let access =
-            Access { files: &files, input: &input, side: &side, side_dir: &side_dir, out_root: "/scratch/out" };
+        let access = Access {
+            files: &files,
+            input: &input,
+            input_options: &|_| Vec::new(),
+            side: &side,
+            side_dir: &side_dir,
+            out_root: "/scratch/out",
+        };
         let r = rewrite(&c, &refs, &access).unwrap();
         let joined = r.args.join(" ");
         assert!(joined.starts_with("-i http://c/api/v1/files/cap/0 "), "{joined}");
+        // An https relay: the options that make ffmpeg verify the controller go
+        // with the input, from the model.
+        let tls_input = |f: &FileOffer| format!("https://c/api/v1/files/cap/{}", f.id);
+        let tls_options = |url: &str| {
+            assert!(url.starts_with("https://c/"), "{url}");
+            vec![Opt::new("tls_verify", Some("1")), Opt::new("ca_file", Some("/etc/ca.pem"))]
+        };
+        let tls = Access { input: &tls_input, input_options: &tls_options, ..access.clone() };
+        let joined = rewrite(&c, &refs, &tls).unwrap().args.join(" ");
+        assert!(joined.starts_with("-tls_verify 1 -ca_file /etc/ca.pem -i https://c/api/v1/files/cap/0 "), "{joined}");
         assert!(joined.contains("-hls_segment_filename /scratch/out/d0/abc%d.mp4"), "{joined}");
         assert!(joined.ends_with("-y /scratch/out/d0/abc.m3u8"), "{joined}");
         assert_eq!(r.plan.dirs, [OutDir { original: "/tc".into(), scratch: "/scratch/out/d0".into() }]);
@@ -964,7 +986,14 @@ mod tests {
         let files = offers(&["/m/movie.mkv"]);
         let url = |f: &FileOffer| format!("http://c:1/api/v1/files/x/{}", f.id);
         let d = |_: &str| String::new();
-        let access = Access { files: &files, input: &url, side: &url, side_dir: &d, out_root: "/s" };
+        let access = Access {
+            files: &files,
+            input: &url,
+            input_options: &|_| Vec::new(),
+            side: &url,
+            side_dir: &d,
+            out_root: "/s",
+        };
         let r = rewrite(&c, &refs, &access).unwrap();
         assert_eq!(r.args[3], r"subtitles=f=http\\://c\\:1/api/v1/files/x/0:si=0");
         assert_eq!(graph_files(&r.args[3]).unwrap()[0].1, "http://c:1/api/v1/files/x/0");
@@ -976,7 +1005,14 @@ mod tests {
         let files = offers(&["in.mkv"]);
         let id = |f: &FileOffer| format!("u{}", f.id);
         let d = |_: &str| String::new();
-        let access = Access { files: &files, input: &id, side: &id, side_dir: &d, out_root: "/o" };
+        let access = Access {
+            files: &files,
+            input: &id,
+            input_options: &|_| Vec::new(),
+            side: &id,
+            side_dir: &d,
+            out_root: "/o",
+        };
         let r = rewrite(&c, &file_refs(&c).unwrap(), &access).unwrap();
         assert!(r.plan.stdout);
         assert_eq!(r.args.join(" "), "-i u0 -c:v libx264 -f mpegts pipe:1");

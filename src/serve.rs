@@ -26,10 +26,12 @@ const HEARTBEAT: Key =
     Key { name: "heartbeat_interval", env: "FFCLUSTER_HEARTBEAT_INTERVAL", flag: "--heartbeat-interval" };
 const DEAD: Key = Key { name: "dead_after", env: "FFCLUSTER_DEAD_AFTER", flag: "--dead-after" };
 const HELLO: Key = Key { name: "hello_timeout", env: "FFCLUSTER_HELLO_TIMEOUT", flag: "--hello-timeout" };
+const TLS_CERT: Key = Key { name: "tls_cert", env: "FFCLUSTER_TLS_CERT", flag: "--tls-cert" };
+const TLS_KEY: Key = Key { name: "tls_key", env: "FFCLUSTER_TLS_KEY", flag: "--tls-key" };
 const LOG_LEVEL: Key = Key { name: "log_level", env: "FFCLUSTER_LOG_LEVEL", flag: "--log-level" };
 /// Every key of `controller.toml`, in the order of contrib/config/controller.toml.
 #[cfg(test)]
-pub const KEYS: [Key; 7] = [LISTEN, TOKEN, TOKEN_FILE, HEARTBEAT, DEAD, HELLO, LOG_LEVEL];
+pub const KEYS: [Key; 9] = [LISTEN, TOKEN, TOKEN_FILE, HEARTBEAT, DEAD, HELLO, TLS_CERT, TLS_KEY, LOG_LEVEL];
 
 /// Each setting is taken from its flag, else its environment variable, else the
 /// config file, else the default (README, Configuration).
@@ -60,6 +62,13 @@ pub struct Args {
     /// Time a new connection has to say who it is (env FFCLUSTER_HELLO_TIMEOUT) [default: 10s].
     #[arg(long, value_name = "DURATION")]
     hello_timeout: Option<String>,
+    /// PEM certificate chain: serve HTTPS and WSS only, with --tls-key
+    /// (env FFCLUSTER_TLS_CERT) [default: none, plain HTTP].
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert (env FFCLUSTER_TLS_KEY) [default: none].
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
     /// Log level or tracing directives, e.g. debug or info,ffcluster=debug
     /// (env FFCLUSTER_LOG_LEVEL) [default: $RUST_LOG, else info].
     #[arg(long, value_name = "LEVEL")]
@@ -76,6 +85,8 @@ struct FileConfig {
     heartbeat_interval: Option<String>,
     dead_after: Option<String>,
     hello_timeout: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
     log_level: Option<String>,
 }
 
@@ -88,6 +99,8 @@ struct Settings {
     heartbeat_interval: Setting<Duration>,
     dead_after: Setting<Duration>,
     hello_timeout: Setting<Duration>,
+    /// Certificate and key files; both or neither.
+    tls: Option<(Setting<PathBuf>, Setting<PathBuf>)>,
     log_level: Setting<String>,
 }
 
@@ -121,6 +134,18 @@ impl Settings {
             duration(&HEARTBEAT, a.heartbeat_interval, file.heartbeat_interval, HEARTBEAT_INTERVAL)?;
         let dead_after = duration(&DEAD, a.dead_after, file.dead_after, DEAD_AFTER)?;
         let hello_timeout = duration(&HELLO, a.hello_timeout, file.hello_timeout, DEFAULT_HELLO_TIMEOUT)?;
+        let path = |s: &str| -> Result<PathBuf, String> {
+            let s = s.trim();
+            if s.is_empty() { Err("empty path".into()) } else { Ok(PathBuf::from(s)) }
+        };
+        let tls_cert = layers.pick_str(&TLS_CERT, a.tls_cert, file.tls_cert, path)?;
+        let tls_key = layers.pick_str(&TLS_KEY, a.tls_key, file.tls_key, path)?;
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(set), None) => bail!(half_tls(&TLS_CERT, &set.source, &TLS_KEY)),
+            (None, Some(set)) => bail!(half_tls(&TLS_KEY, &set.source, &TLS_CERT)),
+        };
         let log_level = match layers.pick_str(&LOG_LEVEL, a.log_level, file.log_level, config::parse_log_level)? {
             Some(level) => level,
             None => match env("RUST_LOG") {
@@ -150,22 +175,38 @@ impl Settings {
                 ),
             });
         }
-        Ok(Settings { file: file_path, listen, token, heartbeat_interval, dead_after, hello_timeout, log_level })
+        Ok(Settings { file: file_path, listen, token, heartbeat_interval, dead_after, hello_timeout, tls, log_level })
     }
 
     /// What `--check-config` prints.
     fn report(&self) -> String {
         let d = |s: &Setting<Duration>| format!("\"{}\"", config::format_duration(s.value));
+        let file = |s: &Setting<PathBuf>| (format!("{:?}", s.value), s.source.clone());
+        let ((cert, cert_from), (key, key_from)) = match &self.tls {
+            Some((cert, key)) => (file(cert), file(key)),
+            None => (("none (plain HTTP)".to_owned(), Source::Default), ("none".to_owned(), Source::Default)),
+        };
         let rows = [
             (LISTEN.name, format!("{:?}", self.listen.value), self.listen.source.clone()),
             (TOKEN.name, "<hidden>".to_owned(), self.token.source.clone()),
             (HEARTBEAT.name, d(&self.heartbeat_interval), self.heartbeat_interval.source.clone()),
             (DEAD.name, d(&self.dead_after), self.dead_after.source.clone()),
             (HELLO.name, d(&self.hello_timeout), self.hello_timeout.source.clone()),
+            (TLS_CERT.name, cert, cert_from),
+            (TLS_KEY.name, key, key_from),
             (LOG_LEVEL.name, format!("{:?}", self.log_level.value), self.log_level.source.clone()),
         ];
         config::report(self.file.as_deref(), &rows)
     }
+}
+
+/// Why one of `tls_cert` and `tls_key` alone is refused.
+fn half_tls(given: &Key, from: &Source, missing: &Key) -> String {
+    format!(
+        "{} is set (from {from}) but {} is not: TLS needs the certificate (tls_cert) and its private key \
+         (tls_key). Give {} with {} or {}, or neither for plain HTTP",
+        given.name, missing.name, missing.name, missing.flag, missing.env
+    )
 }
 
 /// `host:port`, with a port; the host may be a name, so binding is the real check.
@@ -196,6 +237,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     config.heartbeat_interval = s.heartbeat_interval.value;
     config.dead_after = s.dead_after.value;
     config.hello_timeout = s.hello_timeout.value;
+    if let Some((cert, key)) = &s.tls {
+        let tls = ffcluster::tls::server_config(&cert.value, &key.value)
+            .with_context(|| format!("TLS (tls_cert from {}, tls_key from {})", cert.source, key.source))?;
+        config.tls = Some(tls);
+    }
     let listen = s.listen;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
@@ -308,6 +354,21 @@ mod tests {
         let report = s.report();
         assert!(report.contains("listen") && report.contains("# from --listen"), "{report}");
         assert!(!report.contains("env-token"), "the report shows the secret: {report}");
+    }
+
+    #[test]
+    fn tls_needs_the_certificate_and_its_key() {
+        let env = [("FFCLUSTER_TOKEN", "t"), ("FFCLUSTER_TLS_KEY", "/k.pem")];
+        let err = resolve(&[], &env).unwrap_err().to_string();
+        assert!(err.contains("tls_key is set (from FFCLUSTER_TLS_KEY) but tls_cert is not"), "{err}");
+        assert!(err.contains("--tls-cert"), "{err}");
+        let s = resolve(&["--tls-cert", "/c.pem"], &env).unwrap();
+        let (cert, key) = s.tls.as_ref().unwrap();
+        assert_eq!((cert.value.as_path(), &cert.source), (Path::new("/c.pem"), &Source::Flag("--tls-cert")));
+        assert_eq!(key.source, Source::Env("FFCLUSTER_TLS_KEY"));
+        assert!(s.report().contains("tls_cert") && s.report().contains("\"/c.pem\""), "{}", s.report());
+        let plain = resolve(&[], &[("FFCLUSTER_TOKEN", "t")]).unwrap();
+        assert!(plain.tls.is_none() && plain.report().contains("none (plain HTTP)"));
     }
 
     #[test]

@@ -3,31 +3,24 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
-use ffcluster::controller::http_client::fetch_status;
 use ffcluster::controller::status::{JobMode, JobStatus, NodeStatus, Status};
+
+use crate::admin::Conn;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print the status document as JSON.
     #[arg(long)]
     json: bool,
-    /// The controller's base URL.
-    #[arg(long, value_name = "URL", env = "FFCLUSTER_CONTROLLER", default_value = "http://127.0.0.1:9470")]
-    controller: String,
-    /// The controller's shared secret.
-    #[arg(long, env = "FFCLUSTER_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    conn: Conn,
 }
 
 /// Longest argument list shown in the jobs table.
 const ARGS_WIDTH: usize = 60;
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some(token) = a.token.filter(|t| !t.trim().is_empty()) else {
-        bail!("no token: pass the controller's token with --token or FFCLUSTER_TOKEN");
-    };
-    let doc = fetch_status(&a.controller, &token).with_context(|| format!("controller at {}", a.controller))?;
+    let doc = a.conn.status()?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ffcluster::controller::http_client;
+use ffcluster::tls::Trust;
 use serde_json::Value;
 use support::cluster::*;
 
@@ -121,12 +122,16 @@ fn dashboard_metrics_and_chunk_records_after_a_split_job() {
     let c = Cluster::start(2);
 
     // The page is static and open; the data behind it needs the token.
-    let page = http_client::get(&format!("{}/", c.url()), &[]).unwrap();
+    let page = http_client::get(&format!("{}/", c.url()), &[], &Trust::default()).unwrap();
     assert_eq!(page.status, 200);
     assert!(String::from_utf8_lossy(&page.body).contains("dashboard/app.js"));
     assert!(page.header("content-security-policy").is_some_and(|p| p.contains("script-src 'self'")));
     for path in ["/metrics", "/api/v1/status"] {
-        assert_eq!(http_client::get(&format!("{}{path}", c.url()), &[]).unwrap().status, 401, "{path}");
+        assert_eq!(
+            http_client::get(&format!("{}{path}", c.url()), &[], &Trust::default()).unwrap().status,
+            401,
+            "{path}"
+        );
     }
     let before = c.metrics();
     assert_eq!(sample(&before, "ffcluster_jobs_total{mode=\"split\",result=\"ok\"}"), 0.0);

@@ -22,7 +22,7 @@ fn readme_lists_every_reason_code() {
 #[test]
 fn readme_lists_every_variable() {
     let readme = read("README.md");
-    for file in ["shim/src/config.rs", "node/src/config.rs", "src/serve.rs", "src/status.rs"] {
+    for file in ["shim/src/config.rs", "node/src/config.rs", "src/serve.rs", "src/admin.rs"] {
         let source = read(file);
         let vars: Vec<&str> = source
             .split('"')
@@ -42,6 +42,7 @@ fn readme_lists_every_command_and_flag() {
         assert!(readme.contains(&format!("`{cmd}")), "README lacks {cmd}");
     }
     for cmd in [
+        "ffcluster tls-init",
         "ffcluster nodes",
         "ffcluster jobs",
         "ffcluster log",
@@ -74,6 +75,9 @@ fn readme_lists_every_command_and_flag() {
         "--dead-after",
         "--hello-timeout",
         "--log-level",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-ca",
     ] {
         assert!(readme.contains(&format!("`{flag}")), "README lacks {flag}");
     }

@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ffcluster::controller::http_client;
+use ffcluster::tls::Trust;
 use serde_json::Value;
 use support::cluster::*;
 
@@ -143,9 +144,9 @@ fn whole_and_split_jobs_leave_logs_that_read_like_ffmpeg() {
 
     // The route needs the token, and says when there is no such log.
     let url = format!("{}/api/v1/jobs/{id}/log", c.url());
-    assert_eq!(http_client::get(&url, &[]).unwrap().status, 401);
+    assert_eq!(http_client::get(&url, &[], &Trust::default()).unwrap().status, 401);
     let auth = format!("Bearer {}", c.token);
-    let r = http_client::get(&url, &[("Authorization", &auth)]).unwrap();
+    let r = http_client::get(&url, &[("Authorization", &auth)], &Trust::default()).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
     assert_eq!(r.header("x-ffcluster-job-state"), Some("done"));

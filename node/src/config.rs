@@ -8,14 +8,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use ffcluster::config::{self, Key, Layers, Setting, Source};
 use ffcluster::hardware::Translation;
+use ffcluster::tls::Trust;
 use serde::Deserialize;
 
 /// Everything the agent needs to know about where it runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The controller's base URL (`http://host:9470`).
+    /// The controller's base URL (`http://host:9470`, or `https://`).
     pub controller: String,
     pub token: String,
+    /// The servers trusted for an `https://` controller (`tls_ca`).
+    pub trust: Trust,
     pub name: String,
     pub slots: u32,
     /// Absolute, UTF-8 (scratch paths end up in ffmpeg's arguments).
@@ -85,6 +88,7 @@ const CONFIG_ENV: &str = "FFCLUSTER_NODE_CONFIG";
 const CONTROLLER: Key = Key { name: "controller", env: "FFCLUSTER_CONTROLLER", flag: "--controller" };
 const TOKEN: Key = Key { name: "token", env: "FFCLUSTER_TOKEN", flag: "--token" };
 const TOKEN_FILE: Key = Key { name: "token_file", env: "FFCLUSTER_TOKEN_FILE", flag: "--token-file" };
+const TLS_CA: Key = Key { name: "tls_ca", env: "FFCLUSTER_TLS_CA", flag: "--tls-ca" };
 const NAME: Key = Key { name: "name", env: "FFCLUSTER_NODE_NAME", flag: "--name" };
 const SLOTS: Key = Key { name: "slots", env: "FFCLUSTER_NODE_SLOTS", flag: "--slots" };
 const SCRATCH: Key = Key { name: "scratch", env: "FFCLUSTER_NODE_SCRATCH", flag: "--scratch" };
@@ -95,8 +99,8 @@ const TRANSLATE: Key = Key { name: "translate", env: "FFCLUSTER_NODE_TRANSLATE",
 const LOG_LEVEL: Key = Key { name: "log_level", env: "FFCLUSTER_NODE_LOG_LEVEL", flag: "--log-level" };
 /// Every key of `node.toml`, in the order of contrib/config/node.toml.
 #[cfg(test)]
-pub const KEYS: [Key; 11] =
-    [CONTROLLER, TOKEN, TOKEN_FILE, NAME, SLOTS, SCRATCH, FFMPEG, PATH_MAP, HARDWARE, TRANSLATE, LOG_LEVEL];
+pub const KEYS: [Key; 12] =
+    [CONTROLLER, TOKEN, TOKEN_FILE, TLS_CA, NAME, SLOTS, SCRATCH, FFMPEG, PATH_MAP, HARDWARE, TRANSLATE, LOG_LEVEL];
 
 /// Each setting is taken from its flag, else its environment variable, else the
 /// config file, else the default (README, Configuration).
@@ -117,6 +121,11 @@ pub struct Flags {
     /// Read the shared secret from this file, e.g. a Docker secret (env FFCLUSTER_TOKEN_FILE).
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted besides the system's, for an https://
+    /// controller whose certificate a private CA signed (env FFCLUSTER_TLS_CA)
+    /// [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<String>,
     /// This node's name (env FFCLUSTER_NODE_NAME) [default: the host name].
     #[arg(long)]
     pub name: Option<String>,
@@ -156,6 +165,7 @@ struct FileConfig {
     controller: Option<String>,
     token: Option<String>,
     token_file: Option<PathBuf>,
+    tls_ca: Option<String>,
     name: Option<String>,
     slots: Option<u32>,
     scratch: Option<String>,
@@ -174,6 +184,7 @@ pub struct Settings {
     pub file: Option<PathBuf>,
     pub controller: Setting<String>,
     pub token: Setting<String>,
+    pub tls_ca: Setting<Option<PathBuf>>,
     pub name: Setting<String>,
     pub slots: Setting<u32>,
     pub scratch: Setting<Option<PathBuf>>,
@@ -246,6 +257,7 @@ impl Settings {
         };
         let slots = layers.pick(&SLOTS, f.slots, file.slots, parse_slots, check_slots)?.unwrap_or_else(|| default(1));
         let path = |s: &str| non_empty(s).map(|p| Some(PathBuf::from(p)));
+        let tls_ca = layers.pick_str(&TLS_CA, f.tls_ca, file.tls_ca, path)?.unwrap_or_else(|| default(None));
         let scratch = layers.pick_str(&SCRATCH, f.scratch, file.scratch, path)?.unwrap_or_else(|| default(None));
         let ffmpeg = layers.pick_str(&FFMPEG, f.ffmpeg, file.ffmpeg, path)?.unwrap_or_else(|| default(None));
         // The flag repeats; the environment variable is a comma-separated list.
@@ -289,6 +301,7 @@ impl Settings {
             file: file_path,
             controller,
             token,
+            tls_ca,
             name,
             slots,
             scratch,
@@ -327,6 +340,11 @@ impl Settings {
         let rows = [
             (CONTROLLER.name, format!("{:?}", self.controller.value), self.controller.source.clone()),
             (TOKEN.name, "<hidden>".to_owned(), self.token.source.clone()),
+            (
+                TLS_CA.name,
+                self.tls_ca.value.as_ref().map_or("none".into(), |p| format!("{p:?}")),
+                self.tls_ca.source.clone(),
+            ),
             (NAME.name, format!("{:?}", self.name.value), self.name.source.clone()),
             (SLOTS.name, self.slots.value.to_string(), self.slots.source.clone()),
             (SCRATCH.name, format!("{:?}", self.scratch_path()), self.scratch.source.clone()),
@@ -343,10 +361,21 @@ impl Settings {
     /// jobs a previous run left.
     pub fn into_config(self) -> anyhow::Result<Config> {
         let ffmpeg = self.ffmpeg_path()?;
+        // Absolute: the node's ffmpeg reads it too, from the job's directory.
+        let ca = match &self.tls_ca.value {
+            Some(p) => Some(std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?),
+            None => None,
+        };
+        let trust = Trust::new(ca);
+        if ffcluster::tls::is_tls_url(&self.controller.value) || trust.ca_file().is_some() {
+            // A bad CA file is a configuration mistake: say so now, not at each reconnect.
+            trust.client_config().with_context(|| format!("tls_ca (from {})", self.tls_ca.source))?;
+        }
         let scratch = prepare_scratch(&self.scratch_path())?;
         Ok(Config {
             controller: self.controller.value,
             token: self.token.value,
+            trust,
             name: self.name.value,
             slots: self.slots.value,
             scratch,

@@ -1,15 +1,17 @@
 //! Whole-file HTTP GET of a job's side files (subtitles, fonts, LUTs) from the
 //! controller's relay into scratch.
 //!
-//! Hand-written HTTP/1.1 over a tokio `TcpStream`: the relay is plain HTTP on the
-//! controller's own port, the files are small, and a client crate would add a
-//! second HTTP stack (and TLS) for one GET. ffmpeg reads the inputs itself.
+//! Hand-written HTTP/1.1 over a tokio `TcpStream`, with TLS (tokio-rustls and
+//! the node's `tls_ca` trust) for an `https://` controller: the files are small,
+//! and a client crate would add a second HTTP stack for one GET. ffmpeg reads
+//! the inputs itself.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use ffcluster::tls::Trust;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// No progress for this long and the download fails.
@@ -17,13 +19,32 @@ const IDLE: Duration = Duration::from_secs(30);
 /// Longest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// A connection to the relay, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// Downloads `url` into a new file `dest` and returns its size, which must be
-/// `expected` (the size the shim offered).
-pub async fn download(url: &str, dest: &Path, expected: u64) -> anyhow::Result<u64> {
+/// `expected` (the size the shim offered). An `https://` URL is verified against
+/// `trust`.
+pub async fn download(url: &str, trust: &Trust, dest: &Path, expected: u64) -> anyhow::Result<u64> {
     let (host, path) = split_url(url)?;
-    let addr = if host.contains(':') && !host.ends_with(']') { host.to_owned() } else { format!("{host}:80") };
-    let stream = idle(TcpStream::connect(&addr)).await?.with_context(|| format!("connecting to {addr}"))?;
-    stream.set_nodelay(true)?;
+    let tls = ffcluster::tls::is_tls_url(url);
+    let addr = ffcluster::tls::socket_target(url, host);
+    let tcp = idle(TcpStream::connect(&addr)).await?.with_context(|| format!("connecting to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let stream: Box<dyn Stream> = if tls {
+        let connector = tokio_rustls::TlsConnector::from(trust.client_config()?);
+        let name = ffcluster::tls::server_name(host)?;
+        match idle(connector.connect(name, tcp)).await? {
+            Ok(s) => Box::new(s),
+            Err(e) => {
+                let why = ffcluster::tls::explain(&e).unwrap_or_else(|| e.to_string());
+                bail!("TLS with {url} failed: {why}")
+            }
+        }
+    } else {
+        Box::new(tcp)
+    };
     let mut conn = BufReader::new(stream);
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ffcluster-node\r\nConnection: close\r\n\r\n");
@@ -49,10 +70,10 @@ async fn idle<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     tokio::time::timeout(IDLE, f).await.map_err(|_| anyhow::anyhow!("no progress for {IDLE:?}"))
 }
 
-/// `("host:port", "/path?query")` of an `http://` URL.
+/// `("host:port", "/path?query")` of an `http://` or `https://` URL.
 fn split_url(url: &str) -> anyhow::Result<(&str, &str)> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        bail!("cannot fetch {url:?}: only http:// controller URLs are supported for side files")
+    let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
+        bail!("cannot fetch {url:?}: only http:// and https:// controller URLs are supported for side files")
     };
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -162,7 +183,8 @@ mod tests {
             ("127.0.0.1:9470", "/api/v1/files/a/1")
         );
         assert_eq!(split_url("http://h").unwrap(), ("h", "/"));
-        assert!(split_url("https://h/x").is_err());
+        assert_eq!(split_url("https://h:1/x").unwrap(), ("h:1", "/x"));
+        assert!(split_url("ftp://h/x").is_err());
         let head = "HTTP/1.1 200 OK\r\ncontent-length: 12\r\nX: y\r\n\r\n";
         assert_eq!(parse_head(head).unwrap(), (200, Some(12), false));
         let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";

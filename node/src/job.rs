@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, ensure};
-use ffcluster::ffmpeg::cmdline::CommandLine;
+use ffcluster::ffmpeg::cmdline::{CommandLine, Opt};
 use ffcluster::protocol::{
     FILES_PATH, FileOffer, Frame, FrameKind, JobId, JobSignal, JobSpec, MAX_FRAME_PAYLOAD, NodeMsg, RemoteExit,
     http_url,
@@ -31,6 +31,7 @@ use crate::config::{Config, map_path, sanitize};
 use crate::fetch;
 use crate::link::{Closed, Outbox};
 use crate::outputs::{self, Watcher};
+use ffcluster::tls::Trust;
 
 /// How long a cancelled job may take to die and clean up before its task is
 /// dropped (which still kills ffmpeg: `kill_on_drop`).
@@ -174,10 +175,17 @@ async fn prepare(spec: &JobSpec, cfg: &Config, dir: &Path) -> anyhow::Result<Rew
     let rw = {
         // `Access` holds `dyn Fn`s that are not `Sync`: keep it away from the awaits.
         let input = |f: &FileOffer| files.input(f);
+        let input_options = |url: &str| files.input_options(url);
         let side = |f: &FileOffer| files.side(f);
         let side_dir = |p: &str| files.side_dir(p);
-        let access =
-            Access { files: &spec.files, input: &input, side: &side, side_dir: &side_dir, out_root: &out_root };
+        let access = Access {
+            files: &spec.files,
+            input: &input,
+            input_options: &input_options,
+            side: &side,
+            side_dir: &side_dir,
+            out_root: &out_root,
+        };
         rewrite(&cl, &refs, &access)?
     };
 
@@ -198,6 +206,7 @@ async fn prepare(spec: &JobSpec, cfg: &Config, dir: &Path) -> anyhow::Result<Rew
 #[derive(Debug, Default)]
 struct SideFiles {
     controller: String,
+    trust: Trust,
     access: String,
     /// Offer id → a local path through `--path-map` (the file is there, same size).
     local: HashMap<u32, String>,
@@ -220,6 +229,7 @@ impl SideFiles {
     fn plan(spec: &JobSpec, cfg: &Config, dir: &str, refs: &[FileRef]) -> SideFiles {
         let mut files = SideFiles {
             controller: cfg.controller.clone(),
+            trust: cfg.trust.clone(),
             access: encode_component(&spec.access),
             ..SideFiles::default()
         };
@@ -296,6 +306,21 @@ impl SideFiles {
         }
     }
 
+    /// ffmpeg does not verify a TLS peer unless asked: for an https relay, it
+    /// checks the controller's certificate and name like the node's own link,
+    /// against `tls_ca` when set (ffmpeg then trusts that file alone), else the
+    /// system's roots.
+    fn input_options(&self, url: &str) -> Vec<Opt> {
+        if !ffcluster::tls::is_tls_url(url) {
+            return Vec::new();
+        }
+        let mut opts = vec![Opt::new("tls_verify", Some("1"))];
+        if let Some(ca) = self.trust.ca_file() {
+            opts.push(Opt::new("ca_file", Some(ca.to_string_lossy())));
+        }
+        opts
+    }
+
     fn side(&self, f: &FileOffer) -> String {
         self.side.get(&f.id).cloned().unwrap_or_else(|| self.relay(f))
     }
@@ -314,7 +339,7 @@ impl SideFiles {
         loop {
             while running.len() < PARALLEL_FETCHES {
                 let Some((f, url)) = queue.next() else { break };
-                running.spawn(fetch_one(f, url));
+                running.spawn(fetch_one(f, url, self.trust.clone()));
             }
             match running.join_next().await {
                 None => return Ok(()),
@@ -324,7 +349,7 @@ impl SideFiles {
     }
 }
 
-async fn fetch_one(f: Fetch, url: String) -> anyhow::Result<()> {
+async fn fetch_one(f: Fetch, url: String, trust: Trust) -> anyhow::Result<()> {
     if let Some(parent) = f.dest.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
@@ -336,7 +361,7 @@ async fn fetch_one(f: Fetch, url: String) -> anyhow::Result<()> {
         let n = tokio::fs::copy(local, &f.dest).await.with_context(|| format!("copying {local}"))?;
         ensure!(n == f.offer.size, "{local} changed size while being copied");
     } else {
-        fetch::download(&url, &f.dest, f.offer.size).await.with_context(|| format!("fetching {what}"))?;
+        fetch::download(&url, &trust, &f.dest, f.offer.size).await.with_context(|| format!("fetching {what}"))?;
     }
     tracing::debug!(file = %what, bytes = f.offer.size, "side file ready");
     Ok(())
@@ -423,6 +448,9 @@ async fn supervise(
     let started = Instant::now();
     let pid = child.id();
     tracing::info!(job, pid, "ffmpeg started");
+    // What ffmpeg really runs (relay URLs, scratch paths, TLS options), unlike
+    // the arguments the job arrived with.
+    tracing::debug!(job, args = ?rw.args, "ffmpeg arguments");
 
     let file_ids = Arc::new(AtomicU32::new(0));
     let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
@@ -660,6 +688,7 @@ mod tests {
         Config {
             controller: "http://ctl:9470".into(),
             token: "t".into(),
+            trust: ffcluster::tls::Trust::default(),
             name: "n".into(),
             slots: 1,
             scratch: scratch.into(),

@@ -18,6 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -84,7 +85,10 @@ pub async fn run(
             Ok(End::Shutdown) => return Ok(()),
             Ok(End::Goodbye(reason)) => bail!("the controller refused this node: {reason}"),
             Ok(End::Lost(why)) => tracing::warn!(controller = %url, "controller lost: {why}"),
-            Err(e) => tracing::warn!(controller = %url, "cannot connect: {}", chain(&e)),
+            Err(e) => {
+                let why = ffcluster::tls::explain(e.as_ref()).unwrap_or_else(|| chain(&e));
+                tracing::warn!(controller = %url, "cannot connect: {why}")
+            }
         }
         if welcomed_at.is_some_and(|t: Instant| t.elapsed() > STABLE_SESSION) {
             backoff = BACKOFF_MIN;
@@ -131,7 +135,11 @@ async fn session(
     let auth = HeaderValue::from_str(&format!("Bearer {}", cfg.token)).context("the token is not a valid header")?;
     request.headers_mut().insert("Authorization", auth);
     tracing::info!(controller = %url, "connecting");
-    let connect = timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, None, true));
+    let tls = match ffcluster::tls::is_tls_url(url) {
+        true => Some(Connector::Rustls(cfg.trust.client_config()?)),
+        false => None,
+    };
+    let connect = timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_tls_with_config(request, None, true, tls));
     let ws = tokio::select! {
         r = connect => r.context("timed out")??.0,
         _ = shutdown.wait_for(|s| *s) => return Ok(End::Shutdown),

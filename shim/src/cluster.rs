@@ -20,9 +20,11 @@ use ffcluster::ffmpeg::decision::Verdict;
 use ffcluster::protocol::{
     Frame, FrameKind, JobId, JobRequest, JobSignal, OutputEvent, SHIM_PATH, ShimMsg, ToShim, ws_url,
 };
+use ffcluster::tls::Trust;
 use futures_util::{SinkExt, StreamExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -83,7 +85,7 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outco
         Ok(r) => r,
         Err(e) => return Outcome::Fallback(format!("cannot start the cluster client: {e}")),
     };
-    runtime.block_on(Session::new(offers, log).run(controller, token, request, read_stdin))
+    runtime.block_on(Session::new(offers, log).run(controller, token, &cfg.trust, request, read_stdin))
 }
 
 pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -111,9 +113,16 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn run(mut self, controller: &str, token: &str, request: JobRequest, read_stdin: bool) -> Outcome {
+    async fn run(
+        mut self,
+        controller: &str,
+        token: &str,
+        trust: &Trust,
+        request: JobRequest,
+        read_stdin: bool,
+    ) -> Outcome {
         let started = Instant::now();
-        let Placed { mut tx, mut rx, job, node, .. } = match submit(controller, token, request).await {
+        let Placed { mut tx, mut rx, job, node, .. } = match submit(controller, token, trust, request).await {
             Ok(placed) => placed,
             Err(why) => return Outcome::Fallback(why),
         };
@@ -288,9 +297,15 @@ pub(crate) struct Placed {
 /// Connects, submits `request` and waits until the controller places it: the
 /// socket, the job's id and where it runs. An error means nothing has happened
 /// yet, so the caller can still fall back.
-pub(crate) async fn submit(controller: &str, token: &str, request: JobRequest) -> Result<Placed, String> {
-    let ws =
-        connect(controller, token).await.map_err(|e| format!("cannot reach the controller at {controller}: {e}"))?;
+pub(crate) async fn submit(
+    controller: &str,
+    token: &str,
+    trust: &Trust,
+    request: JobRequest,
+) -> Result<Placed, String> {
+    let ws = connect(controller, token, trust)
+        .await
+        .map_err(|e| format!("cannot reach the controller at {controller}: {e}"))?;
     let (mut tx, mut rx) = ws.split();
     tx.send(text(&ShimMsg::Submit { request: Box::new(request) }))
         .await
@@ -331,13 +346,19 @@ pub(crate) fn answer_read(offers: &Offers, req: u32, file: u32, offset: u64, len
     }
 }
 
-async fn connect(controller: &str, token: &str) -> Result<Ws, String> {
-    let mut req = ws_url(controller, SHIM_PATH).into_client_request().map_err(|e| e.to_string())?;
+async fn connect(controller: &str, token: &str, trust: &Trust) -> Result<Ws, String> {
+    let url = ws_url(controller, SHIM_PATH);
+    let mut req = url.as_str().into_client_request().map_err(|e| e.to_string())?;
     let auth = format!("Bearer {token}").parse().map_err(|_| "the token is not a valid header value".to_owned())?;
     req.headers_mut().insert("authorization", auth);
-    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req)).await {
+    let tls = match ffcluster::tls::is_tls_url(&url) {
+        true => Some(Connector::Rustls(trust.client_config().map_err(|e| e.to_string())?)),
+        false => None,
+    };
+    let connect = tokio_tungstenite::connect_async_tls_with_config(req, None, false, tls);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(ffcluster::tls::explain(&e).unwrap_or_else(|| e.to_string())),
         Err(_) => Err("timed out".into()),
     }
 }

@@ -2,14 +2,15 @@
 //! controller serves the answer of a node's real ffmpeg, so Jellyfin sees what
 //! the cluster can do, such as a GPU encoder only a node has.
 //!
-//! A plain blocking HTTP/1.1 GET on a `std` socket: probes must stay cheap, and
-//! building an async runtime for one request would cost more than the request.
+//! A plain blocking HTTP/1.1 GET on a `std` socket (TLS for an `https://`
+//! controller): probes must stay cheap, and building an async runtime for one
+//! request would cost more than the request.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use ffcluster::protocol::{PROBE_CODE_HEADER, PROBE_NODE_HEADER, PROBE_STDOUT_HEADER, PROBES_PATH, probe_query};
+use ffcluster::tls::{DialError, Trust, dial};
 
 use crate::probe_cache::Answer;
 
@@ -22,8 +23,10 @@ const MAX_RESPONSE: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterProbeError {
-    #[error("controller URL {0:?} is not http://HOST:PORT (https is not supported for probes)")]
+    #[error("controller URL {0:?} is not http://HOST:PORT or https://HOST:PORT")]
     Url(String),
+    #[error("cannot reach the controller at {url}: {source}")]
+    Dial { url: String, source: Box<DialError> },
     #[error("cannot reach the controller at {url}: {source}")]
     Io { url: String, source: std::io::Error },
     #[error("the controller has no answer for this probe (HTTP {0})")]
@@ -40,34 +43,19 @@ pub struct ClusterAnswer {
 }
 
 /// Asks the controller at `base` for the answer to `ffmpeg ARGS`.
-pub fn fetch(base: &str, token: &str, args: &[String]) -> Result<ClusterAnswer, ClusterProbeError> {
-    let rest = base.trim_end_matches('/').strip_prefix("http://").ok_or_else(|| ClusterProbeError::Url(base.into()))?;
+pub fn fetch(base: &str, token: &str, trust: &Trust, args: &[String]) -> Result<ClusterAnswer, ClusterProbeError> {
+    let trimmed = base.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .ok_or_else(|| ClusterProbeError::Url(base.into()))?;
     let (authority, prefix) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
     let io = |source| ClusterProbeError::Io { url: base.to_owned(), source };
-    let host_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let addrs: Vec<_> = host_port.to_socket_addrs().map_err(io)?.collect();
-    let mut last = None;
-    let mut stream = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let mut stream = stream
-        .ok_or_else(|| io(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))))?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    let mut stream = dial(base, authority, trust, CONNECT_TIMEOUT, IO_TIMEOUT)
+        .map_err(|e| ClusterProbeError::Dial { url: base.to_owned(), source: Box::new(e) })?;
     let request = format!(
         "GET {prefix}{PROBES_PATH}?{} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
         probe_query(args)
@@ -132,13 +120,17 @@ mod tests {
         ));
         let short = b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\nx-ffcluster-exit-code: 0\r\nx-ffcluster-stdout-bytes: 6\r\n\r\nstdouterr";
         assert!(matches!(parse(short), Err(ClusterProbeError::Malformed(_))));
-        assert!(matches!(fetch("https://c:1", "t", &[]), Err(ClusterProbeError::Url(_))));
+        assert!(matches!(fetch("ftp://c:1", "t", &Trust::default(), &[]), Err(ClusterProbeError::Url(_))));
     }
 
     #[test]
     fn an_unreachable_controller_is_an_error() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let err = fetch(&format!("http://127.0.0.1:{port}"), "t", &["-version".into()]).unwrap_err();
-        assert!(matches!(err, ClusterProbeError::Io { .. }), "{err}");
+        let err = fetch(&format!("http://127.0.0.1:{port}"), "t", &Trust::default(), &["-version".into()]).unwrap_err();
+        assert!(
+            matches!(&err, ClusterProbeError::Dial { source, .. } if matches!(**source, DialError::Connect { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("cannot reach the controller at http://127.0.0.1:"), "{err}");
     }
 }

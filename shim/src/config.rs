@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use ffcluster::config::{Key, Layers};
+use ffcluster::tls::Trust;
 use serde::Deserialize;
 
 /// The default config file, used when `FFCLUSTER_CONFIG` is not set.
@@ -76,12 +77,13 @@ const TOKEN_FILE: Key = key("token_file", "FFCLUSTER_TOKEN_FILE");
 /// Every key of `shim.toml` and its environment variable, in the order of
 /// contrib/config/shim.toml.
 #[cfg(test)]
-pub const KEYS: [Key; 9] = [
+pub const KEYS: [Key; 10] = [
     key("ffmpeg", "FFCLUSTER_FFMPEG"),
     key("ffprobe", "FFCLUSTER_FFPROBE"),
     key("controller", "FFCLUSTER_CONTROLLER"),
     TOKEN,
     TOKEN_FILE,
+    key("tls_ca", "FFCLUSTER_TLS_CA"),
     key("mode", "FFCLUSTER_MODE"),
     key("probe_cache", "FFCLUSTER_PROBE_CACHE"),
     key("probes", "FFCLUSTER_PROBES"),
@@ -102,6 +104,9 @@ pub struct FileConfig {
     pub token: Option<String>,
     /// A file holding the shared secret (`FFCLUSTER_TOKEN_FILE`).
     pub token_file: Option<PathBuf>,
+    /// CA certificates trusted besides the system's for an https controller
+    /// (`FFCLUSTER_TLS_CA`).
+    pub tls_ca: Option<PathBuf>,
     /// `auto`, `local`, `whole` or `split` (`FFCLUSTER_MODE`).
     pub mode: Option<String>,
     /// Directory of cached probe answers (`FFCLUSTER_PROBE_CACHE`); `"off"` disables it.
@@ -132,6 +137,8 @@ pub struct Config {
     pub ffprobe: Option<PathBuf>,
     pub controller: Option<String>,
     pub token: Option<String>,
+    /// Who an `https://` controller may be (`tls_ca` and the system's roots).
+    pub trust: Trust,
     pub mode: Mode,
     /// The mode string when it was not understood, and where it came from
     /// (logged, then treated as auto).
@@ -191,6 +198,7 @@ impl Config {
             ffprobe: env("FFCLUSTER_FFPROBE").map(PathBuf::from).or(file.ffprobe),
             controller: env("FFCLUSTER_CONTROLLER").or(file.controller),
             token,
+            trust: Trust::new(env("FFCLUSTER_TLS_CA").map(PathBuf::from).or(file.tls_ca)),
             mode: mode.flatten().unwrap_or_default(),
             bad_mode: if mode == Some(None) { mode_str.map(|m| (m, mode_source)) } else { None },
             probe_cache,

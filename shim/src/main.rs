@@ -222,7 +222,7 @@ fn cluster_answer(args: &[String], cfg: &Config, log: &Log) -> Option<Answer> {
     if let Some(a) = cache.as_ref().and_then(|c| c.get_fresh(&key, CLUSTER_ANSWER_TTL)) {
         return Some(a);
     }
-    match cluster_probe::fetch(controller, token, args) {
+    match cluster_probe::fetch(controller, token, &cfg.trust, args) {
         Ok(got) => {
             log.line(format_args!("probe {} answered by node {}", shell_join(args), got.node));
             if let Some(Err(e)) = cache.as_ref().map(|c| c.put(&key, &got.answer)) {

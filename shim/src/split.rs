@@ -27,6 +27,7 @@ use ffcluster::ffmpeg::decision::Verdict;
 use ffcluster::protocol::{AUDIO_CHUNK, Frame, FrameKind, JobId, JobRequest, ToShim};
 use ffcluster::split::assemble::Assembler;
 use ffcluster::split::{FINISHER_AUDIO_FD, FINISHER_VIDEO_FD, Probe, Split};
+use ffcluster::tls::Trust;
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -98,7 +99,7 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffpr
         Err(e) => return Attempt::Done(Outcome::Fallback(format!("cannot start the cluster client: {e}"))),
     };
     let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split };
-    Attempt::Done(runtime.block_on(session.run(controller, token, request)))
+    Attempt::Done(runtime.block_on(session.run(controller, token, &cfg.trust, request)))
 }
 
 /// Asks the real ffprobe what the plan needs (tens of milliseconds).
@@ -140,12 +141,12 @@ enum End {
 }
 
 impl Session<'_> {
-    async fn run(self, controller: &str, token: &str, request: JobRequest) -> Outcome {
-        let cluster::Placed { mut tx, mut rx, job, audio, .. } = match cluster::submit(controller, token, request).await
-        {
-            Ok(placed) => placed,
-            Err(why) => return Outcome::Fallback(why),
-        };
+    async fn run(self, controller: &str, token: &str, trust: &Trust, request: JobRequest) -> Outcome {
+        let cluster::Placed { mut tx, mut rx, job, audio, .. } =
+            match cluster::submit(controller, token, trust, request).await {
+                Ok(placed) => placed,
+                Err(why) => return Outcome::Fallback(why),
+            };
         let started = Instant::now();
         let args = match (audio, &self.split.finisher_audio_copy) {
             (false, _) => &self.split.finisher,

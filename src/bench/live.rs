@@ -20,16 +20,13 @@ use super::{
     ClipRun, Figures, Prepared, SEGMENT_SECS, WorkDir, catch_interrupts, check_output, later_ms, median, plural,
     prepare, real_tool, timed,
 };
-use crate::demo::{fetch_status, sibling, step};
+use crate::admin::Conn;
+use crate::demo::{sibling, step};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    /// The controller's base URL.
-    #[arg(long, value_name = "URL", env = "FFCLUSTER_CONTROLLER", default_value = "http://127.0.0.1:9470")]
-    controller: String,
-    /// The controller's shared secret.
-    #[arg(long, env = "FFCLUSTER_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    conn: Conn,
     /// Length of the generated clip in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
     seconds: u32,
@@ -48,15 +45,12 @@ pub(super) struct Args {
 const SAME: f64 = 1.1;
 
 pub(super) fn run(args: Args) -> Result<ExitCode> {
-    let Some(token) = args.token.clone().filter(|t| !t.trim().is_empty()) else {
-        bail!("no token: pass the controller's token with --token or FFCLUSTER_TOKEN");
-    };
+    let token = args.conn.token()?.to_owned();
     let tools = Tools::find()?;
     // Before any work: an unreachable controller or a wrong token is the
     // likeliest mistake.
-    let status =
-        fetch_status(&args.controller, &token).with_context(|| format!("controller at {}", args.controller))?;
-    ensure!(!status.nodes.is_empty(), "the controller at {} has no nodes connected", args.controller);
+    let status = args.conn.status()?;
+    ensure!(!status.nodes.is_empty(), "the controller at {} has no nodes connected", args.conn.controller);
     catch_interrupts()?;
     let mut work = WorkDir::create()?;
     let result = measure(&args, &token, &tools, status.nodes.len(), &work.path);
@@ -118,14 +112,18 @@ fn measure(args: &Args, token: &str, tools: &Tools, connected: usize, dir: &Path
         let clip_run = ClipRun { clip: &clip, width, height, out: &out, logs: &logs };
         let direct = clip_run.direct(&tools.ffmpeg, &tools.ffprobe, r, None, &mut reference)?;
 
-        step(&format!("through the cluster at {}, run {r}/{}", args.controller, args.runs));
+        let controller = &args.conn.controller;
+        step(&format!("through the cluster at {controller}, run {r}/{}", args.runs));
         let target = out.join(format!("cluster-{r}"));
-        let known: HashSet<u64> = fetch_status(&args.controller, token)?.jobs.iter().map(|j| j.id).collect();
+        let known: HashSet<u64> = args.conn.status()?.jobs.iter().map(|j| j.id).collect();
         let shim_log = logs.join(format!("shim-{r}.log"));
-        let cmd =
-            clip_run.through_shim(&bin, (&tools.ffmpeg, &tools.ffprobe), &target, &args.controller, token, &shim_log);
+        let mut cmd =
+            clip_run.through_shim(&bin, (&tools.ffmpeg, &tools.ffprobe), &target, controller, token, &shim_log);
+        if let Some(ca) = &args.conn.tls_ca {
+            cmd.env("FFCLUSTER_TLS_CA", ca);
+        }
         let t = timed(cmd, &target, &logs.join(format!("cluster-{r}.stderr.log")))?;
-        let status = fetch_status(&args.controller, token)?;
+        let status = args.conn.status()?;
         let new: Vec<_> = status.jobs.iter().filter(|j| !known.contains(&j.id)).collect();
         // Another client's job may have started meanwhile: ours ran this clip.
         let clip_name = clip.display().to_string();
@@ -169,7 +167,7 @@ fn measure(args: &Args, token: &str, tools: &Tools, connected: usize, dir: &Path
         cluster_samples.push(figures);
     }
     Ok(Report {
-        controller: args.controller.clone(),
+        controller: args.conn.controller.clone(),
         seconds: args.seconds,
         width,
         height,

@@ -1,9 +1,8 @@
 //! A tiny blocking HTTP/1.1 client for `ffcluster status` and the other admin
-//! commands: one request per connection over a plain `TcpStream`. Enough for the controller's own answers
-//! (Content-Length or chunked bodies); `http://` only.
+//! commands: one request per connection, over TLS for an `https://` controller.
+//! Enough for the controller's own answers (Content-Length or chunked bodies).
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use super::admin::{DrainReply, NODES_PATH};
@@ -11,6 +10,7 @@ use super::joblog::{JOBS_PATH, LogText, NEXT_HEADER, STATE_HEADER};
 use super::status::JobState;
 use super::status::Status;
 use crate::protocol::{STATUS_PATH, http_url};
+use crate::tls::{DialError, Trust, dial};
 
 /// Connect, read and write timeout.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,16 +19,14 @@ const MAX_RESPONSE: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("{0}: only http:// URLs are supported")]
+    #[error("{0}: only http:// and https:// URLs are supported")]
     Scheme(String),
     #[error("{0}: not a valid URL")]
     Url(String),
-    // The io errors are part of the message rather than `source`s, so that the
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    // The io error is part of the message rather than a `source`, so that the
     // text is complete however the error is printed.
-    #[error("cannot resolve {host}: {error}")]
-    Resolve { host: String, error: io::Error },
-    #[error("cannot connect to {host}: {error}")]
-    Connect { host: String, error: io::Error },
     #[error("talking to {host}: {error}")]
     Io { host: String, error: io::Error },
     #[error("malformed HTTP response from {host}: {what}")]
@@ -63,10 +61,11 @@ impl HttpResponse {
     }
 }
 
-/// Fetches the status document from the controller at `base` (`http://host:port`).
-pub fn fetch_status(base: &str, token: &str) -> Result<Status, StatusError> {
+/// Fetches the status document from the controller at `base` (`http://host:port`
+/// or `https://…`, trusting `trust`).
+pub fn fetch_status(base: &str, token: &str, trust: &Trust) -> Result<Status, StatusError> {
     let auth = format!("Bearer {token}");
-    let r = get(&http_url(base, STATUS_PATH), &[("Authorization", &auth)])?;
+    let r = get(&http_url(base, STATUS_PATH), &[("Authorization", &auth)], trust)?;
     match r.status {
         200 => serde_json::from_slice(&r.body).map_err(StatusError::Json),
         401 => Err(StatusError::Unauthorized),
@@ -94,11 +93,11 @@ pub enum DrainError {
 
 /// Drains (`draining`) or undrains the nodes named `node` on the controller at
 /// `base`.
-pub fn set_drain(base: &str, token: &str, node: &str, draining: bool) -> Result<DrainReply, DrainError> {
+pub fn set_drain(base: &str, token: &str, trust: &Trust, node: &str, draining: bool) -> Result<DrainReply, DrainError> {
     let auth = format!("Bearer {token}");
     let url = http_url(base, &format!("{NODES_PATH}/{}/drain", percent_encode(node)));
     let method = if draining { "POST" } else { "DELETE" };
-    let r = request(method, &url, &[("Authorization", &auth)])?;
+    let r = request(method, &url, &[("Authorization", &auth)], trust)?;
     match r.status {
         200 => serde_json::from_slice(&r.body).map_err(DrainError::Json),
         401 => Err(DrainError::Unauthorized),
@@ -127,10 +126,10 @@ pub enum LogError {
 
 /// Fetches the log of `job` from the controller at `base`: all of it, or with
 /// `after` the lines numbered above it (the `next` of an earlier fetch).
-pub fn fetch_log(base: &str, token: &str, job: u64, after: Option<u64>) -> Result<LogText, LogError> {
+pub fn fetch_log(base: &str, token: &str, trust: &Trust, job: u64, after: Option<u64>) -> Result<LogText, LogError> {
     let auth = format!("Bearer {token}");
     let query = after.map(|n| format!("?after={n}")).unwrap_or_default();
-    let r = get(&http_url(base, &format!("{JOBS_PATH}/{job}/log{query}")), &[("Authorization", &auth)])?;
+    let r = get(&http_url(base, &format!("{JOBS_PATH}/{job}/log{query}")), &[("Authorization", &auth)], trust)?;
     let body = String::from_utf8_lossy(&r.body).into_owned();
     match r.status {
         200 => {
@@ -164,32 +163,16 @@ fn percent_encode(segment: &str) -> String {
 }
 
 /// `GET url` with extra request headers.
-pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, HttpError> {
-    request("GET", url, headers)
+pub fn get(url: &str, headers: &[(&str, &str)], trust: &Trust) -> Result<HttpResponse, HttpError> {
+    request("GET", url, headers, trust)
 }
 
 /// `method url` with extra request headers and no body.
-pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, HttpError> {
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], trust: &Trust) -> Result<HttpResponse, HttpError> {
     let (authority, path) = split_url(url)?;
     let host = authority.to_owned();
-    let target = if has_port(authority) { authority.to_owned() } else { format!("{authority}:80") };
-    let addrs: Vec<_> =
-        target.to_socket_addrs().map_err(|error| HttpError::Resolve { host: host.clone(), error })?.collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    let mut conn = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, TIMEOUT) {
-            Ok(s) => {
-                conn = Some(s);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let mut conn = conn.ok_or_else(|| HttpError::Connect { host: host.clone(), error: last })?;
+    let mut conn = dial(url, authority, trust, TIMEOUT, TIMEOUT)?;
     let io_err = |error| HttpError::Io { host: host.clone(), error };
-    conn.set_read_timeout(Some(TIMEOUT)).map_err(io_err)?;
-    conn.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
     if method != "GET" {
         request.push_str("Content-Length: 0\r\n");
@@ -204,9 +187,9 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Http
     parse_response(&raw).map_err(|what| HttpError::Malformed { host, what })
 }
 
-/// `http://authority/path` → (authority, path).
+/// `http://authority/path` or `https://…` → (authority, path).
 fn split_url(url: &str) -> Result<(&str, &str), HttpError> {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
         return Err(if url.contains("://") { HttpError::Scheme(url.into()) } else { HttpError::Url(url.into()) });
     };
     let (authority, path) = match rest.find('/') {
@@ -217,13 +200,6 @@ fn split_url(url: &str) -> Result<(&str, &str), HttpError> {
         return Err(HttpError::Url(url.into()));
     }
     Ok((authority, path))
-}
-
-/// `host:port` or `[v6]:port`, as opposed to a bare host.
-fn has_port(authority: &str) -> bool {
-    authority.rsplit_once(':').is_some_and(|(host, port)| {
-        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && (!host.contains(':') || host.ends_with(']'))
-    })
 }
 
 fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
@@ -289,11 +265,10 @@ mod tests {
         assert_eq!(split_url("http://h:1/api/v1/status").unwrap(), ("h:1", "/api/v1/status"));
         assert_eq!(split_url("http://h:1").unwrap(), ("h:1", "/"));
         assert_eq!(split_url("http://[::1]:9470/x").unwrap(), ("[::1]:9470", "/x"));
-        assert!(matches!(split_url("https://h/x"), Err(HttpError::Scheme(_))));
+        assert_eq!(split_url("https://h/x").unwrap(), ("h", "/x"));
+        assert!(matches!(split_url("ftp://h/x"), Err(HttpError::Scheme(_))));
         assert!(matches!(split_url("h:1/x"), Err(HttpError::Url(_))));
         assert!(matches!(split_url("http:///x"), Err(HttpError::Url(_))));
-        assert!(has_port("h:1") && has_port("[::1]:9470"));
-        assert!(!has_port("h") && !has_port("[::1]") && !has_port("h:"));
         assert_eq!(percent_encode("gpu-box_1.lan~"), "gpu-box_1.lan~");
         assert_eq!(percent_encode("a b/ü"), "a%20b%2F%C3%BC");
     }

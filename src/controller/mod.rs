@@ -19,6 +19,8 @@
 //!   `dashboard` (the web page at `/`).
 //! * [`joblog`]: each job's log, which reads like ffmpeg's, at
 //!   `/api/v1/jobs/{id}/log`.
+//! * `tls_listener`: with `tls_cert`/`tls_key`, the listener that does each
+//!   connection's TLS handshake.
 //!
 //! Every task watches one shutdown flag (`shutdown`), set when the future given
 //! to [`run`] completes.
@@ -40,9 +42,10 @@ mod state;
 pub mod status;
 #[cfg(test)]
 mod tests;
+mod tls_listener;
 
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -54,6 +57,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -83,8 +87,11 @@ pub struct ControllerConfig {
     pub heartbeat_interval: Duration,
     /// Silence after which a node is dropped and its jobs fail.
     pub dead_after: Duration,
-    /// Time a new connection has to send its first message.
+    /// Time a new connection has to send its first message (and, with TLS, to
+    /// complete its handshake).
     pub hello_timeout: Duration,
+    /// Serve HTTPS and WSS only, with this certificate (README, TLS).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ControllerConfig {
@@ -94,6 +101,7 @@ impl ControllerConfig {
             heartbeat_interval: HEARTBEAT_INTERVAL,
             dead_after: DEAD_AFTER,
             hello_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -105,6 +113,7 @@ impl fmt::Debug for ControllerConfig {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("dead_after", &self.dead_after)
             .field("hello_timeout", &self.hello_timeout)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -161,6 +170,8 @@ pub async fn run(
         return Err(ControllerError::NoToken);
     }
     let addr = listener.local_addr().map_err(ControllerError::Listener)?;
+    let tls = config.tls.clone();
+    let hello_timeout = config.hello_timeout;
     let trigger = shutdown::Trigger::new();
     let (alive, mut all_gone) = mpsc::channel(1);
     let registry = Registry::new(Instant::now());
@@ -182,13 +193,21 @@ pub async fn run(
             trigger.fire();
         })
     };
-    info!(%addr, "controller listening");
+    info!(%addr, tls = tls.is_some(), "controller listening");
     let signal = trigger.signal();
     let graceful = {
         let signal = signal.clone();
         async move { signal.fired().await }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+        None => Box::pin(axum::serve(listener, app).with_graceful_shutdown(graceful).into_future()),
+        Some(tls) => {
+            // axum gives `ConnectInfo<SocketAddr>` for a TcpListener or for a
+            // tapped listener of any kind; the tap does nothing else.
+            let listener = tls_listener::TlsListener::new(listener, tls, hello_timeout).tap_io(|_| ());
+            Box::pin(axum::serve(listener, app).with_graceful_shutdown(graceful).into_future())
+        }
+    };
     let result = tokio::select! {
         r = server => r,
         // A client that never reads would hold graceful shutdown forever.

@@ -1326,7 +1326,10 @@ pub(crate) mod tests {
         rig.exit(b2, 1, 0, 9100);
         assert_eq!(rig.cancels(0), [a2]);
         let msgs = rig.shim_msgs();
-        assert!(msgs.iter().any(|m| matches!(m, ToShim::ChunkDone { chunk: 2, attempt, .. } if *attempt == b2)), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| matches!(m, ToShim::ChunkDone { chunk: 2, attempt, .. } if *attempt == b2)),
+            "{msgs:?}"
+        );
         assert!(msgs.contains(&ToShim::ChunkFailed { chunk: 2, attempt: a2, reason: "superseded".into() }));
         // The job is complete; a's late exit is nobody's.
         assert!(rig.reg.split(job).is_none());

@@ -28,6 +28,7 @@ use crate::protocol::{
     OutputEvent, PROTOCOL_VERSION, RemoteExit, SHIM_PATH, ShimMsg, ToNode, ToShim, WriteMode,
 };
 use crate::split::{self, Probe, SplitPlan};
+use crate::tls::Trust;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -90,7 +91,7 @@ impl Controller {
 
     async fn status(&self) -> Status {
         let base = self.base();
-        tokio::task::spawn_blocking(move || fetch_status(&base, TOKEN)).await.unwrap().unwrap()
+        tokio::task::spawn_blocking(move || fetch_status(&base, TOKEN, &Trust::default())).await.unwrap().unwrap()
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, http_client::HttpError> {
@@ -98,7 +99,7 @@ impl Controller {
         let headers: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         tokio::task::spawn_blocking(move || {
             let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-            http_client::get(&url, &h)
+            http_client::get(&url, &h, &Trust::default())
         })
         .await
         .unwrap()
@@ -274,7 +275,7 @@ async fn a_job_runs_on_a_node_end_to_end() {
     let file_path = format!("{FILES_PATH}/{}/0", spec.access);
     let get = |range: &'static str| {
         let url = format!("{}{file_path}", c.base());
-        tokio::task::spawn_blocking(move || http_client::get(&url, &[("Range", range)]).unwrap())
+        tokio::task::spawn_blocking(move || http_client::get(&url, &[("Range", range)], &Trust::default()).unwrap())
     };
 
     // A range read: small reads first, then up to four full frames in flight.
@@ -360,7 +361,7 @@ async fn wrong_or_missing_token_is_refused() {
         }
     }
     let base = c.base();
-    let err = tokio::task::spawn_blocking(move || fetch_status(&base, "wrong")).await.unwrap();
+    let err = tokio::task::spawn_blocking(move || fetch_status(&base, "wrong", &Trust::default())).await.unwrap();
     assert!(matches!(err, Err(StatusError::Unauthorized)), "{err:?}");
     let r = c.get("/healthz", &[]).await.unwrap();
     assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
@@ -416,7 +417,7 @@ async fn a_vanished_shim_cancels_its_job() {
     // A read in flight when the shim dies fails instead of hanging.
     let get = {
         let url = format!("{}{FILES_PATH}/{}/0", c.base(), spec.access);
-        tokio::task::spawn_blocking(move || http_client::get(&url, &[]))
+        tokio::task::spawn_blocking(move || http_client::get(&url, &[], &Trust::default()))
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = Instant::now();

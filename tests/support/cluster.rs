@@ -91,19 +91,54 @@ pub struct Cluster {
     /// Holds `ffmpeg` and `ffprobe` symlinks to the shim.
     pub bin: PathBuf,
     pub work: PathBuf,
+    /// With TLS: the directory `ffcluster tls-init` wrote ca.pem, server.pem and
+    /// server.key to, for `localhost` and `127.0.0.1`.
+    pub tls: Option<PathBuf>,
 }
 
 impl Cluster {
     /// A controller and `nodes` node agents, all registered.
     pub fn start(nodes: usize) -> Cluster {
+        Cluster::launch(nodes, false)
+    }
+
+    /// [`start`](Self::start) with TLS everywhere: the controller serves HTTPS
+    /// at `https://localhost:PORT` with a certificate of a fresh private CA, and
+    /// the nodes, the shim and `status` trust that CA (`tls_ca`).
+    pub fn start_tls(nodes: usize) -> Cluster {
+        Cluster::launch(nodes, true)
+    }
+
+    fn launch(nodes: usize, tls: bool) -> Cluster {
         real("ffmpeg");
         let mut c = Cluster::bare();
+        if tls {
+            c.make_certs();
+        }
         c.start_controller();
         for i in 0..nodes {
             c.add_node(&format!("node{i}"));
         }
-        c.wait_nodes(nodes, Duration::from_secs(30));
+        // A node measures its ffmpeg before it connects: 36 s at load average 50.
+        c.wait_nodes(nodes, Duration::from_secs(90));
         c
+    }
+
+    /// Makes a CA and a controller certificate with `ffcluster tls-init`; from
+    /// now on the controller URL is https.
+    pub fn make_certs(&mut self) {
+        let dir = self.dir.path().join("tls");
+        run_ok(
+            Command::new(controller_exe())
+                .args(["tls-init", "--name", "localhost", "--name", "127.0.0.1", "--dir"])
+                .arg(&dir),
+        );
+        self.tls = Some(dir);
+    }
+
+    /// The CA file clients trust, with TLS.
+    pub fn ca(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|d| d.join("ca.pem"))
     }
 
     /// The directories, a port and a token, but no processes yet.
@@ -124,11 +159,15 @@ impl Cluster {
             nodes: Vec::new(),
             bin,
             work,
+            tls: None,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn start_controller(&mut self) {
@@ -137,6 +176,9 @@ impl Cluster {
             .env("FFCLUSTER_CONFIG", "/dev/null")
             .env("FFCLUSTER_TOKEN", &self.token)
             .env("RUST_LOG", "info");
+        if let Some(d) = &self.tls {
+            cmd.arg("--tls-cert").arg(d.join("server.pem")).arg("--tls-key").arg(d.join("server.key"));
+        }
         self.spawn_controller(cmd);
     }
 
@@ -162,7 +204,11 @@ impl Cluster {
             .arg("--ffmpeg")
             .arg(real("ffmpeg"))
             .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
-            .env("RUST_LOG", "info");
+            // debug: the node logs the arguments its ffmpeg really runs.
+            .env("RUST_LOG", "info,ffcluster_node=debug");
+        if let Some(ca) = self.ca() {
+            cmd.arg("--tls-ca").arg(ca);
+        }
         self.spawn_node(name, cmd);
     }
 
@@ -190,10 +236,12 @@ impl Cluster {
 
     /// `ffcluster status --json`.
     pub fn status(&self) -> Value {
-        let out = Command::new(controller_exe())
-            .args(["status", "--json", "--controller", &self.url(), "--token", &self.token])
-            .output()
-            .unwrap();
+        let mut cmd = isolated(Command::new(controller_exe()));
+        cmd.args(["status", "--json", "--controller", &self.url(), "--token", &self.token]);
+        if let Some(ca) = self.ca() {
+            cmd.arg("--tls-ca").arg(ca);
+        }
+        let out = cmd.output().unwrap();
         assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
@@ -201,9 +249,9 @@ impl Cluster {
     /// A `/metrics` scrape (Prometheus text), with the token.
     pub fn metrics(&self) -> String {
         let auth = format!("Bearer {}", self.token);
-        let r =
-            ffcluster::controller::http_client::get(&format!("{}/metrics", self.url()), &[("Authorization", &auth)])
-                .unwrap();
+        let url = format!("{}/metrics", self.url());
+        let trust = ffcluster::tls::Trust::new(self.ca());
+        let r = ffcluster::controller::http_client::get(&url, &[("Authorization", &auth)], &trust).unwrap();
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert!(r.header("content-type").is_some_and(|t| t.starts_with("text/plain; version=0.0.4")));
         String::from_utf8(r.body).unwrap()
@@ -242,6 +290,10 @@ impl Cluster {
             .env("FFCLUSTER_LOG", self.dir.path().join("shim.log"))
             .env("FFCLUSTER_MODE", "whole")
             .env_remove("FFCLUSTER_CONFIG");
+        match self.ca() {
+            Some(ca) => c.env("FFCLUSTER_TLS_CA", ca),
+            None => c.env_remove("FFCLUSTER_TLS_CA"),
+        };
         c
     }
 
