@@ -291,3 +291,36 @@ fn the_codec_tag_is_the_finishers() {
     let chunk = Chunk { index: 0, start: 0.005, end: 3.005, first_segment: 0 };
     assert!(!s.plan.recipe.args(&chunk, true, false).iter().any(|a| a.starts_with("-tag")));
 }
+
+#[test]
+fn a_chunk_must_hold_the_frames_between_its_cuts() {
+    // Frames are counted from the direct run's first frame at 5 ms, so a chunk
+    // holds its length in frames, give or take the one on its edge, and all
+    // chunks add up.
+    let s = plan_of(&jellyfin(&[], "3"), &probe()).unwrap();
+    let r = &s.plan.recipe;
+    let fd = 1001.0 / 24000.0;
+    let mut planner = Planner::new(s.plan.grid, s.plan.start, s.plan.end, 0, Sizing::default());
+    let mut total = 0;
+    let mut last_end = s.plan.start;
+    while let Some(c) = planner.next(1.0, 0.0) {
+        let last = c.end >= s.plan.end - 1e-6;
+        match r.frames(&c, c.index == 0, last) {
+            Some(n) => {
+                let len = (c.end - c.start) / fd;
+                assert!((n as f64 - len).abs() <= 1.0, "{n} frames in {c:?}");
+                total += n;
+                last_end = c.end;
+            }
+            None => assert!(last, "only the chunk that reads to the end is uncounted: {c:?}"),
+        }
+    }
+    // Up to the last cut: every frame counted once.
+    assert_eq!(total, ((last_end - 0.005) / fd).ceil() as u64);
+    // A chain that may drop or add frames leaves the count open.
+    let yadif: Vec<String> =
+        jellyfin(&[], "3").iter().map(|a| a.replace("format=yuv420p", "yadif=1,format=yuv420p")).collect();
+    let s = plan_of(&yadif, &probe()).unwrap();
+    let c = Chunk { index: 1, start: 3.005, end: 6.005, first_segment: 1 };
+    assert_eq!(s.plan.recipe.frames(&c, false, false), None);
+}
