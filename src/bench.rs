@@ -28,6 +28,9 @@ use crate::demo::{Children, SEGMENT_SECS, count_frames, fetch_status, jellyfin_h
 /// `bench cluster`: the running cluster's speedup (reuses this module's clip,
 /// timing and checks).
 mod live;
+/// `bench soak`: many Jellyfin playback sessions with seeks and stops against
+/// an embedded cluster, for minutes (reuses this module's clip and cluster).
+mod soak;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -45,6 +48,10 @@ enum BenchCommand {
     /// generated clip with the local ffmpeg, then through the shim against the
     /// configured controller, check both outputs match, and print the speedup.
     Cluster(live::Args),
+    /// Play many Jellyfin-style HLS sessions at once, with seeks and stops,
+    /// against a cluster started on this machine, for minutes; report segments
+    /// served and lost, time until a segment is ready and the controller's memory.
+    Soak(soak::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +106,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         BenchCommand::Split(a) => split(a),
         BenchCommand::Cluster(a) => live::run(a),
+        BenchCommand::Soak(a) => soak::run(a),
     }
 }
 
