@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -89,6 +89,10 @@ const SEEK_CHANCE: f64 = 0.05;
 const STOP_CHANCE: f64 = 0.015;
 /// The share of served segments decoded in full (every one is probed).
 const DECODE_SHARE: f64 = 0.1;
+/// Checks that run at once. While the players play they run at the lowest
+/// priority and take what is left; the backlog after that runs at full
+/// priority, on a busy machine best in a few processes.
+const CHECKERS: usize = 4;
 /// Frames per second of the clip `prepare` generates (24000/1001).
 const FPS: (u64, u64) = (24000, 1001);
 /// Audio and video of a segment may end this far apart (AAC frames are 21 ms,
@@ -154,6 +158,7 @@ fn soak(args: &Args, tools: &Tools, dir: &Path) -> Result<Report> {
     let warm_up = WARM_UP.min(args.duration / 4);
     let memory = Memory::new(cluster.controller);
     let verified = Mutex::new(Verified::default());
+    let playing = AtomicBool::new(true);
     let cpu_before = CpuUse::now(cluster.controller, &node_pids)?;
     let started = Instant::now();
     let deadline = started + args.duration;
@@ -163,9 +168,13 @@ fn soak(args: &Args, tools: &Tools, dir: &Path) -> Result<Report> {
         args.duration.as_secs(),
         args.pace
     ));
+    let queue = Mutex::new(queue);
+    let failed = dir.join("failed");
     let (tallies, check_wait) = std::thread::scope(|s| {
         let env = &env;
-        let verifier = s.spawn(|| verify_all(queue, tools, &dir.join("failed"), &verified));
+        let (queue, failed) = (&queue, &failed);
+        let verifiers: Vec<_> =
+            (0..CHECKERS).map(|_| s.spawn(|| verify_all(queue, tools, failed, &playing, &verified))).collect();
         let players: Vec<_> = (0..args.sessions)
             .map(|id| {
                 let checks = checks.clone();
@@ -189,8 +198,11 @@ fn soak(args: &Args, tools: &Tools, dir: &Path) -> Result<Report> {
         }
         let tallies: Vec<Tally> = players.into_iter().map(|p| p.join().expect("a player panicked")).collect();
         // The players are done; what is left is the checks of the last segments.
+        playing.store(false, Ordering::Relaxed);
         let waited = Instant::now();
-        verifier.join().expect("the verifier panicked");
+        for v in verifiers {
+            v.join().expect("a verifier panicked");
+        }
         (tallies, waited.elapsed())
     });
     let played = started.elapsed();
@@ -250,7 +262,7 @@ fn soak(args: &Args, tools: &Tools, dir: &Path) -> Result<Report> {
         },
         shims: Shims { offloaded, local_fallbacks: fallbacks, failed: total.shim_failures },
         cpu,
-        controller_rss: memory.figures(),
+        controller_rss: memory.figures(args.duration / 2),
         memory_rule: format!(
             "end <= {FLAT_FACTOR} x after-warm-up ({} s) + {} MiB",
             warm_up.as_secs(),
@@ -819,12 +831,20 @@ struct Verified {
 
 /// Checks served segments as they come: ffprobe reads every packet (the
 /// frame count must match the grid, audio must cover the video), and a share
-/// is decoded in full. Checks run at the lowest CPU priority, so that they
-/// take what the cluster leaves and do not slow the transcodes they check.
+/// is decoded in full. While the players play, checks run at the lowest CPU
+/// priority, so that they take what the cluster leaves and do not slow the
+/// transcodes they check; the backlog then runs at full speed.
 /// A segment that fails is kept in `failed` for a look.
-fn verify_all(queue: Receiver<Check>, tools: &Tools, failed: &Path, verified: &Mutex<Verified>) {
-    for check in queue {
-        let result = verify(&check, tools);
+fn verify_all(
+    queue: &Mutex<Receiver<Check>>,
+    tools: &Tools,
+    failed: &Path,
+    playing: &AtomicBool,
+    verified: &Mutex<Verified>,
+) {
+    loop {
+        let Ok(check) = queue.lock().expect("queue lock").recv() else { return };
+        let result = verify(&check, tools, playing.load(Ordering::Relaxed));
         let kept = match result {
             Ok(()) => {
                 let _ = std::fs::remove_file(&check.copy);
@@ -855,8 +875,8 @@ fn verify_all(queue: Receiver<Check>, tools: &Tools, failed: &Path, verified: &M
     }
 }
 
-fn verify(check: &Check, tools: &Tools) -> Result<(), String> {
-    let out = niced(&tools.ffprobe)
+fn verify(check: &Check, tools: &Tools, low_priority: bool) -> Result<(), String> {
+    let out = checker(&tools.ffprobe, low_priority)
         .args(["-v", "error", "-count_packets", "-show_entries", "stream=codec_type,nb_read_packets"])
         .args(["-of", "csv=p=0"])
         .arg(&check.copy)
@@ -883,7 +903,7 @@ fn verify(check: &Check, tools: &Tools) -> Result<(), String> {
         return Err(format!("{audio_secs:.3} s of audio for {video_secs:.3} s of video"));
     }
     if check.decode {
-        let out = niced(&tools.ffmpeg)
+        let out = checker(&tools.ffmpeg, low_priority)
             .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
             .arg(&check.copy)
             .args(["-f", "null", "-"])
@@ -897,10 +917,16 @@ fn verify(check: &Check, tools: &Tools) -> Result<(), String> {
     Ok(())
 }
 
-/// `program` at the lowest CPU priority (coreutils' `nice`).
-fn niced(program: &Path) -> Command {
-    let mut cmd = Command::new("nice");
-    cmd.args(["-n", "19"]).arg(program).stdin(Stdio::null());
+/// `program`, at the lowest CPU priority (coreutils' `nice`) if asked.
+fn checker(program: &Path, low_priority: bool) -> Command {
+    let mut cmd = if low_priority {
+        let mut nice = Command::new("nice");
+        nice.args(["-n", "19"]).arg(program);
+        nice
+    } else {
+        Command::new(program)
+    };
+    cmd.stdin(Stdio::null());
     cmd
 }
 
@@ -992,8 +1018,10 @@ impl Memory {
         *self.warm.lock().expect("memory lock") = self.latest();
     }
 
-    fn figures(&self) -> Rss {
+    /// `half`: the time (from the first session) of the mid-run figure.
+    fn figures(&self, half: Duration) -> Rss {
         let samples = self.samples.lock().expect("memory lock");
+        let half_time = samples.iter().find(|s| s.0 >= half.as_secs_f64()).map(|s| s.1);
         let warm = self.warm.lock().expect("memory lock").or(self.start);
         let end = samples.last().map(|s| s.1);
         let flat = match (warm, end) {
@@ -1003,6 +1031,7 @@ impl Memory {
         Rss {
             start_kib: self.start,
             after_warm_up_kib: warm,
+            half_time_kib: half_time,
             end_kib: end,
             peak_kib: samples.iter().map(|s| s.1).max(),
             hwm_kib: status_kib(self.pid, "VmHWM:"),
@@ -1135,6 +1164,9 @@ struct Rss {
     /// Before the first session.
     start_kib: Option<u64>,
     after_warm_up_kib: Option<u64>,
+    /// Half-way through the play: the registry's bounded lists (jobs, logs)
+    /// are full by then in a long run, so from here the RSS should not move.
+    half_time_kib: Option<u64>,
     /// Once the cluster was idle again.
     end_kib: Option<u64>,
     /// The largest sample (every 0.5 s).
@@ -1318,9 +1350,10 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  controller RSS    start {}, after warm-up {}, end {}, peak {} ({}): {}",
+            "  controller RSS    start {}, after warm-up {}, half-way {}, end {}, peak {} ({}): {}",
             opt(r.start_kib),
             opt(r.after_warm_up_kib),
+            opt(r.half_time_kib),
             opt(r.end_kib),
             opt(r.peak_kib),
             self.memory_rule,
