@@ -89,6 +89,8 @@ const SEEK_CHANCE: f64 = 0.05;
 const STOP_CHANCE: f64 = 0.015;
 /// The share of served segments decoded in full (every one is probed).
 const DECODE_SHARE: f64 = 0.1;
+/// Segments one checking ffmpeg takes at most.
+const BATCH: usize = 16;
 /// Checks that run at once. While the players play they run at the lowest
 /// priority and take what is left; the backlog after that runs at full
 /// priority, on a busy machine best in a few processes.
@@ -829,9 +831,9 @@ struct Verified {
     failed_by_session: std::collections::BTreeMap<u32, u64>,
 }
 
-/// Checks served segments as they come: ffprobe reads every packet (the
-/// frame count must match the grid, audio must cover the video), and a share
-/// is decoded in full. While the players play, checks run at the lowest CPU
+/// Checks served segments as they come: every packet is read (the frame
+/// count must match the grid, audio must cover the video), and a share is
+/// decoded in full. While the players play, checks run at the lowest CPU
 /// priority, so that they take what the cluster leaves and do not slow the
 /// transcodes they check; the backlog then runs at full speed.
 /// A segment that fails is kept in `failed` for a look.
@@ -843,8 +845,29 @@ fn verify_all(
     verified: &Mutex<Verified>,
 ) {
     loop {
-        let Ok(check) = queue.lock().expect("queue lock").recv() else { return };
-        let result = verify(&check, tools, playing.load(Ordering::Relaxed));
+        let batch: Vec<Check> = {
+            let queue = queue.lock().expect("queue lock");
+            let Ok(first) = queue.recv() else { return };
+            std::iter::once(first).chain(queue.try_iter().take(BATCH - 1)).collect()
+        };
+        if check_interrupted().is_err() {
+            return;
+        }
+        let low_priority = playing.load(Ordering::Relaxed);
+        // A batch that fails as a whole is checked again one by one, to say which.
+        let results = match verify_batch(&batch, tools, low_priority) {
+            Ok(results) => results,
+            Err(_) => batch.iter().map(|c| verify(c, tools, low_priority)).collect(),
+        };
+        for (check, result) in batch.into_iter().zip(results) {
+            record(check, result, failed, verified);
+        }
+    }
+}
+
+/// Counts a checked segment; one that failed is kept in `failed`.
+fn record(check: Check, result: Result<(), String>, failed: &Path, verified: &Mutex<Verified>) {
+    {
         let kept = match result {
             Ok(()) => {
                 let _ = std::fs::remove_file(&check.copy);
@@ -875,6 +898,79 @@ fn verify_all(
     }
 }
 
+/// Checks a batch of segments with one ffmpeg, which is much cheaper than a
+/// process per segment: each is demuxed into a frame-by-frame listing
+/// (framecrc, streams copied) and the ones to decode are decoded too. Any
+/// error fails the whole batch.
+fn verify_batch(batch: &[Check], tools: &Tools, low_priority: bool) -> Result<Vec<Result<(), String>>, String> {
+    let mut cmd = checker(&tools.ffmpeg, low_priority);
+    cmd.args(["-hide_banner", "-nostdin", "-v", "error"]);
+    for check in batch {
+        cmd.arg("-i").arg(&check.copy);
+    }
+    let listing = |check: &Check| check.copy.with_extension("framecrc");
+    for (k, check) in batch.iter().enumerate() {
+        let maps = [format!("{k}:v?"), format!("{k}:a?")];
+        cmd.args(["-map", &maps[0], "-map", &maps[1], "-c", "copy", "-f", "framecrc"]).arg(listing(check));
+        if check.decode {
+            cmd.args(["-map", &maps[0], "-map", &maps[1], "-f", "null", "-"]);
+        }
+    }
+    let out = cmd.output().map_err(|e| format!("ffmpeg: {e}"))?;
+    let errors = String::from_utf8_lossy(&out.stderr);
+    let listings: Vec<Result<String, String>> = batch
+        .iter()
+        .map(|c| {
+            let path = listing(c);
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()));
+            let _ = std::fs::remove_file(&path);
+            text
+        })
+        .collect();
+    if !out.status.success() || !errors.trim().is_empty() {
+        return Err(format!("ffmpeg: {} {}", out.status, errors.trim()));
+    }
+    Ok(batch.iter().zip(listings).map(|(check, listing)| frames_and_audio(check, &count_framecrc(&listing?))).collect())
+}
+
+/// Packets per media type in a framecrc listing: its header names each
+/// stream's type (`#media_type 0: video`), then one line per packet starts
+/// with the stream's index.
+fn count_framecrc(listing: &str) -> Vec<(String, u64)> {
+    let mut types: Vec<(String, u64)> = Vec::new();
+    for line in listing.lines() {
+        if let Some(decl) = line.strip_prefix("#media_type ") {
+            if let Some((_, kind)) = decl.split_once(": ") {
+                types.push((kind.trim().to_owned(), 0));
+            }
+        } else if !line.starts_with('#')
+            && let Some(index) = line.split(',').next().and_then(|i| i.trim().parse::<usize>().ok())
+            && let Some(entry) = types.get_mut(index)
+        {
+            entry.1 += 1;
+        }
+    }
+    types
+}
+
+/// Whether a segment's packet counts (per media type) are what the grid
+/// expects: the video frames, and audio covering the same time.
+fn frames_and_audio(check: &Check, counts: &[(String, u64)]) -> Result<(), String> {
+    let count = |kind: &str| counts.iter().find(|(k, _)| k == kind).map(|(_, n)| *n);
+    let video = count("video").ok_or_else(|| format!("no video stream: {counts:?}"))?;
+    let audio = count("audio").ok_or_else(|| format!("no audio stream: {counts:?}"))?;
+    if !check.frames.contains(&video) {
+        return Err(format!("{video} video frames, expected {:?}", check.frames));
+    }
+    let video_secs = video as f64 * FPS.1 as f64 / FPS.0 as f64;
+    // The template's AAC: 1024 samples a frame at the source's 48 kHz.
+    let audio_secs = audio as f64 * 1024.0 / 48000.0;
+    if (audio_secs - video_secs).abs() > AUDIO_SLACK_SECS {
+        return Err(format!("{audio_secs:.3} s of audio for {video_secs:.3} s of video"));
+    }
+    Ok(())
+}
+
 fn verify(check: &Check, tools: &Tools, low_priority: bool) -> Result<(), String> {
     let out = checker(&tools.ffprobe, low_priority)
         .args(["-v", "error", "-count_packets", "-show_entries", "stream=codec_type,nb_read_packets"])
@@ -888,20 +984,16 @@ fn verify(check: &Check, tools: &Tools, low_priority: bool) -> Result<(), String
     }
     // mpegts lists its streams twice (in the program and on their own).
     let text = String::from_utf8_lossy(&out.stdout);
-    let count = |kind: &str| {
-        text.lines().find_map(|l| l.trim().trim_end_matches(',').strip_prefix(kind)?.strip_prefix(',')?.parse().ok())
-    };
-    let video: u64 = count("video").ok_or_else(|| format!("no video stream: {text:?}"))?;
-    let audio: u64 = count("audio").ok_or_else(|| format!("no audio stream: {text:?}"))?;
-    if !check.frames.contains(&video) {
-        return Err(format!("{video} video frames, expected {:?}", check.frames));
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    for line in text.lines() {
+        if let Some((kind, n)) = line.trim().trim_end_matches(',').split_once(',')
+            && let Ok(n) = n.parse()
+            && !counts.iter().any(|(k, _)| k == kind)
+        {
+            counts.push((kind.to_owned(), n));
+        }
     }
-    let video_secs = video as f64 * FPS.1 as f64 / FPS.0 as f64;
-    // The template's AAC: 1024 samples a frame at the source's 48 kHz.
-    let audio_secs = audio as f64 * 1024.0 / 48000.0;
-    if (audio_secs - video_secs).abs() > AUDIO_SLACK_SECS {
-        return Err(format!("{audio_secs:.3} s of audio for {video_secs:.3} s of video"));
-    }
+    frames_and_audio(check, &counts)?;
     if check.decode {
         let out = checker(&tools.ffmpeg, low_priority)
             .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
@@ -1436,6 +1528,30 @@ mod tests {
             ),
             "{ts}"
         );
+    }
+
+    #[test]
+    fn a_framecrc_listing_counts_packets_per_media_type() {
+        let listing = "#tb 0: 1/24000\n#media_type 0: video\n#tb 1: 1/48000\n#media_type 1: audio\n\
+                       #stream#, dts, pts, duration, size, hash\n0, 0, 0, 1001, 1, 0x1\n1, 0, 0, 1024, 1, 0x2\n\
+                       0, 1001, 1001, 1001, 1, 0x3\n";
+        assert_eq!(count_framecrc(listing), [("video".to_owned(), 2), ("audio".to_owned(), 1)]);
+        let check = Check {
+            session: 0,
+            playback: 1,
+            index: 0,
+            job_start: 0,
+            copy: PathBuf::new(),
+            frames: 71..=73,
+            decode: false,
+        };
+        let ok = [("video".to_owned(), 72), ("audio".to_owned(), 141)];
+        assert_eq!(frames_and_audio(&check, &ok), Ok(()));
+        let short = [("video".to_owned(), 70), ("audio".to_owned(), 141)];
+        assert!(frames_and_audio(&check, &short).unwrap_err().contains("70 video frames"));
+        let silent = [("video".to_owned(), 72), ("audio".to_owned(), 100)];
+        assert!(frames_and_audio(&check, &silent).unwrap_err().contains("of audio for"));
+        assert!(frames_and_audio(&check, &ok[..1]).unwrap_err().contains("no audio stream"));
     }
 
     #[test]
