@@ -23,11 +23,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-use crate::demo::{Children, count_frames, fetch_status, jellyfin_hls_args, sibling, step};
+use crate::demo::{Children, SEGMENT_SECS, count_frames, fetch_status, jellyfin_hls_args, sibling, step};
 
 /// `bench cluster`: the running cluster's speedup (reuses this module's clip,
 /// timing and checks).
 mod live;
+/// `bench soak`: many Jellyfin playback sessions with seeks and stops against
+/// an embedded cluster, for minutes (reuses this module's clip and cluster).
+mod soak;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -45,6 +48,10 @@ enum BenchCommand {
     /// generated clip with the local ffmpeg, then through the shim against the
     /// configured controller, check both outputs match, and print the speedup.
     Cluster(live::Args),
+    /// Play many Jellyfin-style HLS sessions at once, with seeks and stops,
+    /// against a cluster started on this machine, for minutes; report segments
+    /// served and lost, time until a segment is ready and the controller's memory.
+    Soak(soak::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,8 +80,6 @@ struct SplitArgs {
     no_limit: bool,
 }
 
-/// Jellyfin's segment length in this template.
-const SEGMENT_SECS: u32 = 3;
 /// The file name stem Jellyfin gives a transcode (an MD5 of the request).
 const STEM: &str = "d41d8cd98f00b204e9800998ecf8427e";
 /// How often the segment files and the process are looked at.
@@ -101,6 +106,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         BenchCommand::Split(a) => split(a),
         BenchCommand::Cluster(a) => live::run(a),
+        BenchCommand::Soak(a) => soak::run(a),
     }
 }
 
@@ -260,7 +266,7 @@ fn measure(
     let mut clusters = Vec::new();
     for &n in &args.nodes {
         step(&format!("starting a cluster of {n} node{}", plural(n)));
-        clusters.push((n, Cluster::start(tools, n, limits, args.cpu, dir, &logs)?));
+        clusters.push((n, Cluster::start(tools, n, 1, limits, args.cpu, dir, &logs)?));
     }
     let mut direct_samples: Vec<Figures> = Vec::new();
     let mut cluster_samples: Vec<Vec<Figures>> = vec![Vec::new(); clusters.len()];
@@ -414,16 +420,23 @@ impl ClipRun<'_> {
         token: &str,
         shim_log: &Path,
     ) -> Command {
-        let mut cmd = Command::new(bin.join("ffmpeg"));
-        cmd.args(jellyfin_hls_args(self.clip, target, STEM, self.width, self.height))
-            .env("FFCLUSTER_CONTROLLER", controller)
-            .env("FFCLUSTER_TOKEN", token)
-            .env("FFCLUSTER_MODE", "split")
-            .env("FFCLUSTER_FFMPEG", real.0)
-            .env("FFCLUSTER_FFPROBE", real.1)
-            .env("FFCLUSTER_LOG", shim_log);
+        let mut cmd = shim_command(bin, real, controller, token, shim_log);
+        cmd.args(jellyfin_hls_args(self.clip, target, STEM, self.width, self.height)).env("FFCLUSTER_MODE", "split");
         cmd
     }
+}
+
+/// The shim as `ffmpeg` in `bin`, as a Jellyfin host runs it, configured by
+/// environment for the cluster at `controller`; `real` is the real ffmpeg and
+/// ffprobe.
+fn shim_command(bin: &Path, real: (&Path, &Path), controller: &str, token: &str, shim_log: &Path) -> Command {
+    let mut cmd = Command::new(bin.join("ffmpeg"));
+    cmd.env("FFCLUSTER_CONTROLLER", controller)
+        .env("FFCLUSTER_TOKEN", token)
+        .env("FFCLUSTER_FFMPEG", real.0)
+        .env("FFCLUSTER_FFPROBE", real.1)
+        .env("FFCLUSTER_LOG", shim_log);
+    cmd
 }
 
 fn plural(n: u32) -> &'static str {
@@ -587,13 +600,24 @@ fn children_cpu() -> Result<Duration> {
 
 /// User plus system CPU of a running process (all its threads), from /proc.
 fn process_cpu(pid: u32) -> Option<Duration> {
+    process_cpu_with(pid, false)
+}
+
+/// `process_cpu`, with `children` also that of the children it waited for
+/// (a node agent's ffmpegs).
+fn process_cpu_with(pid: u32, children: bool) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces:
-    // state is field 3, utime 14, stime 15.
+    // state is field 3, utime 14, stime 15, cutime 16, cstime 17.
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
-    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+    let last = if children { 14 } else { 12 };
+    let ticks: u64 = (11..=last).map(|i| fields.get(i)?.parse::<u64>().ok()).sum::<Option<u64>>()?;
+    Some(Duration::from_secs_f64(ticks as f64 / clock_ticks()? as f64))
+}
+
+/// The kernel's clock ticks per second, the unit of /proc's CPU times.
+fn clock_ticks() -> Option<i64> {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()?
 }
 
 /// A controller and its node agents on loopback, each agent in its own cgroup.
@@ -610,7 +634,17 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(tools: &Tools, n: u32, limits: Option<&CgroupFs>, cpu: f64, dir: &Path, logs: &Path) -> Result<Cluster> {
+    /// `n` node agents of `slots` slots each (in cgroups of `cpu` cores each
+    /// with `limits`) and their controller.
+    fn start(
+        tools: &Tools,
+        n: u32,
+        slots: u32,
+        limits: Option<&CgroupFs>,
+        cpu: f64,
+        dir: &Path,
+        logs: &Path,
+    ) -> Result<Cluster> {
         let token = crate::random_token()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let url = format!("http://127.0.0.1:{port}");
@@ -635,7 +669,7 @@ impl Cluster {
             let name = format!("node{i}");
             let mut cmd = Command::new(&tools.node);
             cmd.args(["--config", "/dev/null", "--controller", &cluster.url, "--token", &cluster.token])
-                .args(["--name", &name, "--slots", "1"])
+                .args(["--name", &name, "--slots", &slots.to_string()])
                 .arg("--scratch")
                 .arg(dir.join(format!("scratch-nodes{n}-{name}")))
                 .arg("--ffmpeg")

@@ -272,15 +272,62 @@ pub(crate) fn count_frames(ffprobe: &Path, path: &Path) -> Result<u64> {
         .with_context(|| format!("ffprobe frame count: {text:?}"))
 }
 
+/// The segment length of Jellyfin's HLS template (`SegmentLength`), seconds.
+pub(crate) const SEGMENT_SECS: u32 = 3;
+
 /// Jellyfin 10.11's HLS transcode (CONTRACT.md §5.3): libx264 scaled to fit
 /// `width`x`height` (the demo's is 720p), 5.1 to stereo AAC, 3 s mpegts segments.
 pub(crate) fn jellyfin_hls_args(input: &Path, dir: &Path, md5: &str, width: u32, height: u32) -> Vec<String> {
-    let (w, h) = (width, height);
+    HlsTemplate { input, dir, md5, width, height, fmp4: false, start: 0 }.args()
+}
+
+/// One HLS transcode as Jellyfin 10.11 starts it (CONTRACT.md §5.3, §6.3).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HlsTemplate<'a> {
+    pub(crate) input: &'a Path,
+    pub(crate) dir: &'a Path,
+    /// The file name stem (Jellyfin's MD5 of the request).
+    pub(crate) md5: &'a str,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    /// fMP4 segments (`<md5>N.mp4` with the init file `<md5>-1.mp4`) instead of mpegts.
+    pub(crate) fmp4: bool,
+    /// The first segment: a job started after a seek begins at `start` × 3 s.
+    pub(crate) start: u32,
+}
+
+impl HlsTemplate<'_> {
+    fn ext(&self) -> &'static str {
+        if self.fmp4 { "mp4" } else { "ts" }
+    }
+
+    /// The segment file of index `n`; -1 is the fMP4 init file.
+    pub(crate) fn segment(&self, n: i64) -> PathBuf {
+        self.dir.join(format!("{}{n}.{}", self.md5, self.ext()))
+    }
+
+    /// The argument list, as Jellyfin passes it to ffmpeg.
+    pub(crate) fn args(&self) -> Vec<String> {
+        template_args(self)
+    }
+}
+
+fn template_args(job: &HlsTemplate<'_>) -> Vec<String> {
+    let (input, dir, md5) = (job.input, job.dir, job.md5);
+    let (w, h) = (job.width, job.height);
     let scale =
         format!(r"scale=trunc(min(max(iw\,ih*a)\,min({w}\,{h}*a))/2)*2:trunc(min(max(iw/a\,ih)\,min({w}/a\,{h}))/2)*2");
     let vf = format!("setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709,{scale},format=yuv420p");
-    let mut a: Vec<String> = ["-analyzeduration", "200M", "-probesize", "1G", "-i"].map(String::from).to_vec();
-    a.push(format!("file:{}", input.display()));
+    let mut a: Vec<String> = ["-analyzeduration", "200M", "-probesize", "1G"].map(String::from).to_vec();
+    if job.start > 0 {
+        // Jellyfin seeks on the input; fMP4 keeps the keyframe before the point.
+        let t = job.start * SEGMENT_SECS;
+        a.extend(["-ss".into(), format!("{:02}:{:02}:{:02}.000", t / 3600, t / 60 % 60, t % 60)]);
+        if job.fmp4 {
+            a.push("-noaccurate_seek".into());
+        }
+    }
+    a.extend(["-i".into(), format!("file:{}", input.display())]);
     a.extend(
         [
             "-map_metadata",
@@ -312,13 +359,11 @@ pub(crate) fn jellyfin_hls_args(input: &Path, dir: &Path, md5: &str, width: u32,
             "-x264opts:0",
             "subme=0:me_range=16:rc_lookahead=10:me=hex:open_gop=0",
             "-force_key_frames:0",
-            "expr:gte(t,n_forced*3)",
-            "-sc_threshold:v:0",
-            "0",
-            "-vf",
         ]
         .map(String::from),
     );
+    a.push(format!("expr:gte(t,n_forced*{SEGMENT_SECS})"));
+    a.extend(["-sc_threshold:v:0", "0", "-vf"].map(String::from));
     a.push(vf);
     a.extend(
         [
@@ -340,17 +385,21 @@ pub(crate) fn jellyfin_hls_args(input: &Path, dir: &Path, md5: &str, width: u32,
             "-max_delay",
             "5000000",
             "-hls_time",
-            "3",
-            "-hls_segment_type",
-            "mpegts",
-            "-start_number",
-            "0",
-            "-hls_segment_filename",
         ]
         .map(String::from),
     );
-    a.push(format!("{}/{md5}%d.ts", dir.display()));
-    a.extend(["-hls_playlist_type", "vod", "-hls_list_size", "0", "-y"].map(String::from));
-    a.push(format!("{}/{md5}.m3u8", dir.display()));
+    a.extend([SEGMENT_SECS.to_string(), "-hls_segment_type".into()]);
+    if job.fmp4 {
+        a.extend(["fmp4".into(), "-hls_fmp4_init_filename".into(), format!("{md5}-1.mp4")]);
+    } else {
+        a.push("mpegts".into());
+    }
+    a.extend(["-start_number".into(), job.start.to_string(), "-hls_segment_filename".into()]);
+    a.push(format!("{}/{md5}%d.{}", dir.display(), job.ext()));
+    a.extend(["-hls_playlist_type", "vod", "-hls_list_size", "0"].map(String::from));
+    if job.fmp4 {
+        a.extend(["-hls_segment_options".into(), "movflags=+frag_discont".into()]);
+    }
+    a.extend(["-y".into(), format!("{}/{md5}.m3u8", dir.display())]);
     a
 }
