@@ -81,6 +81,9 @@ pub struct Probe {
     /// With `-noaccurate_seek`: the keyframe at or before `-ss`, where ffmpeg
     /// really starts.
     pub keyframe_before_seek: Option<f64>,
+    /// The container stores timestamps in steps this long (Matroska: 1 ms), so
+    /// a frame just before `-ss` may be stored at it, and kept by the seek.
+    pub timestamp_step: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +129,7 @@ impl Probe {
             "-of",
             "json",
             "-show_entries",
-            "format=start_time,duration:stream=index,codec_type,start_time,r_frame_rate,avg_frame_rate,channels:stream_disposition=attached_pic",
+            "format=start_time,duration,format_name:stream=index,codec_type,start_time,r_frame_rate,avg_frame_rate,channels:stream_disposition=attached_pic",
             input,
         ]
         .map(str::to_owned)
@@ -169,6 +172,7 @@ impl Probe {
         struct Format {
             start_time: Option<String>,
             duration: Option<String>,
+            format_name: Option<String>,
         }
         #[derive(Deserialize)]
         struct Stream {
@@ -216,7 +220,15 @@ impl Probe {
                 }
             })
             .collect();
-        Ok(Probe { duration: num(&format.duration), start_time: start, streams, keyframe_before_seek: None })
+        // Matroska's default timecode scale is a millisecond.
+        let ms = format.format_name.as_deref().is_some_and(|f| f.split(',').any(|n| n == "matroska" || n == "webm"));
+        Ok(Probe {
+            duration: num(&format.duration),
+            start_time: start,
+            streams,
+            keyframe_before_seek: None,
+            timestamp_step: ms.then_some(0.001),
+        })
     }
 }
 
@@ -814,7 +826,17 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
             .keyframe_before_seek
             .ok_or_else(|| NotSplit::Streams("where -noaccurate_seek starts is unknown".into()))?,
         (Some(ss), false) => match fd {
-            Some(fd) if ss > vstart => vstart + ((ss - vstart) / fd - 1e-6).ceil() * fd,
+            Some(fd) if ss > vstart => {
+                let mut k = ((ss - vstart) / fd - 1e-6).ceil();
+                // The seek compares stored timestamps: a frame a fraction of a
+                // millisecond before -ss, stored rounded, is at -ss and kept
+                // (found by `bench soak`: -ss 78 on 24000/1001 Matroska).
+                let stored = |t: f64| probe.timestamp_step.map_or(t, |step| (t / step).round() * step);
+                if k >= 1.0 && stored(vstart + (k - 1.0) * fd) >= ss - 1e-9 {
+                    k -= 1.0;
+                }
+                vstart + k * fd
+            }
             _ => ss.max(vstart),
         },
     };

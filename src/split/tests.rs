@@ -324,3 +324,23 @@ fn a_chunk_must_hold_the_frames_between_its_cuts() {
     let c = Chunk { index: 1, start: 3.005, end: 6.005, first_segment: 1 };
     assert_eq!(s.plan.recipe.frames(&c, false, false), None);
 }
+
+#[test]
+fn a_seek_keeps_the_frame_matroska_stores_at_it() {
+    // Frame 1870 of 24000/1001 from 5 ms is at 77.99958 s: Matroska stores it as
+    // 78.000, so `-ss 78` keeps it, while a container with exact timestamps
+    // drops it. The grid starts at the frame the direct run starts at.
+    let json = |format: &str| {
+        format!(
+            r#"{{"streams":[{{"index":0,"codec_type":"video","r_frame_rate":"24000/1001","avg_frame_rate":"24000/1001","start_time":"0.005000"}},
+                {{"index":1,"codec_type":"audio","channels":6,"start_time":"0.000000"}}],
+                "format":{{"start_time":"0.000000","duration":"180.000000","format_name":"{format}"}}}}"#
+        )
+    };
+    let fd = 1001.0 / 24000.0;
+    let args = jellyfin(&["-ss", "00:01:18.000"], "3");
+    let mkv = plan_of(&args, &Probe::from_json(&json("matroska,webm")).unwrap()).unwrap();
+    assert!((mkv.plan.start - (0.005 + 1870.0 * fd)).abs() < 1e-9, "{}", mkv.plan.start);
+    let mp4 = plan_of(&args, &Probe::from_json(&json("mov,mp4,m4a,3gp,3g2,mj2")).unwrap()).unwrap();
+    assert!((mp4.plan.start - (0.005 + 1871.0 * fd)).abs() < 1e-9, "{}", mp4.plan.start);
+}
