@@ -60,6 +60,10 @@ pub struct FileRef {
     /// copying a whole film before starting would be absurd).
     pub streamed: bool,
     pub site: Site,
+    /// An http(s) input URL rather than a path. The node reads it through the
+    /// relay when the shim offers it (as a [`FileOffer::stream`]), and opens the
+    /// URL itself otherwise.
+    pub network: bool,
 }
 
 /// Filters that open their file with libavformat, so a relay URL works for them.
@@ -80,6 +84,24 @@ const FILTER_FILE_OPTS: &[(&str, &str, Option<usize>, bool)] = &[
     ("amovie", "filename", Some(0), false),
 ];
 
+/// Input options of ffmpeg's http protocol that only concern the connection to
+/// the origin: the shim applies them when it fetches a relayed input
+/// (`user_agent`, `referer`, `headers`), or they make no sense through the relay
+/// (reconnecting; the relay is not the origin). A relayed input loses them on
+/// the node, where ffmpeg talks to the relay instead.
+pub const ORIGIN_OPTIONS: &[&str] = &[
+    "user_agent",
+    "user-agent",
+    "referer",
+    "headers",
+    "reconnect",
+    "reconnect_at_eof",
+    "reconnect_streamed",
+    "reconnect_on_network_error",
+    "reconnect_on_http_error",
+    "reconnect_delay_max",
+];
+
 /// Per-output options that read or write files beside the output.
 const OUTPUT_FILE_OPTS: &[&str] = &["hls_key_info_file", "key_info_file", "master_pl_name", "var_stream_map"];
 
@@ -95,9 +117,20 @@ pub fn file_refs(cl: &CommandLine) -> Result<Vec<FileRef>, RemoteError> {
             return Err(RemoteError::IndirectInput(input.url.raw.clone()));
         }
         match &input.url.target {
-            Target::File { path } => {
-                refs.push(FileRef { path: path.clone(), dir: false, streamed: true, site: Site::Input(n) })
-            }
+            Target::File { path } => refs.push(FileRef {
+                path: path.clone(),
+                dir: false,
+                streamed: true,
+                site: Site::Input(n),
+                network: false,
+            }),
+            Target::Network { scheme } if scheme == "http" || scheme == "https" => refs.push(FileRef {
+                path: input.url.raw.clone(),
+                dir: false,
+                streamed: true,
+                site: Site::Input(n),
+                network: true,
+            }),
             Target::Network { .. } => {}
             _ => return Err(RemoteError::IndirectInput(input.url.raw.clone())),
         }
@@ -106,7 +139,7 @@ pub fn file_refs(cl: &CommandLine) -> Result<Vec<FileRef>, RemoteError> {
         let value = opt.value.as_deref().unwrap_or("");
         for (filter, path, dir) in graph_files(value).map_err(|()| RemoteError::Filter(opt.key.clone()))? {
             let streamed = reads_like_input(&filter, &path, dir, &refs);
-            refs.push(FileRef { path, dir, streamed, site: Site::Filter { group, opt: opt_index } });
+            refs.push(FileRef { path, dir, streamed, site: Site::Filter { group, opt: opt_index }, network: false });
         }
     }
     Ok(refs)
@@ -228,13 +261,22 @@ pub fn rewrite(cl: &CommandLine, refs: &[FileRef], access: &Access<'_>) -> Resul
     for r in refs {
         match r.site {
             Site::Input(n) => {
-                let offer = offered(&r.path).ok_or_else(|| RemoteError::NotOffered(r.path.clone()))?;
+                let offer = match offered(&r.path) {
+                    Some(offer) => offer,
+                    // Not relayed: the node's ffmpeg opens the URL itself.
+                    None if r.network => continue,
+                    None => return Err(RemoteError::NotOffered(r.path.clone())),
+                };
                 let url = (access.input)(offer);
                 replacements.push((url.clone(), cl.inputs[n].url.raw.clone()));
-                for opt in (access.input_options)(&url) {
-                    cl.inputs[n].push(opt);
+                let input = &mut cl.inputs[n];
+                if offer.stream {
+                    input.opts.retain(|o| !ORIGIN_OPTIONS.contains(&o.name()));
                 }
-                cl.inputs[n].url = Url::parse(&url);
+                for opt in (access.input_options)(&url) {
+                    input.push(opt);
+                }
+                input.url = Url::parse(&url);
             }
             Site::Filter { .. } => {}
         }
@@ -926,7 +968,7 @@ mod tests {
         paths
             .iter()
             .enumerate()
-            .map(|(i, p)| FileOffer { id: i as u32, reference: (*p).into(), entry: None, size: 1 })
+            .map(|(i, p)| FileOffer { id: i as u32, reference: (*p).into(), entry: None, size: 1, stream: false })
             .collect()
     }
 
@@ -936,7 +978,10 @@ mod tests {
              -hls_fmp4_init_filename abc-1.mp4 -start_number 0 -hls_segment_filename /tc/abc%d.mp4 \
              -hls_playlist_type vod -hls_list_size 0 -y /tc/abc.m3u8");
         let refs = file_refs(&c).unwrap();
-        assert_eq!(refs, [FileRef { path: "/media/a.mkv".into(), dir: false, streamed: true, site: Site::Input(0) }]);
+        assert_eq!(
+            refs,
+            [FileRef { path: "/media/a.mkv".into(), dir: false, streamed: true, site: Site::Input(0), network: false }]
+        );
         let files = offers(&["/media/a.mkv"]);
         let input = |f: &FileOffer| format!("http://c/api/v1/files/cap/{}", f.id);
         let side = |f: &FileOffer| format!("/scratch/side/{}", f.id);
@@ -997,6 +1042,52 @@ mod tests {
         let r = rewrite(&c, &refs, &access).unwrap();
         assert_eq!(r.args[3], r"subtitles=f=http\\://c\\:1/api/v1/files/x/0:si=0");
         assert_eq!(graph_files(&r.args[3]).unwrap()[0].1, "http://c:1/api/v1/files/x/0");
+    }
+
+    #[test]
+    fn relayed_urls_lose_their_origin_options() {
+        let url = "http://localhost:8096/LiveTv/LiveStreamFiles/ab12/stream.ts";
+        let args = [
+            "-user_agent",
+            "Jellyfin/10.11",
+            "-headers",
+            "X-Token: 1\r\n",
+            "-re",
+            "-reconnect_streamed",
+            "1",
+            "-analyzeduration",
+            "3000000",
+            "-i",
+            url,
+            "-i",
+            "rtsp://cam/x",
+            "-c:v",
+            "libx264",
+            "-f",
+            "mpegts",
+            "pipe:1",
+        ];
+        let c = CommandLine::parse(&args).unwrap();
+        let refs = file_refs(&c).unwrap();
+        assert_eq!(
+            refs,
+            [FileRef { path: url.into(), dir: false, streamed: true, site: Site::Input(0), network: true }],
+            "only http(s) inputs can be relayed"
+        );
+        let relay = |f: &FileOffer| format!("http://ctl/api/v1/files/cap/{}.ts", f.id);
+        let d = |_: &str| String::new();
+        let mut files = offers(&[url]);
+        files[0].stream = true;
+        let access = Access { files: &files, input: &relay, side: &relay, side_dir: &d, out_root: "/o" };
+        let r = rewrite(&c, &refs, &access).unwrap();
+        assert_eq!(
+            r.args.join(" "),
+            "-re -analyzeduration 3000000 -i http://ctl/api/v1/files/cap/0.ts -i rtsp://cam/x \
+             -c:v libx264 -f mpegts pipe:1"
+        );
+        // Not offered (relay_inputs = "none", or a remote host): the node opens the URL itself.
+        let access = Access { files: &[], input: &relay, side: &relay, side_dir: &d, out_root: "/o" };
+        assert_eq!(rewrite(&c, &refs, &access).unwrap().args, args);
     }
 
     #[test]

@@ -264,7 +264,7 @@ async fn a_job_runs_on_a_node_end_to_end() {
     assert!(n.address.starts_with("127.0.0.1:"));
 
     const SIZE: u64 = 2_000_000;
-    let offer = FileOffer { id: 0, reference: "/media/my film.mkv".into(), entry: None, size: SIZE };
+    let offer = FileOffer { id: 0, reference: "/media/my film.mkv".into(), entry: None, size: SIZE, stream: false };
     let (mut shim, first) = c.shim(request(&["libx264"], vec![offer.clone()])).await;
     assert_eq!(first, ToShim::Accepted { job: 1, node: "n1".into(), audio: false });
     let (job, spec) = run_msg(&mut node).await;
@@ -410,7 +410,7 @@ async fn a_closed_node_socket_fails_its_job_at_once() {
 async fn a_vanished_shim_cancels_its_job() {
     let c = Controller::default().await;
     let mut node = c.node("n1", 1, &[]).await;
-    let offer = FileOffer { id: 0, reference: "a".into(), entry: None, size: 1 << 20 };
+    let offer = FileOffer { id: 0, reference: "a".into(), entry: None, size: 1 << 20, stream: false };
     let (shim, _) = c.shim(request(&[], vec![offer])).await;
     let (job, spec) = run_msg(&mut node).await;
 
@@ -514,7 +514,7 @@ fn split_request() -> (JobRequest, SplitPlan) {
     // The fake nodes cannot know how many frames a chunk holds: verification
     // then checks only the stream's structure.
     plan.recipe.frame_duration = None;
-    let offer = FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size: 1 << 20 };
+    let offer = FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size: 1 << 20, stream: false };
     let request = JobRequest {
         args: args.iter().map(|a| a.to_string()).collect(),
         cwd: "/tmp/t".into(),
