@@ -746,7 +746,7 @@ impl OutputTracker {
 
         // Names listed in playlists count as complete.
         let mut listed: BTreeSet<String> = BTreeSet::new();
-        let mut playlist_texts: Vec<(usize, String, u64, i128)> = Vec::new();
+        let mut playlist_texts: Vec<(usize, String, u64, i128, Vec<String>)> = Vec::new();
         for s in seen {
             if self.role(s) == Some(RoleKind::Playlist) {
                 let key = (s.dir, s.name.clone());
@@ -756,10 +756,13 @@ impl OutputTracker {
                     && let Some(text) = read(s.dir, &s.name)
                     && (text.ends_with('\n') || ended == Ended::Exited)
                 {
-                    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-                        listed.insert(line.rsplit('/').next().unwrap_or(line).trim().to_owned());
-                    }
-                    playlist_texts.push((s.dir, s.name.clone(), s.size, s.mtime));
+                    let names: Vec<String> = text
+                        .lines()
+                        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                        .map(|l| l.rsplit('/').next().unwrap_or(l).trim().to_owned())
+                        .collect();
+                    listed.extend(names.iter().cloned());
+                    playlist_texts.push((s.dir, s.name.clone(), s.size, s.mtime, names));
                 }
             }
         }
@@ -822,10 +825,17 @@ impl OutputTracker {
             }
         }
 
-        // Playlists after the segments they list.
-        for (dir, name, size, mtime) in playlist_texts {
+        // Playlists after the segments they list. ffmpeg can finish a segment
+        // and list it between the directory listing and the playlist read (it
+        // runs ahead of real time on buffered input): such a playlist waits for
+        // the next poll, which sees the segment, while the job runs. Jellyfin
+        // serves a Live TV playlist's segments as they are (§5.7).
+        for (dir, name, size, mtime, names) in playlist_texts {
             if ended == Ended::Killed {
                 break;
+            }
+            if ended == Ended::Running && !names.iter().all(|n| self.published_or_foreign(n)) {
+                continue;
             }
             self.playlists.insert((dir, name.clone()), (size, mtime));
             actions.push(Action::Publish { dir, name: name.clone(), original: orig(&self.plan, dir, &name) });
@@ -858,6 +868,16 @@ impl OutputTracker {
             self.finished = true;
         }
         actions
+    }
+
+    /// Whether a name a playlist lists has been published, or is nothing the
+    /// plan numbers (then it is not the tracker's to wait for).
+    fn published_or_foreign(&self, name: &str) -> bool {
+        let mut numbered = self.plan.patterns.iter().enumerate().filter(|(_, p)| p.role == RoleKind::Sequence);
+        numbered.all(|(i, p)| match match_seq(&p.name, name) {
+            Some(n) => self.published_seq.get(&i).is_some_and(|done| done.contains(&n)),
+            None => true,
+        })
     }
 
     fn role(&self, s: &Seen) -> Option<RoleKind> {
@@ -1162,9 +1182,23 @@ mod tests {
         assert_eq!(names(t.poll(&s, Ended::Running, &mut read)), ["/tc/a1.mp4", "/tc/a.m3u8"]);
         // Unchanged playlist: nothing new.
         assert!(t.poll(&s, Ended::Running, &mut read).is_empty());
-        let s = [seen("a-1.mp4", 1), seen("a0.mp4", 2), seen("a1.mp4", 3), seen("a2.mp4", 6), seen("a.m3u8", 7)];
-        let mut read = |_: usize, _: &str| Some("#EXTM3U\na0.mp4\na1.mp4\na2.mp4\n#EXT-X-ENDLIST\n".to_owned());
-        assert_eq!(names(t.poll(&s, Ended::Exited, &mut read)), ["/tc/a2.mp4", "/tc/a.m3u8"]);
+        // ffmpeg finished a2 and listed it after the directory was listed: the
+        // playlist waits for the poll that sees a2.
+        let mut read = |_: usize, _: &str| Some("#EXTM3U\na0.mp4\na1.mp4\na2.mp4\n".to_owned());
+        let s = [seen("a-1.mp4", 1), seen("a0.mp4", 2), seen("a1.mp4", 3), seen("a.m3u8", 5)];
+        assert!(t.poll(&s, Ended::Running, &mut read).is_empty());
+        let s = [seen("a-1.mp4", 1), seen("a0.mp4", 2), seen("a1.mp4", 3), seen("a2.mp4", 4), seen("a.m3u8", 5)];
+        assert_eq!(names(t.poll(&s, Ended::Running, &mut read)), ["/tc/a2.mp4", "/tc/a.m3u8"]);
+        let s = [
+            seen("a-1.mp4", 1),
+            seen("a0.mp4", 2),
+            seen("a1.mp4", 3),
+            seen("a2.mp4", 4),
+            seen("a3.mp4", 6),
+            seen("a.m3u8", 7),
+        ];
+        let mut read = |_: usize, _: &str| Some("#EXTM3U\na0.mp4\na1.mp4\na2.mp4\na3.mp4\n#EXT-X-ENDLIST\n".to_owned());
+        assert_eq!(names(t.poll(&s, Ended::Exited, &mut read)), ["/tc/a3.mp4", "/tc/a.m3u8"]);
         assert!(t.poll(&s, Ended::Exited, &mut read).is_empty());
     }
 
