@@ -185,20 +185,15 @@ impl StreamPull {
             self.failed = true;
             return Some(Err(io::Error::other("the job is over")));
         };
-        let answer = match tokio::time::timeout(STREAM_READ_TIMEOUT, rx).await {
-            Err(_) => {
-                self.shim.forget_read(req);
-                Err(format!("the shim sent nothing for {} s", STREAM_READ_TIMEOUT.as_secs()))
-            }
-            Ok(Err(_)) => Err("the job ended or its shim went away".to_owned()),
-            Ok(Ok(Err(e))) => Err(format!("the origin failed: {e}")),
+        let answer = match answer(&self.shim, req, rx, STREAM_READ_TIMEOUT, "the origin failed").await {
             // The origin ended: so does the body, cleanly.
-            Ok(Ok(Ok(bytes))) if bytes.is_empty() => return None,
-            Ok(Ok(Ok(bytes))) => {
+            Ok(bytes) if bytes.is_empty() => return None,
+            Ok(bytes) => {
                 self.next += bytes.len() as u64;
                 self.metrics.input_bytes(bytes.len());
                 Ok(bytes)
             }
+            Err(e) => Err(e),
         };
         // An error ends the body without its last chunk, so the client sees the
         // connection break as it would have seen the origin's.
@@ -262,24 +257,39 @@ impl Pull {
             self.next += u64::from(len);
         }
         let (req, len, rx) = self.inflight.pop_front()?;
-        let answer = match tokio::time::timeout(READ_TIMEOUT, rx).await {
-            Err(_) => {
-                self.shim.forget_read(req);
-                Err(format!("the shim did not answer a read within {} s", READ_TIMEOUT.as_secs()))
-            }
-            Ok(Err(_)) => Err("the job ended or its shim went away".to_owned()),
-            Ok(Ok(Err(e))) => Err(format!("the shim could not read the file: {e}")),
-            Ok(Ok(Ok(bytes))) if bytes.len() == len as usize => {
+        let answer = match answer(&self.shim, req, rx, READ_TIMEOUT, "the shim could not read the file").await {
+            Ok(bytes) if bytes.len() == len as usize => {
                 self.delivered += 1;
                 self.metrics.input_bytes(bytes.len());
                 Ok(bytes)
             }
-            Ok(Ok(Ok(bytes))) => Err(format!("the shim answered {} bytes for a read of {len}", bytes.len())),
+            Ok(bytes) => Err(format!("the shim answered {} bytes for a read of {len}", bytes.len())),
+            Err(e) => Err(e),
         };
         Some(answer.map_err(|e| {
             debug!(file = self.file, "input relay failed: {e}");
             io::Error::other(e)
         }))
+    }
+}
+
+/// The shim's answer to read `req`, waited for at most `limit`; a failed read
+/// is reported as `failed: <the shim's error>`.
+async fn answer(
+    shim: &ShimConn,
+    req: u32,
+    rx: oneshot::Receiver<ReadResult>,
+    limit: Duration,
+    failed: &str,
+) -> Result<Bytes, String> {
+    match tokio::time::timeout(limit, rx).await {
+        Err(_) => {
+            shim.forget_read(req);
+            Err(format!("the shim did not answer a read within {} s", limit.as_secs()))
+        }
+        Ok(Err(_)) => Err("the job ended or its shim went away".to_owned()),
+        Ok(Ok(Err(e))) => Err(format!("{failed}: {e}")),
+        Ok(Ok(Ok(bytes))) => Ok(bytes),
     }
 }
 
