@@ -39,93 +39,29 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Jellyfin 10.11's Live TV HLS template (§5.3 with the §5.7 event variant):
-/// libx264 `superfast`, `-flags -global_header`, `-hls_base_url`, event playlist.
+/// Jellyfin 10.11's Live TV HLS template: the §5.3 template with the §5.7
+/// event variant and a Live TV input modifier: `-analyzeduration 3000000
+/// -fflags +igndts`, libx264 `superfast`, `-flags -global_header`,
+/// `-hls_base_url`, event playlist.
 fn live_hls(url: &str, dir: &Path, deinterlace: bool) -> Vec<String> {
-    let vf = format!(
-        "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709,{}scale=trunc(min(max(iw\\,ih*a)\\,min(640\\,360*a))/2)*2:trunc(min(max(iw/a\\,ih)\\,min(640/a\\,360))/2)*2,format=yuv420p",
-        if deinterlace { "yadif=0:-1:0," } else { "" }
-    );
-    let mut a: Vec<String> = [
-        "-analyzeduration",
-        "3000000",
-        "-probesize",
-        "1G",
-        "-fflags",
-        "+igndts",
-        "-i",
-        url,
-        "-map_metadata",
-        "-1",
-        "-map_chapters",
-        "-1",
-        "-threads",
-        "0",
-        "-map",
-        "0:0",
-        "-map",
-        "0:1",
-        "-map",
-        "-0:s",
-        "-codec:v:0",
-        "libx264",
-        "-preset",
-        "superfast",
-        "-crf",
-        "23",
-        "-maxrate",
-        "2000000",
-        "-bufsize",
-        "4000000",
-        "-profile:v:0",
-        "high",
-        "-level",
-        "41",
-        "-x264opts:0",
-        "subme=0:me_range=16:rc_lookahead=10:me=hex:open_gop=0",
-        "-force_key_frames:0",
-        "expr:gte(t,n_forced*3)",
-        "-sc_threshold:v:0",
-        "0",
-        "-vf",
-        &vf,
-        "-flags",
-        "-global_header",
-        "-codec:a:0",
-        "aac",
-        "-ac",
-        "2",
-        "-ab",
-        "128000",
-        "-af",
-        "volume=2",
-        "-copyts",
-        "-avoid_negative_ts",
-        "disabled",
-        "-max_muxing_queue_size",
-        "2048",
-        "-f",
-        "hls",
-        "-max_delay",
-        "5000000",
-        "-hls_time",
-        "3",
-        "-hls_segment_type",
-        "mpegts",
-        "-start_number",
-        "0",
-        "-hls_base_url",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push(format!("hls/{MD5}/"));
-    a.push("-hls_segment_filename".into());
-    a.push(format!("{}/{MD5}%d.ts", dir.display()));
-    for s in ["-hls_playlist_type", "event", "-hls_list_size", "0", "-y"] {
-        a.push(s.into());
+    let mut a = jellyfin_hls(Path::new("input"), dir, MD5, false, SEG as u32);
+    let at = |a: &[String], s: &str| a.iter().position(|x| x == s).unwrap_or_else(|| panic!("{s} in {a:?}"));
+    let i = at(&a, "-analyzeduration");
+    a[i + 1] = "3000000".into();
+    let i = at(&a, "-i");
+    a[i + 1] = url.into();
+    a.splice(i..i, ["-fflags".to_owned(), "+igndts".to_owned()]);
+    let i = at(&a, "-preset");
+    a[i + 1] = "superfast".into();
+    let i = at(&a, "-vf");
+    if deinterlace {
+        a[i + 1] = a[i + 1].replacen(",scale=", ",yadif=0:-1:0,scale=", 1);
     }
-    a.push(format!("{}/{MD5}.m3u8", dir.display()));
+    a.splice(i + 2..i + 2, ["-flags".to_owned(), "-global_header".to_owned()]);
+    let i = at(&a, "-start_number");
+    a.splice(i + 2..i + 2, ["-hls_base_url".to_owned(), format!("hls/{MD5}/")]);
+    let i = at(&a, "-hls_playlist_type");
+    a[i + 1] = "event".into();
     a
 }
 
@@ -151,13 +87,6 @@ fn listed(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| l.rsplit('/').next().unwrap().trim().to_owned())
-        .collect()
-}
-
-fn durations(text: &str) -> Vec<f64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("#EXTINF:"))
-        .map(|l| l.trim_end_matches(',').split(',').next().unwrap().parse().unwrap())
         .collect()
 }
 
@@ -197,7 +126,7 @@ fn live_hls_run(ff: &Ffmpeg, url: &str, dir: &Path, deinterlace: bool, run_for: 
                 ),
             }
         }
-        if ready_after.is_none() && durations(&text).len() >= MIN_SEGMENTS {
+        if ready_after.is_none() && extinf_text(&text).len() >= MIN_SEGMENTS {
             ready_after = Some(started.elapsed());
         }
         if !called && names.len() >= 2 {
@@ -230,7 +159,7 @@ fn live_hls_run(ff: &Ffmpeg, url: &str, dir: &Path, deinterlace: bool, run_for: 
         exited_after_q: stopped.exited_after_q,
         reads,
         ready_after: ready_after.unwrap_or_else(|| panic!("the playlist never had {MIN_SEGMENTS} segments: {stderr}")),
-        durations: durations(&final_text),
+        durations: extinf_text(&final_text),
         playlist: final_text,
         frames,
         stderr,
@@ -442,7 +371,7 @@ fn lose_the_source(ff: &Ffmpeg, dir: &Path) -> Orphaned {
     let playlist = dir.join(format!("{MD5}.m3u8"));
     let mut job = Job::launch(ff, &arguments_string(&live_hls(&source.url(), dir, false)));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while durations(&std::fs::read_to_string(&playlist).unwrap_or_default()).len() < 2 {
+    while extinf_text(&std::fs::read_to_string(&playlist).unwrap_or_default()).len() < 2 {
         assert!(
             Instant::now() < deadline && !job.exited(),
             "no segments: {}",
