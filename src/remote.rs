@@ -85,9 +85,9 @@ const FILTER_FILE_OPTS: &[(&str, &str, Option<usize>, bool)] = &[
 ];
 
 /// Input options of ffmpeg's http protocol that only concern the connection to
-/// the origin: the shim applies them when it fetches a relayed input
-/// (`user_agent`, `referer`, `headers`), or they make no sense through the relay
-/// (reconnecting; the relay is not the origin). A relayed input loses them on
+/// the origin: the shim applies them when it fetches a relayed input (the
+/// request headers, and reconnecting with `-reconnect_streamed`,
+/// `-reconnect_at_eof`, `-reconnect_delay_max`). A relayed input loses them on
 /// the node, where ffmpeg talks to the relay instead.
 pub const ORIGIN_OPTIONS: &[&str] = &[
     "user_agent",

@@ -39,10 +39,13 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The tuner's required `User-Agent`, which Jellyfin passes as `-user_agent`.
+const TUNER_AGENT: &str = "Jellyfin-LiveTV/10.11";
+
 /// Jellyfin 10.11's Live TV HLS template: the §5.3 template with the §5.7
 /// event variant and a Live TV input modifier: `-analyzeduration 3000000
-/// -fflags +igndts`, libx264 `superfast`, `-flags -global_header`,
-/// `-hls_base_url`, event playlist.
+/// -user_agent … -fflags +igndts`, libx264 `superfast`, `-flags
+/// -global_header`, `-hls_base_url`, event playlist.
 fn live_hls(url: &str, dir: &Path, deinterlace: bool) -> Vec<String> {
     let mut a = jellyfin_hls(Path::new("input"), dir, MD5, false, SEG as u32);
     let at = |a: &[String], s: &str| a.iter().position(|x| x == s).unwrap_or_else(|| panic!("{s} in {a:?}"));
@@ -50,7 +53,7 @@ fn live_hls(url: &str, dir: &Path, deinterlace: bool) -> Vec<String> {
     a[i + 1] = "3000000".into();
     let i = at(&a, "-i");
     a[i + 1] = url.into();
-    a.splice(i..i, ["-fflags".to_owned(), "+igndts".to_owned()]);
+    a.splice(i..i, ["-user_agent", TUNER_AGENT, "-fflags", "+igndts"].map(str::to_owned));
     let i = at(&a, "-preset");
     a[i + 1] = "superfast".into();
     let i = at(&a, "-vf");
@@ -239,6 +242,10 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool) {
     assert!(cluster.stderr.contains(&origin), "stderr names the input as given: {}", cluster.stderr);
     assert_eq!(direct_source.clients_served(), 1);
     assert_eq!(cluster_source.clients_served(), 1, "only the shim may read the origin");
+    // The shim asked the origin the way ffmpeg asks it.
+    assert_eq!(direct_source.user_agents(), [TUNER_AGENT]);
+    assert_eq!(cluster_source.user_agents(), [TUNER_AGENT]);
+    assert!(!argv.contains(TUNER_AGENT), "the relay does not need the tuner's headers: {argv}");
     c.wait_no_remote_ffmpeg(Duration::from_secs(5));
     // The job is over: so is the shim's connection to the origin.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -354,6 +361,27 @@ fn live_tv_recording_stopped_with_q() {
 #[test]
 fn live_tv_recording_at_native_rate() {
     live_tv_recording(true);
+}
+
+#[test]
+fn relay_inputs_none_leaves_the_url_to_the_node() {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(2);
+    let source = LiveSource::start(LiveOpts::default());
+    let ff = Ffmpeg::from_command(&c.shim()).env("FFCLUSTER_RELAY_INPUTS", Some("none"));
+    let node_argv = std::cell::RefCell::new(String::new());
+    let (code, duration, _) = record(&ff, &source.url(), &c.work.join("rec.ts"), false, 4, &|| {
+        let pids = c.remote_ffmpegs();
+        assert_eq!(pids.len(), 1, "one node runs the recording: {pids:?}");
+        *node_argv.borrow_mut() = cmdline(pids[0]);
+    });
+    assert_eq!(code, Some(0));
+    assert!(duration > 2.0, "{duration} s");
+    // On one machine the node can open `localhost`; on a real cluster it could not.
+    let argv = node_argv.into_inner();
+    assert!(argv.contains(&source.url()), "the node's ffmpeg opens the URL itself: {argv}");
+    assert_eq!(source.clients_served(), 1, "the node, not the shim");
+    assert!(source.user_agents()[0].starts_with("Lavf/"), "{:?}", source.user_agents());
 }
 
 /// What a job did when its live source went away.

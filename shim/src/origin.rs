@@ -8,7 +8,9 @@
 //! than [`BEHIND`] before the newest read are dropped. So a slow node slows the
 //! origin down instead of growing the shim, as it would if ffmpeg read the
 //! origin itself. The thread does not pace itself: `-re` stays on the node's
-//! ffmpeg, which applies it to what it reads.
+//! ffmpeg, which applies it to what it reads. The origin is asked the way the
+//! input's own http options ask it (headers, reconnecting), which the node's
+//! argument list then goes without (`ffcluster::remote::ORIGIN_OPTIONS`).
 
 use std::io::Read;
 use std::net::IpAddr;
@@ -149,16 +151,28 @@ impl Origin {
             .timeout_recv_response(Some(HEAD_TIMEOUT))
             .build();
         let agent = ureq::Agent::new_with_config(config);
-        let mut request = agent.get(&input.url.raw);
-        for (name, value) in request_headers(input) {
-            request = request.header(name, value);
-        }
-        let response = request.call().map_err(|e| format!("{}: {e}", input.url.raw))?;
-        Ok(Origin::from_reader(response.into_body().into_reader()))
+        let url = input.url.raw.clone();
+        let headers = request_headers(input);
+        let get = move |from: u64| -> Result<Body, String> {
+            let mut request = agent.get(&url);
+            for (name, value) in &headers {
+                request = request.header(name, value);
+            }
+            if from > 0 {
+                // As ffmpeg asks when it reconnects.
+                request = request.header("Range", format!("bytes={from}-"));
+            }
+            let response = request.call().map_err(|e| format!("{url}: {e}"))?;
+            Ok(Box::new(response.into_body().into_reader()))
+        };
+        let body = get(0)?;
+        let policy = Reconnect::of(input);
+        Ok(Origin::from_reader(body, policy.map(|p| (p, Box::new(get) as Reopen))))
     }
 
-    /// Starts the thread that reads `body` into the window.
-    fn from_reader(body: impl Read + Send + 'static) -> Origin {
+    /// Starts the thread that reads `body` into the window, and reconnects
+    /// with `reopen` (from a byte offset) when the policy says so.
+    fn from_reader(body: Body, reopen: Option<(Reconnect, Reopen)>) -> Origin {
         let shared = Arc::new(Shared {
             window: Mutex::new(Window::default()),
             room: Condvar::new(),
@@ -167,7 +181,7 @@ impl Origin {
         let s = shared.clone();
         std::thread::Builder::new()
             .name("origin".into())
-            .spawn(move || fill(&s, body))
+            .spawn(move || fill(&s, body, reopen))
             .expect("a thread can be started");
         Origin { shared }
     }
@@ -226,10 +240,37 @@ impl Shared {
     }
 }
 
+/// A response body being read.
+type Body = Box<dyn Read + Send>;
+/// Requests the origin again, from a byte offset.
+type Reopen = Box<dyn FnMut(u64) -> Result<Body, String> + Send>;
+
+/// When the shim reconnects to the origin, from the input's own options, as
+/// ffmpeg's http protocol does for a stream: only with `-reconnect_streamed`,
+/// after an error, and at the end too with `-reconnect_at_eof`; waiting 0 s,
+/// then 1, 3, 7… while that stays within `-reconnect_delay_max` (120 s).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Reconnect {
+    at_eof: bool,
+    delay_max: Duration,
+}
+
+impl Reconnect {
+    fn of(input: &Input) -> Option<Reconnect> {
+        let on = |name: &str| input.last_value(name).is_some_and(|v| v.trim() != "0" && v.trim() != "false");
+        if !on("reconnect_streamed") {
+            return None;
+        }
+        let delay_max = input.last_value("reconnect_delay_max").and_then(|v| v.trim().parse().ok()).unwrap_or(120);
+        Some(Reconnect { at_eof: on("reconnect_at_eof"), delay_max: Duration::from_secs(delay_max) })
+    }
+}
+
 /// The reader thread: the origin's body into the window, never more than
 /// [`AHEAD`] unread bytes.
-fn fill(shared: &Shared, mut body: impl Read) {
+fn fill(shared: &Shared, mut body: Body, mut reopen: Option<(Reconnect, Reopen)>) {
     let mut buf = vec![0u8; PIECE];
+    let mut delay = Duration::ZERO;
     loop {
         {
             let mut w = shared.lock();
@@ -240,13 +281,32 @@ fn fill(shared: &Shared, mut body: impl Read) {
                 return;
             }
         }
-        let got = body.read(&mut buf);
+        let got = match body.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(n) if n > 0 => Ok(n),
+            Ok(_) => Err(None),
+            Err(e) => Err(Some(e.to_string())),
+        };
+        if let (Err(error), Some((policy, open))) = (&got, reopen.as_mut())
+            && (error.is_some() || policy.at_eof)
+            && delay <= policy.delay_max
+        {
+            std::thread::sleep(delay);
+            delay = delay * 2 + Duration::from_secs(1);
+            let from = shared.lock().end();
+            if let Ok(next) = open(from) {
+                body = next;
+            }
+            continue;
+        }
         let mut w = shared.lock();
         match got {
-            Ok(0) => w.ended = Some(Ok(())),
-            Ok(n) => w.data.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => w.ended = Some(Err(e.to_string())),
+            Ok(n) => {
+                w.data.extend_from_slice(&buf[..n]);
+                delay = Duration::ZERO;
+            }
+            Err(None) => w.ended = Some(Ok(())),
+            Err(Some(e)) => w.ended = Some(Err(e)),
         }
         let ended = w.ended.is_some();
         drop(w);
@@ -340,7 +400,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_reader_holds_the_origin_back() {
         let taken = Arc::new(AtomicUsize::new(0));
-        let origin = Origin::from_reader(Counted { taken: taken.clone(), total: 4 * AHEAD });
+        let origin = Origin::from_reader(Box::new(Counted { taken: taken.clone(), total: 4 * AHEAD }), None);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while taken.load(Ordering::SeqCst) < AHEAD {
             assert!(std::time::Instant::now() < deadline, "the window did not fill");
@@ -372,9 +432,46 @@ mod tests {
     #[tokio::test]
     async fn a_broken_origin_is_an_error_after_its_bytes() {
         let body = std::io::Cursor::new(b"abc".to_vec()).chain(Broken);
-        let origin = Origin::from_reader(body);
+        let origin = Origin::from_reader(Box::new(body), None);
         assert_eq!(origin.read(0, 10).await.unwrap(), b"abc");
         assert!(origin.read(3, 10).await.unwrap_err().contains("reset"));
+    }
+
+    #[tokio::test]
+    async fn reconnects_as_ffmpeg_would_when_told_to() {
+        let input = |opts: &[&str]| {
+            let mut args = opts.to_vec();
+            args.extend(["-i", "http://localhost/x", "out.ts"]);
+            CommandLine::parse(&args).unwrap().inputs.remove(0)
+        };
+        assert_eq!(Reconnect::of(&input(&["-reconnect", "1"])), None);
+        let jellyfin = input(&["-reconnect_at_eof", "1", "-reconnect_streamed", "1", "-reconnect_delay_max", "2"]);
+        let policy = Reconnect::of(&jellyfin).unwrap();
+        assert_eq!(policy, Reconnect { at_eof: true, delay_max: Duration::from_secs(2) });
+
+        // A body that breaks after "abc", then one that ends after "de": the
+        // second request asks from byte 3; after the end it reconnects twice
+        // more (0 s, 1 s; 3 s is past the 2 s maximum) and then ends.
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
+        let reopen: Reopen = Box::new(move |from| {
+            log.lock().unwrap().push(from);
+            let body: Body =
+                if from == 3 { Box::new(std::io::Cursor::new(b"de".to_vec())) } else { Box::new(std::io::empty()) };
+            Ok(body)
+        });
+        let first: Body = Box::new(std::io::Cursor::new(b"abc".to_vec()).chain(Broken));
+        let origin = Origin::from_reader(first, Some((policy, reopen)));
+        let mut got = Vec::new();
+        loop {
+            let b = origin.read(got.len() as u64, 10).await.unwrap();
+            if b.is_empty() {
+                break;
+            }
+            got.extend(b);
+        }
+        assert_eq!(got, b"abcde");
+        assert_eq!(*asked.lock().unwrap(), [3, 5, 5]);
     }
 
     struct Broken;

@@ -154,7 +154,7 @@ fn serve_stream(found: Servable, metrics: Arc<Metrics>, method: Method, file: u3
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        let pull = StreamPull { shim: found.shim, metrics, file, next: 0, failed: false };
+        let pull = StreamPull { shim: found.shim, metrics, file, next: 0, waiting: None, failed: false };
         Body::from_stream(futures_util::stream::unfold(pull, |mut pull| async {
             pull.next_chunk().await.map(|chunk| (chunk, pull))
         }))
@@ -173,6 +173,8 @@ struct StreamPull {
     metrics: Arc<Metrics>,
     file: u32,
     next: u64,
+    /// The read being waited for, forgotten if the client goes away meanwhile.
+    waiting: Option<u32>,
     failed: bool,
 }
 
@@ -185,7 +187,10 @@ impl StreamPull {
             self.failed = true;
             return Some(Err(io::Error::other("the job is over")));
         };
-        let answer = match answer(&self.shim, req, rx, STREAM_READ_TIMEOUT, "the origin failed").await {
+        self.waiting = Some(req);
+        let answer = answer(&self.shim, req, rx, STREAM_READ_TIMEOUT, "the origin failed").await;
+        self.waiting = None;
+        let answer = match answer {
             // The origin ended: so does the body, cleanly.
             Ok(bytes) if bytes.is_empty() => return None,
             Ok(bytes) => {
@@ -270,6 +275,15 @@ impl Pull {
             debug!(file = self.file, "input relay failed: {e}");
             io::Error::other(e)
         }))
+    }
+}
+
+impl Drop for StreamPull {
+    fn drop(&mut self) {
+        // The client went away while a read waited for the origin.
+        if let Some(req) = self.waiting {
+            self.shim.forget_read(req);
+        }
     }
 }
 

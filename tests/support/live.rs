@@ -58,6 +58,8 @@ struct Shared {
     open: AtomicUsize,
     /// Every client connection, to cut them when the source goes away.
     clients: Mutex<Vec<TcpStream>>,
+    /// Each request's `User-Agent`, in the order they came.
+    agents: Mutex<Vec<String>>,
 }
 
 /// A running live channel. Drop stops everything.
@@ -129,6 +131,11 @@ impl LiveSource {
     /// Connections still open.
     pub fn clients_open(&self) -> usize {
         self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// The `User-Agent` of every request so far.
+    pub fn user_agents(&self) -> Vec<String> {
+        self.shared.agents.lock().unwrap().clone()
     }
 
     /// When the encoder started: the stream's time 0 in wall-clock time.
@@ -203,12 +210,19 @@ fn client(shared: &Shared, conn: TcpStream) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
+    let mut agent = String::new();
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
             break;
         }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("user-agent")
+        {
+            agent = value.trim().to_owned();
+        }
     }
+    shared.agents.lock().unwrap().push(agent);
     let mut out = conn;
     out.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nTransfer-Encoding: chunked\r\n\
