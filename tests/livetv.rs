@@ -366,17 +366,18 @@ fn live_tv_recording_at_native_rate() {
 #[test]
 fn relay_inputs_none_leaves_the_url_to_the_node() {
     let _serial = one_at_a_time();
-    let c = Cluster::start(2);
+    let c = Cluster::start(1);
     let source = LiveSource::start(LiveOpts::default());
     let ff = Ffmpeg::from_command(&c.shim()).env("FFCLUSTER_RELAY_INPUTS", Some("none"));
     let node_argv = std::cell::RefCell::new(String::new());
-    let (code, duration, _) = record(&ff, &source.url(), &c.work.join("rec.ts"), false, 4, &|| {
+    let (code, duration, _) = record(&ff, &source.url(), &c.work.join("rec.ts"), false, 8, &|| {
         let pids = c.remote_ffmpegs();
         assert_eq!(pids.len(), 1, "one node runs the recording: {pids:?}");
         *node_argv.borrow_mut() = cmdline(pids[0]);
     });
     assert_eq!(code, Some(0));
-    assert!(duration > 2.0, "{duration} s");
+    // It analyses 5 s of the stream first, then catches up.
+    assert!(duration > 5.0, "{duration} s");
     // On one machine the node can open `localhost`; on a real cluster it could not.
     let argv = node_argv.into_inner();
     assert!(argv.contains(&source.url()), "the node's ffmpeg opens the URL itself: {argv}");

@@ -71,6 +71,9 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outco
         Ok(o) => o,
         Err(why) => return Outcome::Fallback(why),
     };
+    for o in offers.offers.iter().filter(|o| o.stream) {
+        log.line(format_args!("cluster: {} is read here and relayed to the node", o.reference));
+    }
     let request = JobRequest {
         args: args.to_vec(),
         cwd: cwd.to_string_lossy().into_owned(),
