@@ -39,6 +39,19 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `Cluster::start`, with more patience for the nodes' start-up probes on a
+/// loaded machine: what is timed here is the live scenario, not the start.
+fn cluster(nodes: usize) -> Cluster {
+    real("ffmpeg");
+    let mut c = Cluster::bare();
+    c.start_controller();
+    for i in 0..nodes {
+        c.add_node(&format!("node{i}"));
+    }
+    c.wait_nodes(nodes, Duration::from_secs(120));
+    c
+}
+
 /// The tuner's required `User-Agent`, which Jellyfin passes as `-user_agent`.
 const TUNER_AGENT: &str = "Jellyfin-LiveTV/10.11";
 
@@ -199,15 +212,16 @@ fn check_hls(what: &str, run: &HlsRun, fps: f64) {
 fn live_tv_hls(opts: LiveOpts, deinterlace: bool) {
     let _serial = one_at_a_time();
     let fps = f64::from(opts.fps);
-    let c = Cluster::start(2);
+    let c = cluster(2);
     let direct_source = LiveSource::start(opts.clone());
     let cluster_source = LiveSource::start(opts);
     let run_for = Duration::from_secs(20);
-    let direct_dir = c.dir.path().join("direct");
     let cluster_dir = c.dir.path().join("transcodes");
     let direct_url = direct_source.url();
     let direct = std::thread::spawn(move || {
-        live_hls_run(&Ffmpeg::direct(), &direct_url, &direct_dir, deinterlace, run_for, &|| {})
+        // Its own directory: it must outlive a failure of the cluster run.
+        let dir = tempfile::tempdir().unwrap();
+        live_hls_run(&Ffmpeg::direct(), &direct_url, dir.path(), deinterlace, run_for, &|| {})
     });
     let relay = format!("{}/api/v1/files/", c.url());
     let origin = cluster_source.url();
@@ -312,15 +326,16 @@ const ANALYZE: f64 = 5.0;
 
 fn live_tv_recording(re: bool) {
     let _serial = one_at_a_time();
-    let c = Cluster::start(2);
+    let c = cluster(2);
     let direct_source = LiveSource::start(LiveOpts::default());
     let cluster_source = LiveSource::start(LiveOpts::default());
     std::thread::sleep(HEAD_START);
     let secs = 10;
-    let direct_out = c.dir.path().join("direct.ts");
     let url = direct_source.url();
-    let out = direct_out.clone();
-    let direct = std::thread::spawn(move || record(&Ffmpeg::direct(), &url, &out, re, secs, &|| {}));
+    let direct = std::thread::spawn(move || {
+        let dir = tempfile::tempdir().unwrap();
+        record(&Ffmpeg::direct(), &url, &dir.path().join("direct.ts"), re, secs, &|| {})
+    });
     let rec = c.work.join("recording.ts");
     // A stream copy runs here unless told otherwise; the shim's FFCLUSTER_MODE=whole sends it to a node.
     let node_argv = std::cell::RefCell::new(String::new());
@@ -366,7 +381,7 @@ fn live_tv_recording_at_native_rate() {
 #[test]
 fn relay_inputs_none_leaves_the_url_to_the_node() {
     let _serial = one_at_a_time();
-    let c = Cluster::start(1);
+    let c = cluster(1);
     let source = LiveSource::start(LiveOpts::default());
     let ff = Ffmpeg::from_command(&c.shim()).env("FFCLUSTER_RELAY_INPUTS", Some("none"));
     let node_argv = std::cell::RefCell::new(String::new());
@@ -422,9 +437,11 @@ fn lose_the_source(ff: &Ffmpeg, dir: &Path) -> Orphaned {
 #[test]
 fn live_tv_source_that_goes_away() {
     let _serial = one_at_a_time();
-    let c = Cluster::start(2);
-    let direct_dir = c.dir.path().join("direct");
-    let direct = std::thread::spawn(move || lose_the_source(&Ffmpeg::direct(), &direct_dir));
+    let c = cluster(2);
+    let direct = std::thread::spawn(move || {
+        let dir = tempfile::tempdir().unwrap();
+        lose_the_source(&Ffmpeg::direct(), dir.path())
+    });
     let cluster = lose_the_source(&Ffmpeg::from_command(&c.shim()), &c.dir.path().join("transcodes"));
     let direct = direct.join().unwrap();
     eprintln!("source gone: direct {direct:?}\ncluster {cluster:?}");
