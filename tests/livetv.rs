@@ -39,19 +39,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `Cluster::start`, with more patience for the nodes' start-up probes on a
-/// loaded machine: what is timed here is the live scenario, not the start.
-fn cluster(nodes: usize) -> Cluster {
-    real("ffmpeg");
-    let mut c = Cluster::bare();
-    c.start_controller();
-    for i in 0..nodes {
-        c.add_node(&format!("node{i}"));
-    }
-    c.wait_nodes(nodes, Duration::from_secs(120));
-    c
-}
-
 /// The tuner's required `User-Agent`, which Jellyfin passes as `-user_agent`.
 const TUNER_AGENT: &str = "Jellyfin-LiveTV/10.11";
 
@@ -212,7 +199,7 @@ fn check_hls(what: &str, run: &HlsRun, fps: f64) {
 fn live_tv_hls(opts: LiveOpts, deinterlace: bool) {
     let _serial = one_at_a_time();
     let fps = f64::from(opts.fps);
-    let c = cluster(2);
+    let c = Cluster::start(2);
     let direct_source = LiveSource::start(opts.clone());
     let cluster_source = LiveSource::start(opts);
     let run_for = Duration::from_secs(20);
@@ -326,7 +313,7 @@ const ANALYZE: f64 = 5.0;
 
 fn live_tv_recording(re: bool) {
     let _serial = one_at_a_time();
-    let c = cluster(2);
+    let c = Cluster::start(2);
     let direct_source = LiveSource::start(LiveOpts::default());
     let cluster_source = LiveSource::start(LiveOpts::default());
     std::thread::sleep(HEAD_START);
@@ -381,7 +368,7 @@ fn live_tv_recording_at_native_rate() {
 #[test]
 fn relay_inputs_none_leaves_the_url_to_the_node() {
     let _serial = one_at_a_time();
-    let c = cluster(1);
+    let c = Cluster::start(1);
     let source = LiveSource::start(LiveOpts::default());
     let ff = Ffmpeg::from_command(&c.shim()).env("FFCLUSTER_RELAY_INPUTS", Some("none"));
     let node_argv = std::cell::RefCell::new(String::new());
@@ -437,7 +424,7 @@ fn lose_the_source(ff: &Ffmpeg, dir: &Path) -> Orphaned {
 #[test]
 fn live_tv_source_that_goes_away() {
     let _serial = one_at_a_time();
-    let c = cluster(2);
+    let c = Cluster::start(2);
     let direct = std::thread::spawn(move || {
         let dir = tempfile::tempdir().unwrap();
         lose_the_source(&Ffmpeg::direct(), dir.path())
