@@ -86,8 +86,9 @@ const FILTER_FILE_OPTS: &[(&str, &str, Option<usize>, bool)] = &[
 
 /// Input options of ffmpeg's http protocol that only concern the connection to
 /// the origin: the shim applies them when it fetches a relayed input (the
-/// request headers, and reconnecting with `-reconnect_streamed`,
-/// `-reconnect_at_eof`, `-reconnect_delay_max`). A relayed input loses them on
+/// request headers, reconnecting with `-reconnect_streamed`,
+/// `-reconnect_at_eof`, `-reconnect_delay_max`, and `-tls_verify`), or they
+/// name the origin's TLS (`-ca_file`, `-verifyhost`). A relayed input loses them on
 /// the node, where ffmpeg talks to the relay instead.
 pub const ORIGIN_OPTIONS: &[&str] = &[
     "user_agent",
@@ -100,6 +101,10 @@ pub const ORIGIN_OPTIONS: &[&str] = &[
     "reconnect_on_network_error",
     "reconnect_on_http_error",
     "reconnect_delay_max",
+    "tls_verify",
+    "ca_file",
+    "cafile",
+    "verifyhost",
 ];
 
 /// Per-output options that read or write files beside the output.
@@ -1098,7 +1103,9 @@ mod tests {
         let d = |_: &str| String::new();
         let mut files = offers(&[url]);
         files[0].stream = true;
-        let access = Access { files: &files, input: &relay, side: &relay, side_dir: &d, out_root: "/o" };
+        let none = |_: &str| Vec::new();
+        let access =
+            Access { files: &files, input: &relay, input_options: &none, side: &relay, side_dir: &d, out_root: "/o" };
         let r = rewrite(&c, &refs, &access).unwrap();
         assert_eq!(
             r.args.join(" "),
@@ -1106,7 +1113,7 @@ mod tests {
              -c:v libx264 -f mpegts pipe:1"
         );
         // Not offered (relay_inputs = "none", or a remote host): the node opens the URL itself.
-        let access = Access { files: &[], input: &relay, side: &relay, side_dir: &d, out_root: "/o" };
+        let access = Access { files: &[], ..access };
         assert_eq!(rewrite(&c, &refs, &access).unwrap().args, args);
     }
 

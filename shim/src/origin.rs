@@ -146,9 +146,12 @@ impl Origin {
     /// body. An error (unreachable, an HTTP error status) means the job should
     /// run locally, where ffmpeg reports it in its own words.
     pub fn open(input: &Input) -> Result<Origin, String> {
+        // ffmpeg checks an https origin's certificate only with -tls_verify 1.
+        let verify = input.last_value("tls_verify").is_some_and(|v| v.trim() == "1");
         let config = ureq::Agent::config_builder()
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_recv_response(Some(HEAD_TIMEOUT))
+            .tls_config(ureq::tls::TlsConfig::builder().disable_verification(!verify).build())
             .build();
         let agent = ureq::Agent::new_with_config(config);
         let url = input.url.raw.clone();

@@ -361,7 +361,7 @@ async fn a_relayed_stream_is_served_forward_chunked_and_cut_when_the_origin_brea
     let get = |range: Option<&'static str>| {
         let url = format!("{}{file_path}", c.base());
         let headers: Vec<(&str, &str)> = range.map(|r| ("Range", r)).into_iter().collect();
-        tokio::task::spawn_blocking(move || http_client::get(&url, &headers))
+        tokio::task::spawn_blocking(move || http_client::get(&url, &headers, &Trust::default()))
     };
     // The shim answers each read with what it has: pieces of any size, then
     // an empty answer at the origin's end, or a failure when it broke.
