@@ -229,6 +229,9 @@ pub enum ToShim {
     },
     /// Send `len` bytes of offered file `file` from `offset` as a
     /// [`FrameKind::ReadData`] frame with id `req` (fewer bytes only at end of file).
+    /// For a [`FileOffer::stream`], the answer comes as soon as at least one byte
+    /// at `offset` has arrived and may be shorter; an empty answer is the end of
+    /// the stream.
     Read {
         req: u32,
         file: u32,
@@ -369,7 +372,13 @@ pub struct FileOffer {
     /// For a directory reference (a fonts directory), the file's name inside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<String>,
+    /// Bytes; 0 for a stream.
     pub size: u64,
+    /// A network input the shim relays (a Live TV stream): its length is
+    /// unknown, it is read forward only, and a read waits for bytes that have
+    /// not arrived yet. The reference is then the input URL as written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// What the controller tells a node to run.

@@ -60,6 +60,10 @@ pub struct FileRef {
     /// copying a whole film before starting would be absurd).
     pub streamed: bool,
     pub site: Site,
+    /// An http(s) input URL rather than a path. The node reads it through the
+    /// relay when the shim offers it (as a [`FileOffer::stream`]), and opens the
+    /// URL itself otherwise.
+    pub network: bool,
 }
 
 /// Filters that open their file with libavformat, so a relay URL works for them.
@@ -80,6 +84,29 @@ const FILTER_FILE_OPTS: &[(&str, &str, Option<usize>, bool)] = &[
     ("amovie", "filename", Some(0), false),
 ];
 
+/// Input options of ffmpeg's http protocol that only concern the connection to
+/// the origin: the shim applies them when it fetches a relayed input (the
+/// request headers, reconnecting with `-reconnect_streamed`,
+/// `-reconnect_at_eof`, `-reconnect_delay_max`, and `-tls_verify`), or they
+/// name the origin's TLS (`-ca_file`, `-verifyhost`). A relayed input loses them on
+/// the node, where ffmpeg talks to the relay instead.
+pub const ORIGIN_OPTIONS: &[&str] = &[
+    "user_agent",
+    "user-agent",
+    "referer",
+    "headers",
+    "reconnect",
+    "reconnect_at_eof",
+    "reconnect_streamed",
+    "reconnect_on_network_error",
+    "reconnect_on_http_error",
+    "reconnect_delay_max",
+    "tls_verify",
+    "ca_file",
+    "cafile",
+    "verifyhost",
+];
+
 /// Per-output options that read or write files beside the output.
 const OUTPUT_FILE_OPTS: &[&str] = &["hls_key_info_file", "key_info_file", "master_pl_name", "var_stream_map"];
 
@@ -95,9 +122,20 @@ pub fn file_refs(cl: &CommandLine) -> Result<Vec<FileRef>, RemoteError> {
             return Err(RemoteError::IndirectInput(input.url.raw.clone()));
         }
         match &input.url.target {
-            Target::File { path } => {
-                refs.push(FileRef { path: path.clone(), dir: false, streamed: true, site: Site::Input(n) })
-            }
+            Target::File { path } => refs.push(FileRef {
+                path: path.clone(),
+                dir: false,
+                streamed: true,
+                site: Site::Input(n),
+                network: false,
+            }),
+            Target::Network { scheme } if scheme == "http" || scheme == "https" => refs.push(FileRef {
+                path: input.url.raw.clone(),
+                dir: false,
+                streamed: true,
+                site: Site::Input(n),
+                network: true,
+            }),
             Target::Network { .. } => {}
             _ => return Err(RemoteError::IndirectInput(input.url.raw.clone())),
         }
@@ -106,7 +144,7 @@ pub fn file_refs(cl: &CommandLine) -> Result<Vec<FileRef>, RemoteError> {
         let value = opt.value.as_deref().unwrap_or("");
         for (filter, path, dir) in graph_files(value).map_err(|()| RemoteError::Filter(opt.key.clone()))? {
             let streamed = reads_like_input(&filter, &path, dir, &refs);
-            refs.push(FileRef { path, dir, streamed, site: Site::Filter { group, opt: opt_index } });
+            refs.push(FileRef { path, dir, streamed, site: Site::Filter { group, opt: opt_index }, network: false });
         }
     }
     Ok(refs)
@@ -228,13 +266,22 @@ pub fn rewrite(cl: &CommandLine, refs: &[FileRef], access: &Access<'_>) -> Resul
     for r in refs {
         match r.site {
             Site::Input(n) => {
-                let offer = offered(&r.path).ok_or_else(|| RemoteError::NotOffered(r.path.clone()))?;
+                let offer = match offered(&r.path) {
+                    Some(offer) => offer,
+                    // Not relayed: the node's ffmpeg opens the URL itself.
+                    None if r.network => continue,
+                    None => return Err(RemoteError::NotOffered(r.path.clone())),
+                };
                 let url = (access.input)(offer);
                 replacements.push((url.clone(), cl.inputs[n].url.raw.clone()));
-                for opt in (access.input_options)(&url) {
-                    cl.inputs[n].push(opt);
+                let input = &mut cl.inputs[n];
+                if offer.stream {
+                    input.opts.retain(|o| !ORIGIN_OPTIONS.contains(&o.name()));
                 }
-                cl.inputs[n].url = Url::parse(&url);
+                for opt in (access.input_options)(&url) {
+                    input.push(opt);
+                }
+                input.url = Url::parse(&url);
             }
             Site::Filter { .. } => {}
         }
@@ -704,7 +751,7 @@ impl OutputTracker {
 
         // Names listed in playlists count as complete.
         let mut listed: BTreeSet<String> = BTreeSet::new();
-        let mut playlist_texts: Vec<(usize, String, u64, i128)> = Vec::new();
+        let mut playlist_texts: Vec<(usize, String, u64, i128, Vec<String>)> = Vec::new();
         for s in seen {
             if self.role(s) == Some(RoleKind::Playlist) {
                 let key = (s.dir, s.name.clone());
@@ -714,10 +761,13 @@ impl OutputTracker {
                     && let Some(text) = read(s.dir, &s.name)
                     && (text.ends_with('\n') || ended == Ended::Exited)
                 {
-                    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-                        listed.insert(line.rsplit('/').next().unwrap_or(line).trim().to_owned());
-                    }
-                    playlist_texts.push((s.dir, s.name.clone(), s.size, s.mtime));
+                    let names: Vec<String> = text
+                        .lines()
+                        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                        .map(|l| l.rsplit('/').next().unwrap_or(l).trim().to_owned())
+                        .collect();
+                    listed.extend(names.iter().cloned());
+                    playlist_texts.push((s.dir, s.name.clone(), s.size, s.mtime, names));
                 }
             }
         }
@@ -780,10 +830,17 @@ impl OutputTracker {
             }
         }
 
-        // Playlists after the segments they list.
-        for (dir, name, size, mtime) in playlist_texts {
+        // Playlists after the segments they list. ffmpeg can finish a segment
+        // and list it between the directory listing and the playlist read (it
+        // runs ahead of real time on buffered input): such a playlist waits for
+        // the next poll, which sees the segment, while the job runs. Jellyfin
+        // serves a Live TV playlist's segments as they are (§5.7).
+        for (dir, name, size, mtime, names) in playlist_texts {
             if ended == Ended::Killed {
                 break;
+            }
+            if ended == Ended::Running && !names.iter().all(|n| self.published_or_foreign(n)) {
+                continue;
             }
             self.playlists.insert((dir, name.clone()), (size, mtime));
             actions.push(Action::Publish { dir, name: name.clone(), original: orig(&self.plan, dir, &name) });
@@ -816,6 +873,16 @@ impl OutputTracker {
             self.finished = true;
         }
         actions
+    }
+
+    /// Whether a name a playlist lists has been published, or is nothing the
+    /// plan numbers (then it is not the tracker's to wait for).
+    fn published_or_foreign(&self, name: &str) -> bool {
+        let mut numbered = self.plan.patterns.iter().enumerate().filter(|(_, p)| p.role == RoleKind::Sequence);
+        numbered.all(|(i, p)| match match_seq(&p.name, name) {
+            Some(n) => self.published_seq.get(&i).is_some_and(|done| done.contains(&n)),
+            None => true,
+        })
     }
 
     fn role(&self, s: &Seen) -> Option<RoleKind> {
@@ -926,7 +993,7 @@ mod tests {
         paths
             .iter()
             .enumerate()
-            .map(|(i, p)| FileOffer { id: i as u32, reference: (*p).into(), entry: None, size: 1 })
+            .map(|(i, p)| FileOffer { id: i as u32, reference: (*p).into(), entry: None, size: 1, stream: false })
             .collect()
     }
 
@@ -936,7 +1003,10 @@ mod tests {
              -hls_fmp4_init_filename abc-1.mp4 -start_number 0 -hls_segment_filename /tc/abc%d.mp4 \
              -hls_playlist_type vod -hls_list_size 0 -y /tc/abc.m3u8");
         let refs = file_refs(&c).unwrap();
-        assert_eq!(refs, [FileRef { path: "/media/a.mkv".into(), dir: false, streamed: true, site: Site::Input(0) }]);
+        assert_eq!(
+            refs,
+            [FileRef { path: "/media/a.mkv".into(), dir: false, streamed: true, site: Site::Input(0), network: false }]
+        );
         let files = offers(&["/media/a.mkv"]);
         let input = |f: &FileOffer| format!("http://c/api/v1/files/cap/{}", f.id);
         let side = |f: &FileOffer| format!("/scratch/side/{}", f.id);
@@ -997,6 +1067,54 @@ mod tests {
         let r = rewrite(&c, &refs, &access).unwrap();
         assert_eq!(r.args[3], r"subtitles=f=http\\://c\\:1/api/v1/files/x/0:si=0");
         assert_eq!(graph_files(&r.args[3]).unwrap()[0].1, "http://c:1/api/v1/files/x/0");
+    }
+
+    #[test]
+    fn relayed_urls_lose_their_origin_options() {
+        let url = "http://localhost:8096/LiveTv/LiveStreamFiles/ab12/stream.ts";
+        let args = [
+            "-user_agent",
+            "Jellyfin/10.11",
+            "-headers",
+            "X-Token: 1\r\n",
+            "-re",
+            "-reconnect_streamed",
+            "1",
+            "-analyzeduration",
+            "3000000",
+            "-i",
+            url,
+            "-i",
+            "rtsp://cam/x",
+            "-c:v",
+            "libx264",
+            "-f",
+            "mpegts",
+            "pipe:1",
+        ];
+        let c = CommandLine::parse(&args).unwrap();
+        let refs = file_refs(&c).unwrap();
+        assert_eq!(
+            refs,
+            [FileRef { path: url.into(), dir: false, streamed: true, site: Site::Input(0), network: true }],
+            "only http(s) inputs can be relayed"
+        );
+        let relay = |f: &FileOffer| format!("http://ctl/api/v1/files/cap/{}.ts", f.id);
+        let d = |_: &str| String::new();
+        let mut files = offers(&[url]);
+        files[0].stream = true;
+        let none = |_: &str| Vec::new();
+        let access =
+            Access { files: &files, input: &relay, input_options: &none, side: &relay, side_dir: &d, out_root: "/o" };
+        let r = rewrite(&c, &refs, &access).unwrap();
+        assert_eq!(
+            r.args.join(" "),
+            "-re -analyzeduration 3000000 -i http://ctl/api/v1/files/cap/0.ts -i rtsp://cam/x \
+             -c:v libx264 -f mpegts pipe:1"
+        );
+        // Not offered (relay_inputs = "none", or a remote host): the node opens the URL itself.
+        let access = Access { files: &[], ..access };
+        assert_eq!(rewrite(&c, &refs, &access).unwrap().args, args);
     }
 
     #[test]
@@ -1071,9 +1189,23 @@ mod tests {
         assert_eq!(names(t.poll(&s, Ended::Running, &mut read)), ["/tc/a1.mp4", "/tc/a.m3u8"]);
         // Unchanged playlist: nothing new.
         assert!(t.poll(&s, Ended::Running, &mut read).is_empty());
-        let s = [seen("a-1.mp4", 1), seen("a0.mp4", 2), seen("a1.mp4", 3), seen("a2.mp4", 6), seen("a.m3u8", 7)];
-        let mut read = |_: usize, _: &str| Some("#EXTM3U\na0.mp4\na1.mp4\na2.mp4\n#EXT-X-ENDLIST\n".to_owned());
-        assert_eq!(names(t.poll(&s, Ended::Exited, &mut read)), ["/tc/a2.mp4", "/tc/a.m3u8"]);
+        // ffmpeg finished a2 and listed it after the directory was listed: the
+        // playlist waits for the poll that sees a2.
+        let mut read = |_: usize, _: &str| Some("#EXTM3U\na0.mp4\na1.mp4\na2.mp4\n".to_owned());
+        let s = [seen("a-1.mp4", 1), seen("a0.mp4", 2), seen("a1.mp4", 3), seen("a.m3u8", 5)];
+        assert!(t.poll(&s, Ended::Running, &mut read).is_empty());
+        let s = [seen("a-1.mp4", 1), seen("a0.mp4", 2), seen("a1.mp4", 3), seen("a2.mp4", 4), seen("a.m3u8", 5)];
+        assert_eq!(names(t.poll(&s, Ended::Running, &mut read)), ["/tc/a2.mp4", "/tc/a.m3u8"]);
+        let s = [
+            seen("a-1.mp4", 1),
+            seen("a0.mp4", 2),
+            seen("a1.mp4", 3),
+            seen("a2.mp4", 4),
+            seen("a3.mp4", 6),
+            seen("a.m3u8", 7),
+        ];
+        let mut read = |_: usize, _: &str| Some("#EXTM3U\na0.mp4\na1.mp4\na2.mp4\na3.mp4\n#EXT-X-ENDLIST\n".to_owned());
+        assert_eq!(names(t.poll(&s, Ended::Exited, &mut read)), ["/tc/a3.mp4", "/tc/a.m3u8"]);
         assert!(t.poll(&s, Ended::Exited, &mut read).is_empty());
     }
 

@@ -242,7 +242,7 @@ impl SideFiles {
             match r.site {
                 Site::Input(_) => {
                     let offer = spec.files.iter().find(|f| f.reference == r.path && f.entry.is_none());
-                    if let Some(f) = offer
+                    if let Some(f) = offer.filter(|f| !f.stream)
                         && let Some(path) = mapped(&f.reference, f.size)
                     {
                         tracing::info!(reference = %f.reference, local = %path, "input read through a path map");
@@ -374,7 +374,9 @@ async fn fetch_one(f: Fetch, url: String, trust: Trust) -> anyhow::Result<()> {
 /// fail differently. Only a short alphanumeric extension is kept, so the URL
 /// stays one plain path segment.
 fn relay_extension(f: &FileOffer) -> String {
-    let name = base_name(f.entry.as_deref().unwrap_or(&f.reference));
+    // A relayed URL's name is its path's last segment (`…/stream.ts?x=1`).
+    let reference = if f.stream { f.reference.split(['?', '#']).next().unwrap_or("") } else { &f.reference };
+    let name = base_name(f.entry.as_deref().unwrap_or(reference));
     match name.rsplit_once('.') {
         Some((stem, ext))
             if !stem.is_empty() && (1..=8).contains(&ext.len()) && ext.bytes().all(|b| b.is_ascii_alphanumeric()) =>
@@ -700,7 +702,7 @@ mod tests {
     }
 
     fn offer(id: u32, reference: &str, entry: Option<&str>, size: u64) -> FileOffer {
-        FileOffer { id, reference: reference.into(), entry: entry.map(Into::into), size }
+        FileOffer { id, reference: reference.into(), entry: entry.map(Into::into), size, stream: false }
     }
 
     #[test]
@@ -786,5 +788,8 @@ mod tests {
         for odd in ["/m/noext", "/m/.hidden", "/m/a.b c", "/m/a.%2e", "/m/a.verylongext", "/m/a."] {
             assert_eq!(ext(odd, None), "", "{odd}");
         }
+        let stream = |r: &str| relay_extension(&FileOffer { stream: true, ..offer(0, r, None, 0) });
+        assert_eq!(stream("http://localhost:8096/LiveTv/LiveStreamFiles/ab/stream.ts?x=1.y"), ".ts");
+        assert_eq!(stream("http://h:5004/auto/v1"), "");
     }
 }

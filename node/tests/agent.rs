@@ -553,7 +553,7 @@ async fn hls_transcode() {
          -force_key_frames expr:gte(t,n_forced*1) -c:a aac -f hls -hls_time 1 -hls_segment_type mpegts \
          -hls_playlist_type vod -hls_list_size 0 -start_number 0 \
          -hls_segment_filename /orig/dir/abc%d.ts -y /orig/dir/abc.m3u8",
-        vec![FileOffer { id: 0, reference: "/media/movies/in.mkv".into(), entry: None, size }],
+        vec![FileOffer { id: 0, reference: "/media/movies/in.mkv".into(), entry: None, size, stream: false }],
         "cap-hls",
     );
     let log = rig.s.run(7, spec).await;
@@ -756,8 +756,8 @@ async fn side_files() {
     let mut rig = Rig::start_in(tmp, files, &["--path-map", &map]).await;
 
     let offers = vec![
-        FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size },
-        FileOffer { id: 1, reference: "/subs/a.srt".into(), entry: None, size: srt_size },
+        FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size, stream: false },
+        FileOffer { id: 1, reference: "/subs/a.srt".into(), entry: None, size: srt_size, stream: false },
     ];
     let spec = job_spec(
         "-re -i file:/media/in.mkv -vf subtitles=f=/subs/a.srt -c:v libx264 -preset ultrafast -g 10 -an \
@@ -791,7 +791,7 @@ async fn side_files() {
     assert!(log.refused.as_deref().is_some_and(|r| r.contains("rtmp://")), "{:?}", log.refused);
 
     // Refused: a side file the relay does not have.
-    let missing = FileOffer { id: 9, reference: "/subs/b.srt".into(), entry: None, size: 5 };
+    let missing = FileOffer { id: 9, reference: "/subs/b.srt".into(), entry: None, size: 5, stream: false };
     let spec = job_spec(
         "-i file:/media/in.mkv -vf subtitles=/subs/b.srt -c:v libx264 -y /orig/dir/x.mkv",
         vec![offers[0].clone(), missing],

@@ -67,10 +67,13 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outco
         Ok(d) => d,
         Err(e) => return Outcome::Fallback(format!("no working directory: {e}")),
     };
-    let offers = match Offers::prepare(&cl, &cwd) {
+    let offers = match Offers::prepare(&cl, &cwd, cfg.relay_inputs) {
         Ok(o) => o,
         Err(why) => return Outcome::Fallback(why),
     };
+    for o in offers.offers.iter().filter(|o| o.stream) {
+        log.line(format_args!("cluster: {} is read here and relayed to the node", o.reference));
+    }
     let request = JobRequest {
         args: args.to_vec(),
         cwd: cwd.to_string_lossy().into_owned(),
@@ -99,7 +102,13 @@ struct Session<'a> {
     /// to fall back from.
     stop_requested: bool,
     bytes_served: u64,
+    /// Answers to reads of relayed streams, which wait for the origin and so
+    /// are answered by tasks of their own, and the bytes each carries.
+    stream_answers: (mpsc::UnboundedSender<Reply>, mpsc::UnboundedReceiver<Reply>),
 }
+
+/// A message answering a read, and the input bytes it carries.
+type Reply = (Message, u64);
 
 impl<'a> Session<'a> {
     fn new(offers: Offers, log: &'a Log) -> Session<'a> {
@@ -110,6 +119,7 @@ impl<'a> Session<'a> {
             stderr: StderrGate::new(),
             stop_requested: false,
             bytes_served: 0,
+            stream_answers: mpsc::unbounded_channel(),
         }
     }
 
@@ -158,6 +168,12 @@ impl<'a> Session<'a> {
                         Step::Continue => {}
                         Step::Exit(code) => break Outcome::Exit(code),
                         Step::Lost(why) => break self.lost(why),
+                    }
+                }
+                Some((reply, served)) = self.stream_answers.1.recv() => {
+                    self.bytes_served += served;
+                    if let Err(e) = tx.send(reply).await {
+                        break self.lost(format!("connection to the controller failed: {e}"));
                     }
                 }
                 bytes = keys.recv(), if stdin_open => {
@@ -221,6 +237,14 @@ impl<'a> Session<'a> {
     async fn on_message(&mut self, m: ToShim, tx: &mut futures_util::stream::SplitSink<Ws, Message>) -> Step {
         match m {
             ToShim::Read { req, file, offset, len } => {
+                if let Some(origin) = self.offers.stream(file) {
+                    let answers = self.stream_answers.0.clone();
+                    tokio::spawn(async move {
+                        let answer = origin.read(offset, len as usize).await;
+                        let _ = answers.send(read_reply(req, offset, answer));
+                    });
+                    return Step::Continue;
+                }
                 let (reply, served) = answer_read(&self.offers, req, file, offset, len);
                 self.bytes_served += served;
                 match tx.send(reply).await {
@@ -336,13 +360,18 @@ async fn accepted(rx: &mut futures_util::stream::SplitStream<Ws>) -> Result<(Job
 }
 
 /// The answer to the controller's read of an offered file, and the bytes it carries.
-pub(crate) fn answer_read(offers: &Offers, req: u32, file: u32, offset: u64, len: u32) -> (Message, u64) {
-    match offers.read(file, offset, len) {
+pub(crate) fn answer_read(offers: &Offers, req: u32, file: u32, offset: u64, len: u32) -> Reply {
+    read_reply(req, offset, offers.read(file, offset, len).map_err(|e| e.to_string()))
+}
+
+/// The message that answers read `req`, and the bytes it carries.
+fn read_reply(req: u32, offset: u64, read: Result<Vec<u8>, String>) -> Reply {
+    match read {
         Ok(data) => {
             let n = data.len() as u64;
             (Message::Binary(Frame::new(FrameKind::ReadData, 0, req, offset, &data).encode().into()), n)
         }
-        Err(e) => (text(&ShimMsg::ReadFailed { req, error: e.to_string() }), 0),
+        Err(error) => (text(&ShimMsg::ReadFailed { req, error }), 0),
     }
 }
 

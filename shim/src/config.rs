@@ -69,6 +69,31 @@ impl Probes {
     }
 }
 
+/// Which network inputs the shim fetches itself and relays to the node
+/// (`FFCLUSTER_RELAY_INPUTS`, `relay_inputs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayInputs {
+    /// http(s) URLs whose host is this machine (loopback or one of its own
+    /// addresses): Jellyfin's Live TV streams, which a node cannot reach.
+    #[default]
+    Local,
+    /// Every http(s) input URL.
+    All,
+    /// None: the node's ffmpeg opens every URL itself.
+    None,
+}
+
+impl RelayInputs {
+    pub fn parse(s: &str) -> Option<RelayInputs> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "local" | "" => Some(RelayInputs::Local),
+            "all" => Some(RelayInputs::All),
+            "none" => Some(RelayInputs::None),
+            _ => None,
+        }
+    }
+}
+
 const fn key(name: &'static str, env: &'static str) -> Key {
     Key { name, env, flag: "" }
 }
@@ -77,7 +102,7 @@ const TOKEN_FILE: Key = key("token_file", "FFCLUSTER_TOKEN_FILE");
 /// Every key of `shim.toml` and its environment variable, in the order of
 /// contrib/config/shim.toml.
 #[cfg(test)]
-pub const KEYS: [Key; 10] = [
+pub const KEYS: [Key; 11] = [
     key("ffmpeg", "FFCLUSTER_FFMPEG"),
     key("ffprobe", "FFCLUSTER_FFPROBE"),
     key("controller", "FFCLUSTER_CONTROLLER"),
@@ -87,6 +112,7 @@ pub const KEYS: [Key; 10] = [
     key("mode", "FFCLUSTER_MODE"),
     key("probe_cache", "FFCLUSTER_PROBE_CACHE"),
     key("probes", "FFCLUSTER_PROBES"),
+    key("relay_inputs", "FFCLUSTER_RELAY_INPUTS"),
     key("log", "FFCLUSTER_LOG"),
 ];
 
@@ -113,6 +139,9 @@ pub struct FileConfig {
     pub probe_cache: Option<String>,
     /// `local` or `cluster`: who answers capability probes (`FFCLUSTER_PROBES`).
     pub probes: Option<String>,
+    /// `local`, `all` or `none`: which http(s) inputs the shim relays
+    /// (`FFCLUSTER_RELAY_INPUTS`).
+    pub relay_inputs: Option<String>,
     /// File the shim appends its own log lines to (`FFCLUSTER_LOG`).
     pub log: Option<PathBuf>,
 }
@@ -147,6 +176,9 @@ pub struct Config {
     pub probes: Probes,
     /// The probes string when it was not understood (logged, then local).
     pub bad_probes: Option<String>,
+    pub relay_inputs: RelayInputs,
+    /// The relay_inputs string when it was not understood (logged, then local).
+    pub bad_relay_inputs: Option<String>,
     pub log: Option<PathBuf>,
     pub file: Option<PathBuf>,
 }
@@ -193,6 +225,8 @@ impl Config {
         };
         let probes_str = env("FFCLUSTER_PROBES").or(file.probes);
         let probes = probes_str.as_deref().map(Probes::parse);
+        let relay_str = env("FFCLUSTER_RELAY_INPUTS").or(file.relay_inputs);
+        let relay_inputs = relay_str.as_deref().map(RelayInputs::parse);
         let cfg = Config {
             ffmpeg: env("FFCLUSTER_FFMPEG").map(PathBuf::from).or(file.ffmpeg),
             ffprobe: env("FFCLUSTER_FFPROBE").map(PathBuf::from).or(file.ffprobe),
@@ -204,6 +238,8 @@ impl Config {
             probe_cache,
             probes: probes.flatten().unwrap_or_default(),
             bad_probes: if probes == Some(None) { probes_str } else { None },
+            relay_inputs: relay_inputs.flatten().unwrap_or_default(),
+            bad_relay_inputs: if relay_inputs == Some(None) { relay_str } else { None },
             log: env("FFCLUSTER_LOG").map(PathBuf::from).or(file.log),
             file: path,
         };
@@ -320,6 +356,22 @@ mod tests {
         assert_eq!((c.probes, c.bad_probes.as_deref()), (Probes::Local, Some("gpu")));
         let (c, _) = Config::load_from(env(&[]));
         assert_eq!(c.probes, Probes::Local);
+    }
+
+    #[test]
+    fn relayed_inputs() {
+        let (c, _) = Config::load_from(env(&[]));
+        assert_eq!((c.relay_inputs, c.bad_relay_inputs), (RelayInputs::Local, None));
+        let (c, _) = Config::load_from(env(&[("FFCLUSTER_RELAY_INPUTS", "All")]));
+        assert_eq!(c.relay_inputs, RelayInputs::All);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shim.toml");
+        std::fs::write(&f, "relay_inputs = \"none\"\n").unwrap();
+        let (c, err) = Config::load_from(env(&[("FFCLUSTER_CONFIG", f.to_str().unwrap())]));
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(c.relay_inputs, RelayInputs::None);
+        let (c, _) = Config::load_from(env(&[("FFCLUSTER_RELAY_INPUTS", "remote")]));
+        assert_eq!((c.relay_inputs, c.bad_relay_inputs.as_deref()), (RelayInputs::Local, Some("remote")));
     }
 
     #[test]

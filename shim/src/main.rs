@@ -20,6 +20,7 @@ mod config;
 mod local;
 mod log;
 mod offer;
+mod origin;
 mod probe_cache;
 mod publish;
 mod real;
@@ -63,6 +64,9 @@ fn main() -> ExitCode {
     if let Some(bad) = &cfg.bad_probes {
         log.line(format_args!("probes {bad:?} is not one of local|cluster; using local"));
     }
+    if let Some(bad) = &cfg.bad_relay_inputs {
+        log.line(format_args!("relay_inputs {bad:?} is not one of local|all|none; using local"));
+    }
     let me = real::SelfLocation::detect(&argv0);
 
     // Arguments that are not UTF-8 cannot be modelled; ffmpeg takes them as bytes.
@@ -97,6 +101,10 @@ fn main() -> ExitCode {
         if !hardware.is_empty() && v.decision == ffmpeg::Decision::Split {
             // The finisher would open the job's devices on this host.
             log.line(format_args!("split: not split (needs {}); the whole job goes to one node", hardware.join(", ")));
+        } else if v.reason == ffmpeg::decision::Reason::SplitLive {
+            // Cutting a live stream across nodes is not done (yet): one node
+            // follows it. Nothing is probed, which would open the stream.
+            log.line(format_args!("split: not split (live input); the whole job goes to one node"));
         } else if v.decision == ffmpeg::Decision::Split && cfg.mode != config::Mode::Whole {
             match try_split(a, v, &cfg, &me, &log) {
                 Some(cluster::Outcome::Exit(code)) => return ExitCode::from(code),

@@ -2,19 +2,25 @@
 //!
 //! Only the files the command line references are offered (inputs, and files
 //! named in filter arguments); the controller can ask for byte ranges of those and
-//! nothing else. Anything a local ffmpeg would complain about (a missing input, a
+//! nothing else. Network inputs the shim relays (`relay_inputs`) are offered as
+//! streams, read from the origin by [`Origin`]. Anything a local ffmpeg would complain about (a missing input, a
 //! missing output directory, an existing output without `-y`) is left to the
 //! local ffmpeg, so its own error text and exit code reach Jellyfin.
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ffcluster::ffmpeg::CommandLine;
 use ffcluster::ffmpeg::url::Target;
 use ffcluster::protocol::FileOffer;
-use ffcluster::remote::file_refs;
+use ffcluster::remote::{Site, file_refs};
+
+use crate::config::RelayInputs;
+use crate::origin::{self, Origin};
 
 /// The offered files and where they are on this machine.
 #[derive(Debug, Default)]
@@ -23,16 +29,27 @@ pub struct Offers {
     paths: Vec<PathBuf>,
     /// Opened on first read and kept: a film is read in thousands of ranges.
     open: Vec<OnceCell<File>>,
+    /// Relayed network inputs, by offer id.
+    streams: HashMap<u32, Arc<Origin>>,
 }
 
 impl Offers {
     /// Checks the command line can run remotely and collects its files. The error
     /// says why it should run locally instead.
-    pub fn prepare(cl: &CommandLine, cwd: &Path) -> Result<Offers, String> {
+    pub fn prepare(cl: &CommandLine, cwd: &Path, relay: RelayInputs) -> Result<Offers, String> {
         let refs = file_refs(cl).map_err(|e| e.to_string())?;
         let mut out = Offers::default();
+        let mut relayed = Vec::new();
         for r in refs {
             if out.offers.iter().any(|o| o.reference == r.path) {
+                continue;
+            }
+            if r.network {
+                if let Site::Input(n) = r.site
+                    && origin::relayed(&r.path, relay, &origin::own_addresses)
+                {
+                    relayed.push(n);
+                }
                 continue;
             }
             let path = cwd.join(&r.path);
@@ -60,12 +77,29 @@ impl Offers {
             }
         }
         check_outputs(cl, cwd)?;
+        // Last: connecting to an origin is the one step with an effect elsewhere.
+        for n in relayed {
+            let input = &cl.inputs[n];
+            if out.offers.iter().any(|o| o.reference == input.url.raw) {
+                continue;
+            }
+            let origin = Origin::open(input)?;
+            let id = out.offers.len() as u32;
+            out.push(input.url.raw.clone(), None, 0, PathBuf::new());
+            out.offers[id as usize].stream = true;
+            out.streams.insert(id, Arc::new(origin));
+        }
         Ok(out)
+    }
+
+    /// The relayed stream behind offer `id`, if it is one.
+    pub fn stream(&self, id: u32) -> Option<Arc<Origin>> {
+        self.streams.get(&id).cloned()
     }
 
     fn push(&mut self, reference: String, entry: Option<String>, size: u64, path: PathBuf) {
         let id = self.offers.len() as u32;
-        self.offers.push(FileOffer { id, reference, entry, size });
+        self.offers.push(FileOffer { id, reference, entry, size, stream: false });
         self.paths.push(path);
         self.open.push(OnceCell::new());
     }
@@ -74,6 +108,9 @@ impl Offers {
     pub fn read(&self, id: u32, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
         let i = id as usize;
         let path = self.paths.get(i).ok_or_else(|| std::io::Error::other("no such file offered"))?;
+        if self.streams.contains_key(&id) {
+            return Err(std::io::Error::other("a stream is read with Offers::stream"));
+        }
         let file = match self.open[i].get() {
             Some(f) => f,
             None => {
@@ -130,7 +167,7 @@ mod tests {
         std::fs::write(d.path().join("fonts/a.ttf"), b"a").unwrap();
         std::fs::write(d.path().join("s.srt"), b"1").unwrap();
         let c = cl(&["-i", "in.mkv", "-vf", "subtitles=f=s.srt:fontsdir=fonts", "-c:v", "libx264", "-y", "o.mp4"]);
-        let o = Offers::prepare(&c, d.path()).unwrap();
+        let o = Offers::prepare(&c, d.path(), RelayInputs::Local).unwrap();
         let names: Vec<_> = o.offers.iter().map(|f| (f.reference.as_str(), f.entry.as_deref(), f.size)).collect();
         assert_eq!(
             names,
@@ -145,12 +182,12 @@ mod tests {
     fn leaves_what_ffmpeg_would_refuse_to_ffmpeg() {
         let d = tempfile::tempdir().unwrap();
         let missing = cl(&["-i", "nope.mkv", "-c:v", "libx264", "-y", "o.mp4"]);
-        assert!(Offers::prepare(&missing, d.path()).unwrap_err().contains("nope.mkv"));
+        assert!(Offers::prepare(&missing, d.path(), RelayInputs::Local).unwrap_err().contains("nope.mkv"));
         std::fs::write(d.path().join("in.mkv"), b"x").unwrap();
         std::fs::write(d.path().join("o.mp4"), b"x").unwrap();
         let no_y = cl(&["-i", "in.mkv", "-c:v", "libx264", "o.mp4"]);
-        assert!(Offers::prepare(&no_y, d.path()).unwrap_err().contains("-y"));
+        assert!(Offers::prepare(&no_y, d.path(), RelayInputs::Local).unwrap_err().contains("-y"));
         let no_dir = cl(&["-i", "in.mkv", "-c:v", "libx264", "-y", "nodir/o.mp4"]);
-        assert!(Offers::prepare(&no_dir, d.path()).unwrap_err().contains("directory"));
+        assert!(Offers::prepare(&no_dir, d.path(), RelayInputs::Local).unwrap_err().contains("directory"));
     }
 }

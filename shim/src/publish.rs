@@ -130,9 +130,14 @@ impl Publisher {
 }
 
 /// `.<name>.ffcluster-<pid>-<id>.part` beside the target: hidden, and matching none
-/// of Jellyfin's `<md5>*.ts|mp4|m3u8` patterns.
+/// of Jellyfin's `<md5>*.ts|mp4|m3u8` patterns. A playlist goes through
+/// `<name>.tmp`, as ffmpeg's HLS muxer writes event and live playlists
+/// (CONTRACT.md §5.7): Jellyfin reads an event playlist while the job runs.
 fn temp_name(target: &Path, id: u32) -> PathBuf {
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name.ends_with(".m3u8") {
+        return target.with_file_name(format!("{name}.tmp"));
+    }
     target.with_file_name(format!(".{name}.ffcluster-{}-{id}.part", std::process::id()))
 }
 
@@ -168,11 +173,20 @@ mod tests {
         p.done(2, 4).unwrap();
         assert_eq!(std::fs::read(&prog).unwrap(), b"Xbcd");
 
+        // A playlist is replaced the way ffmpeg replaces an event playlist.
+        let playlist = d.path().join("a.m3u8");
+        p.open(5, playlist.to_str().unwrap(), WriteMode::Atomic).unwrap();
+        p.write(5, 0, b"#EXTM3U\n").unwrap();
+        assert!(d.path().join("a.m3u8.tmp").exists() && !playlist.exists());
+        p.done(5, 8).unwrap();
+        assert!(!d.path().join("a.m3u8.tmp").exists());
+        assert_eq!(std::fs::read(&playlist).unwrap(), b"#EXTM3U\n");
+
         p.open(3, d.path().join("b.ts").to_str().unwrap(), WriteMode::Atomic).unwrap();
         p.write(3, 0, b"partial").unwrap();
         p.abandon();
         let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left.len(), 3, "{left:?}");
+        assert_eq!(left.len(), 4, "{left:?}");
         assert!(matches!(p.write(9, 0, b""), Err(PublishError::Unknown(9))));
     }
 }

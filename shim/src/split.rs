@@ -82,7 +82,7 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffpr
         Ok(d) => d,
         Err(e) => return Attempt::Done(Outcome::Fallback(format!("no working directory: {e}"))),
     };
-    let offers = match Offers::prepare(&cl, &cwd) {
+    let offers = match Offers::prepare(&cl, &cwd, cfg.relay_inputs) {
         Ok(o) => o,
         Err(why) => return Attempt::Done(Outcome::Fallback(why)),
     };

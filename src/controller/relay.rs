@@ -7,6 +7,12 @@
 //! the response is written out, so a client that stops reading stops them. A few
 //! run ahead to hide the round trip, starting small because ffmpeg abandons many
 //! responses after a few kilobytes when it seeks.
+//!
+//! A relayed network stream (a Live TV input the shim fetches) has no length:
+//! it is answered `200` with a chunked body and `Accept-Ranges: none`, so ffmpeg
+//! treats it as unseekable, and read forward one piece at a time, each as long
+//! as what the shim has when asked ([`StreamPull`]). The client's pace is the
+//! pace of the reads; the shim's buffer ahead of them is bounded.
 
 use std::collections::VecDeque;
 use std::io;
@@ -23,6 +29,7 @@ use tracing::debug;
 use super::Shared;
 use super::metrics::Metrics;
 use super::shim_link::{ReadResult, ShimConn};
+use super::state::Servable;
 use crate::protocol::MAX_FRAME_PAYLOAD;
 
 /// Reads in flight per response, at most.
@@ -31,6 +38,10 @@ const READ_AHEAD: usize = 4;
 const FIRST_READ: usize = 32 << 10;
 /// How long one read may wait for the shim before the response fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same for a stream, where a read waits for the origin to send more. A
+/// live source that sends nothing for this long is dead; ffmpeg reading it
+/// directly would wait forever, but a relay must not hold a job that long.
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a `Range` header asks of a file of a given size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +105,9 @@ pub(crate) async fn serve_file(
     let id = file.split_once('.').map_or(file.as_str(), |(id, _)| id);
     let Ok(file) = id.parse::<u32>() else { return not_found() };
     let Some(found) = shared.registry().servable(&access, file) else { return not_found() };
+    if found.stream {
+        return serve_stream(found, shared.metrics.clone(), method, file, &headers);
+    }
     let size = found.size;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, len) = match parse_range(range, size) {
@@ -125,6 +139,75 @@ pub(crate) async fn serve_file(
         h.insert(header::CONTENT_RANGE, value(format!("bytes {start}-{}/{size}", start + len - 1)));
     }
     r
+}
+
+/// Answers a GET of a relayed stream: from its start (a stream cannot be
+/// entered anywhere else), chunked, until the origin ends.
+fn serve_stream(found: Servable, metrics: Arc<Metrics>, method: Method, file: u32, headers: &HeaderMap) -> Response {
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    if !matches!(parse_range(range, u64::MAX), RangeAnswer::Full | RangeAnswer::Partial { start: 0, .. }) {
+        let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+        r.headers_mut().insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+        return r;
+    }
+    debug!(job = found.job, file, "relaying a stream");
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        let pull = StreamPull { shim: found.shim, metrics, file, next: 0, waiting: None, failed: false };
+        Body::from_stream(futures_util::stream::unfold(pull, |mut pull| async {
+            pull.next_chunk().await.map(|chunk| (chunk, pull))
+        }))
+    };
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    r
+}
+
+/// The body of a stream response: one read at a time, each at the offset the
+/// previous answer ended at.
+struct StreamPull {
+    shim: Arc<ShimConn>,
+    metrics: Arc<Metrics>,
+    file: u32,
+    next: u64,
+    /// The read being waited for, forgotten if the client goes away meanwhile.
+    waiting: Option<u32>,
+    failed: bool,
+}
+
+impl StreamPull {
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        if self.failed {
+            return None;
+        }
+        let Some((req, rx)) = self.shim.request_read(self.file, self.next, MAX_FRAME_PAYLOAD as u32) else {
+            self.failed = true;
+            return Some(Err(io::Error::other("the job is over")));
+        };
+        self.waiting = Some(req);
+        let answer = answer(&self.shim, req, rx, STREAM_READ_TIMEOUT, "the origin failed").await;
+        self.waiting = None;
+        let answer = match answer {
+            // The origin ended: so does the body, cleanly.
+            Ok(bytes) if bytes.is_empty() => return None,
+            Ok(bytes) => {
+                self.next += bytes.len() as u64;
+                self.metrics.input_bytes(bytes.len());
+                Ok(bytes)
+            }
+            Err(e) => Err(e),
+        };
+        // An error ends the body without its last chunk, so the client sees the
+        // connection break as it would have seen the origin's.
+        self.failed = answer.is_err();
+        Some(answer.map_err(|e| {
+            debug!(file = self.file, "stream relay failed: {e}");
+            io::Error::other(e)
+        }))
+    }
 }
 
 fn value(s: String) -> HeaderValue {
@@ -179,24 +262,48 @@ impl Pull {
             self.next += u64::from(len);
         }
         let (req, len, rx) = self.inflight.pop_front()?;
-        let answer = match tokio::time::timeout(READ_TIMEOUT, rx).await {
-            Err(_) => {
-                self.shim.forget_read(req);
-                Err(format!("the shim did not answer a read within {} s", READ_TIMEOUT.as_secs()))
-            }
-            Ok(Err(_)) => Err("the job ended or its shim went away".to_owned()),
-            Ok(Ok(Err(e))) => Err(format!("the shim could not read the file: {e}")),
-            Ok(Ok(Ok(bytes))) if bytes.len() == len as usize => {
+        let answer = match answer(&self.shim, req, rx, READ_TIMEOUT, "the shim could not read the file").await {
+            Ok(bytes) if bytes.len() == len as usize => {
                 self.delivered += 1;
                 self.metrics.input_bytes(bytes.len());
                 Ok(bytes)
             }
-            Ok(Ok(Ok(bytes))) => Err(format!("the shim answered {} bytes for a read of {len}", bytes.len())),
+            Ok(bytes) => Err(format!("the shim answered {} bytes for a read of {len}", bytes.len())),
+            Err(e) => Err(e),
         };
         Some(answer.map_err(|e| {
             debug!(file = self.file, "input relay failed: {e}");
             io::Error::other(e)
         }))
+    }
+}
+
+impl Drop for StreamPull {
+    fn drop(&mut self) {
+        // The client went away while a read waited for the origin.
+        if let Some(req) = self.waiting {
+            self.shim.forget_read(req);
+        }
+    }
+}
+
+/// The shim's answer to read `req`, waited for at most `limit`; a failed read
+/// is reported as `failed: <the shim's error>`.
+async fn answer(
+    shim: &ShimConn,
+    req: u32,
+    rx: oneshot::Receiver<ReadResult>,
+    limit: Duration,
+    failed: &str,
+) -> Result<Bytes, String> {
+    match tokio::time::timeout(limit, rx).await {
+        Err(_) => {
+            shim.forget_read(req);
+            Err(format!("the shim did not answer a read within {} s", limit.as_secs()))
+        }
+        Ok(Err(_)) => Err("the job ended or its shim went away".to_owned()),
+        Ok(Ok(Err(e))) => Err(format!("{failed}: {e}")),
+        Ok(Ok(Ok(bytes))) => Ok(bytes),
     }
 }
 

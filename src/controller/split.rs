@@ -1050,7 +1050,7 @@ pub(crate) mod tests {
         JobRequest {
             args: vec!["-i".into(), "/media/in.mkv".into(), "/tmp/t/x.m3u8".into()],
             cwd: "/tmp/t".into(),
-            files: vec![FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size: 1000 }],
+            files: vec![FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size: 1000, stream: false }],
             needs: Needs { encoders: ["libx264".to_owned()].into(), ..Default::default() },
             reason: "split.hls".into(),
             split: Some(plan),

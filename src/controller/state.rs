@@ -173,6 +173,8 @@ pub(crate) enum Target {
 pub(crate) struct Servable {
     pub job: JobId,
     pub size: u64,
+    /// A relayed network stream ([`crate::protocol::FileOffer::stream`]).
+    pub stream: bool,
     pub shim: Arc<ShimConn>,
 }
 
@@ -897,7 +899,7 @@ impl Registry {
         }
         let (job, files, shim) = found?;
         let offer = files.iter().find(|f| f.id == file)?;
-        Some(Servable { job, size: offer.size, shim: shim.clone() })
+        Some(Servable { job, size: offer.size, stream: offer.stream, shim: shim.clone() })
     }
 
     pub(crate) fn status(&self, now: Instant, now_unix_ms: u64) -> Status {
@@ -1060,7 +1062,7 @@ mod tests {
     }
 
     fn offer(id: u32, size: u64) -> FileOffer {
-        FileOffer { id, reference: "in put.mkv".into(), entry: None, size }
+        FileOffer { id, reference: "in put.mkv".into(), entry: None, size, stream: false }
     }
 
     #[test]

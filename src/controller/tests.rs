@@ -264,7 +264,7 @@ async fn a_job_runs_on_a_node_end_to_end() {
     assert!(n.address.starts_with("127.0.0.1:"));
 
     const SIZE: u64 = 2_000_000;
-    let offer = FileOffer { id: 0, reference: "/media/my film.mkv".into(), entry: None, size: SIZE };
+    let offer = FileOffer { id: 0, reference: "/media/my film.mkv".into(), entry: None, size: SIZE, stream: false };
     let (mut shim, first) = c.shim(request(&["libx264"], vec![offer.clone()])).await;
     assert_eq!(first, ToShim::Accepted { job: 1, node: "n1".into(), audio: false });
     let (job, spec) = run_msg(&mut node).await;
@@ -350,6 +350,59 @@ async fn a_job_runs_on_a_node_end_to_end() {
 }
 
 #[tokio::test]
+async fn a_relayed_stream_is_served_forward_chunked_and_cut_when_the_origin_breaks() {
+    let c = Controller::default().await;
+    let mut node = c.node("n1", 2, &["libx264"]).await;
+    let url = "http://localhost:8096/LiveTv/LiveStreamFiles/ab/stream.ts";
+    let offer = FileOffer { id: 0, reference: url.into(), entry: None, size: 0, stream: true };
+    let (mut shim, _) = c.shim(request(&["libx264"], vec![offer])).await;
+    let (_, spec) = run_msg(&mut node).await;
+    let file_path = format!("{FILES_PATH}/{}/0.ts", spec.access);
+    let get = |range: Option<&'static str>| {
+        let url = format!("{}{file_path}", c.base());
+        let headers: Vec<(&str, &str)> = range.map(|r| ("Range", r)).into_iter().collect();
+        tokio::task::spawn_blocking(move || http_client::get(&url, &headers, &Trust::default()))
+    };
+    // The shim answers each read with what it has: pieces of any size, then
+    // an empty answer at the origin's end, or a failure when it broke.
+    async fn answer(shim: &mut Ws, pieces: &[&[u8]], end: Option<&str>) -> Vec<u64> {
+        let mut offsets = Vec::new();
+        for i in 0..=pieces.len() {
+            let ToShim::Read { req, file: 0, offset, len } = recv_json(shim).await else { panic!("expected a read") };
+            assert_eq!(len as usize, crate::protocol::MAX_FRAME_PAYLOAD);
+            offsets.push(offset);
+            let msg = match (pieces.get(i), end) {
+                (Some(p), _) => Message::binary(Frame::new(FrameKind::ReadData, 0, req, offset, p).encode()),
+                (None, None) => Message::binary(Frame::new(FrameKind::ReadData, 0, req, offset, b"").encode()),
+                (None, Some(e)) => {
+                    Message::text(serde_json::to_string(&ShimMsg::ReadFailed { req, error: e.into() }).unwrap())
+                }
+            };
+            shim.send(msg).await.unwrap();
+        }
+        offsets
+    }
+
+    // ffmpeg asks for `bytes=0-`: the stream from its start, with no length.
+    let response = get(Some("bytes=0-"));
+    assert_eq!(answer(&mut shim, &[b"abc", b"defg"], None).await, [0, 3, 7]);
+    let r = response.await.unwrap().unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"abcdefg"[..]));
+    assert_eq!(r.header("accept-ranges"), Some("none"));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.header("content-length"), None);
+
+    // A broken origin cuts the body short, as the origin's own would be.
+    let response = get(None);
+    assert_eq!(answer(&mut shim, &[b"abc"], Some("connection reset")).await, [0, 3]);
+    assert!(response.await.unwrap().is_err(), "a cut body must not look complete");
+
+    // A stream cannot be entered in the middle.
+    let r = c.get(&file_path, &[("Range", "bytes=5-")]).await.unwrap();
+    assert_eq!((r.status, r.header("accept-ranges")), (416, Some("none")));
+}
+
+#[tokio::test]
 async fn wrong_or_missing_token_is_refused() {
     let c = Controller::default().await;
     for path in [NODE_PATH, SHIM_PATH] {
@@ -410,7 +463,7 @@ async fn a_closed_node_socket_fails_its_job_at_once() {
 async fn a_vanished_shim_cancels_its_job() {
     let c = Controller::default().await;
     let mut node = c.node("n1", 1, &[]).await;
-    let offer = FileOffer { id: 0, reference: "a".into(), entry: None, size: 1 << 20 };
+    let offer = FileOffer { id: 0, reference: "a".into(), entry: None, size: 1 << 20, stream: false };
     let (shim, _) = c.shim(request(&[], vec![offer])).await;
     let (job, spec) = run_msg(&mut node).await;
 
@@ -514,7 +567,7 @@ fn split_request() -> (JobRequest, SplitPlan) {
     // The fake nodes cannot know how many frames a chunk holds: verification
     // then checks only the stream's structure.
     plan.recipe.frame_duration = None;
-    let offer = FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size: 1 << 20 };
+    let offer = FileOffer { id: 0, reference: "/media/in.mkv".into(), entry: None, size: 1 << 20, stream: false };
     let request = JobRequest {
         args: args.iter().map(|a| a.to_string()).collect(),
         cwd: "/tmp/t".into(),

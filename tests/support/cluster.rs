@@ -464,7 +464,11 @@ pub fn jellyfin_hls(input: &Path, dir: &Path, md5: &str, fmp4: bool, seg: u32) -
 
 /// The `#EXTINF` durations of a playlist.
 pub fn extinf(playlist: &Path) -> Vec<f64> {
-    let text = std::fs::read_to_string(playlist).unwrap_or_else(|e| panic!("{}: {e}", playlist.display()));
+    extinf_text(&std::fs::read_to_string(playlist).unwrap_or_else(|e| panic!("{}: {e}", playlist.display())))
+}
+
+/// The `#EXTINF` durations of a playlist's text.
+pub fn extinf_text(text: &str) -> Vec<f64> {
     text.lines()
         .filter_map(|l| l.strip_prefix("#EXTINF:"))
         .map(|l| l.trim_end_matches(',').split(',').next().unwrap().parse().unwrap())

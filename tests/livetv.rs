@@ -1,0 +1,445 @@
+//! Live TV through the cluster: Jellyfin's Live TV inputs are growing HTTP
+//! streams served by the Jellyfin host itself at `http://localhost:8096/…`
+//! (CONTRACT.md §5.8), which no node can open. The shim fetches them and the
+//! node's ffmpeg reads them through the controller's relay.
+//!
+//! Each scenario runs against the real ffmpeg and against the shim on a
+//! two-node cluster, at the same time (each with its own live source, so both
+//! see a stream from its beginning), and compares what Jellyfin would observe.
+//!
+//! What cannot be shown on one machine: that a node could not have opened the
+//! origin itself (every process here can reach `localhost`). What is shown is
+//! that it did not: the node's ffmpeg names the relay, not the origin, and the
+//! origin served exactly one connection, the shim's.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::cluster::*;
+use support::jellyfin::{Ffmpeg, Job, arguments_string};
+use support::live::{LiveOpts, LiveSource};
+
+const MD5: &str = "5d41402abc4b2a76b9719d911017c592";
+/// `-hls_time` of the template, seconds.
+const SEG: f64 = 3.0;
+/// Jellyfin's `MinSegments` for 3 s segments (StreamState.cs).
+const MIN_SEGMENTS: usize = 3;
+/// How often HlsHelpers reads the playlist (§5.7).
+const POLL: Duration = Duration::from_millis(150);
+
+/// The scenarios run in real time against live sources and compare timings:
+/// one at a time, so that they do not starve each other of the machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The tuner's required `User-Agent`, which Jellyfin passes as `-user_agent`.
+const TUNER_AGENT: &str = "Jellyfin-LiveTV/10.11";
+
+/// Jellyfin 10.11's Live TV HLS template: the §5.3 template with the §5.7
+/// event variant and a Live TV input modifier: `-analyzeduration 3000000
+/// -user_agent … -fflags +igndts`, libx264 `superfast`, `-flags
+/// -global_header`, `-hls_base_url`, event playlist.
+fn live_hls(url: &str, dir: &Path, deinterlace: bool) -> Vec<String> {
+    let mut a = jellyfin_hls(Path::new("input"), dir, MD5, false, SEG as u32);
+    let at = |a: &[String], s: &str| a.iter().position(|x| x == s).unwrap_or_else(|| panic!("{s} in {a:?}"));
+    let i = at(&a, "-analyzeduration");
+    a[i + 1] = "3000000".into();
+    let i = at(&a, "-i");
+    a[i + 1] = url.into();
+    a.splice(i..i, ["-user_agent", TUNER_AGENT, "-fflags", "+igndts"].map(str::to_owned));
+    let i = at(&a, "-preset");
+    a[i + 1] = "superfast".into();
+    let i = at(&a, "-vf");
+    if deinterlace {
+        a[i + 1] = a[i + 1].replacen(",scale=", ",yadif=0:-1:0,scale=", 1);
+    }
+    a.splice(i + 2..i + 2, ["-flags".to_owned(), "-global_header".to_owned()]);
+    let i = at(&a, "-start_number");
+    a.splice(i + 2..i + 2, ["-hls_base_url".to_owned(), format!("hls/{MD5}/")]);
+    let i = at(&a, "-hls_playlist_type");
+    a[i + 1] = "event".into();
+    a
+}
+
+/// What one Live TV HLS run looked like to Jellyfin.
+#[derive(Debug)]
+struct HlsRun {
+    code: Option<i32>,
+    exited_after_q: bool,
+    /// Times the playlist was read while the job ran.
+    reads: usize,
+    /// When the playlist first had `MIN_SEGMENTS` entries (Jellyfin answers the client).
+    ready_after: Duration,
+    /// The final playlist.
+    playlist: String,
+    durations: Vec<f64>,
+    /// Frames decoded from each segment as it was when first listed.
+    frames: Vec<u64>,
+    stderr: String,
+}
+
+/// The segment names a playlist lists, in order (`hls/<md5>/<md5>N.ts` → `<md5>N.ts`).
+fn listed(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.rsplit('/').next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// Runs the Live TV template for `run_for` as Jellyfin does: waits for the
+/// playlist, reads it every 150 ms, takes every segment it lists as a client
+/// fetching it would (HlsSegmentController serves files as they are), then
+/// stops with `q`. `during` is called once while the job runs with segments
+/// listed.
+fn live_hls_run(ff: &Ffmpeg, url: &str, dir: &Path, deinterlace: bool, run_for: Duration, during: &dyn Fn()) -> HlsRun {
+    std::fs::create_dir_all(dir).unwrap();
+    let playlist = dir.join(format!("{MD5}.m3u8"));
+    let mut job = Job::launch(ff, &arguments_string(&live_hls(url, dir, deinterlace)));
+    let started = Instant::now();
+    // Each segment as a client got it the first time the playlist listed it.
+    let mut fetched: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut reads = 0;
+    let mut ready_after = None;
+    let mut called = false;
+    while started.elapsed() < run_for {
+        assert!(!job.exited(), "the job ended by itself: {}", job.log.lock().unwrap().lines.join("\n"));
+        std::thread::sleep(POLL);
+        let Ok(text) = std::fs::read_to_string(&playlist) else { continue };
+        reads += 1;
+        let names = listed(&text);
+        for name in &names {
+            let bytes = std::fs::read(dir.join(name))
+                .unwrap_or_else(|e| panic!("the playlist lists {name}, which cannot be read: {e}\n{text}"));
+            match fetched.get(name) {
+                None => {
+                    fetched.insert(name.clone(), bytes);
+                }
+                Some(first) => assert!(
+                    *first == bytes,
+                    "{name} changed after the playlist listed it ({} bytes, then {})",
+                    first.len(),
+                    bytes.len()
+                ),
+            }
+        }
+        if ready_after.is_none() && extinf_text(&text).len() >= MIN_SEGMENTS {
+            ready_after = Some(started.elapsed());
+        }
+        if !called && names.len() >= 2 {
+            called = true;
+            during();
+        }
+    }
+    let stopped = job.stop();
+    let final_text = std::fs::read_to_string(&playlist).unwrap();
+    let names = listed(&final_text);
+    let dir_tmp = tempfile::tempdir().unwrap();
+    let mut frames = Vec::new();
+    for name in &names {
+        let now = std::fs::read(dir.join(name)).unwrap();
+        let bytes = match fetched.get(name) {
+            Some(first) => {
+                assert!(*first == now, "{name} changed after the playlist listed it");
+                first.clone()
+            }
+            None => now,
+        };
+        // Decoded as the client got it.
+        let copy = dir_tmp.path().join(name);
+        std::fs::write(&copy, &bytes).unwrap();
+        frames.push(decode_frames(&copy));
+    }
+    let stderr = job.log.lock().unwrap().lines.join("\n");
+    HlsRun {
+        code: stopped.code,
+        exited_after_q: stopped.exited_after_q,
+        reads,
+        ready_after: ready_after.unwrap_or_else(|| panic!("the playlist never had {MIN_SEGMENTS} segments: {stderr}")),
+        durations: extinf_text(&final_text),
+        playlist: final_text,
+        frames,
+        stderr,
+    }
+}
+
+/// The command line of a running process.
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Checks one run on its own: a clean stop, a properly ended event playlist
+/// whose segments all decode and last what `-hls_time` says.
+fn check_hls(what: &str, run: &HlsRun, fps: f64) {
+    assert!(run.exited_after_q && run.code == Some(0), "{what}: stopped {run:?}");
+    assert!(run.playlist.contains("#EXT-X-PLAYLIST-TYPE:EVENT"), "{what}: {}", run.playlist);
+    assert!(run.playlist.trim_end().ends_with("#EXT-X-ENDLIST"), "{what}: {}", run.playlist);
+    assert!(run.reads > 20, "{what}: the playlist was read only {} times", run.reads);
+    let n = run.durations.len();
+    assert!(n >= MIN_SEGMENTS, "{what}: {}", run.playlist);
+    // Every segment but the last (cut by `q`) is one `-hls_time`.
+    for (i, d) in run.durations[..n - 1].iter().enumerate() {
+        assert!((d - SEG).abs() < 0.05, "{what}: segment {i} lasts {d} s: {}", run.playlist);
+    }
+    assert!(run.durations[n - 1] <= SEG + 0.05, "{what}: {}", run.playlist);
+    for (i, (f, d)) in run.frames.iter().zip(&run.durations).enumerate() {
+        let want = d * fps;
+        assert!((*f as f64 - want).abs() <= 1.5, "{what}: segment {i} decodes to {f} frames, {d} s wants {want}");
+    }
+}
+
+fn live_tv_hls(opts: LiveOpts, deinterlace: bool) {
+    let _serial = one_at_a_time();
+    let fps = f64::from(opts.fps);
+    let c = Cluster::start(2);
+    let direct_source = LiveSource::start(opts.clone());
+    let cluster_source = LiveSource::start(opts);
+    let run_for = Duration::from_secs(20);
+    let cluster_dir = c.dir.path().join("transcodes");
+    let direct_url = direct_source.url();
+    let direct = std::thread::spawn(move || {
+        // Its own directory: it must outlive a failure of the cluster run.
+        let dir = tempfile::tempdir().unwrap();
+        live_hls_run(&Ffmpeg::direct(), &direct_url, dir.path(), deinterlace, run_for, &|| {})
+    });
+    let relay = format!("{}/api/v1/files/", c.url());
+    let origin = cluster_source.url();
+    let node_argv = std::cell::RefCell::new(String::new());
+    let cluster = live_hls_run(&Ffmpeg::from_command(&c.shim()), &origin, &cluster_dir, deinterlace, run_for, &|| {
+        let pids = c.remote_ffmpegs();
+        assert_eq!(pids.len(), 1, "one node runs the job: {pids:?}");
+        *node_argv.borrow_mut() = cmdline(pids[0]);
+    });
+    let direct = direct.join().unwrap();
+    eprintln!(
+        "direct: {} segments {:?}, ready after {:?}, {} playlist reads; cluster: {} segments {:?}, ready after {:?}, {} reads",
+        direct.durations.len(),
+        direct.durations,
+        direct.ready_after,
+        direct.reads,
+        cluster.durations.len(),
+        cluster.durations,
+        cluster.ready_after,
+        cluster.reads
+    );
+    check_hls("direct", &direct, fps);
+    check_hls("cluster", &cluster, fps);
+    // The same wall time: the cluster's start-up costs it at most a segment or two.
+    let (n_direct, n_cluster) = (direct.durations.len() as i64, cluster.durations.len() as i64);
+    assert!((n_direct - n_cluster).abs() <= 2, "direct {n_direct} segments, cluster {n_cluster}");
+
+    // The node's ffmpeg read the relay, and only the shim read the origin.
+    let argv = node_argv.into_inner();
+    assert!(argv.contains(&relay), "the node's ffmpeg does not read the relay: {argv}");
+    assert!(!argv.contains("localhost"), "the node's ffmpeg names the origin: {argv}");
+    assert!(cluster.stderr.contains(&origin), "stderr names the input as given: {}", cluster.stderr);
+    assert_eq!(direct_source.clients_served(), 1);
+    assert_eq!(cluster_source.clients_served(), 1, "only the shim may read the origin");
+    // The shim asked the origin the way ffmpeg asks it.
+    assert_eq!(direct_source.user_agents(), [TUNER_AGENT]);
+    assert_eq!(cluster_source.user_agents(), [TUNER_AGENT]);
+    assert!(!argv.contains(TUNER_AGENT), "the relay does not need the tuner's headers: {argv}");
+    c.wait_no_remote_ffmpeg(Duration::from_secs(5));
+    // The job is over: so is the shim's connection to the origin.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster_source.clients_open() > 0 {
+        assert!(Instant::now() < deadline, "the origin connection outlived the job");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn live_tv_hls_event_playlist() {
+    live_tv_hls(LiveOpts::default(), false);
+}
+
+#[test]
+fn live_tv_hls_interlaced_mpeg2_with_yadif() {
+    live_tv_hls(LiveOpts { interlaced: true, video: "mpeg2video", ..LiveOpts::default() }, true);
+}
+
+/// EncodedRecorder's command line (§5.9).
+fn recorder(url: &str, out: &Path, re: bool) -> Vec<String> {
+    let mut a: Vec<String> =
+        ["-async", "1", "-fflags", "+igndts+ignidx+genpts"].iter().map(|s| s.to_string()).collect();
+    if re {
+        a.push("-re".into());
+    }
+    for s in ["-analyzeduration", "5000000", "-i", url, "-codec:v:0", "copy", "-fflags", "+genpts"] {
+        a.push(s.into());
+    }
+    for s in ["-map_metadata", "-1", "-threads", "0", "-codec:a:0", "copy", "-sn", "-y"] {
+        a.push(s.into());
+    }
+    a.push(out.display().to_string());
+    a
+}
+
+fn duration_of(path: &Path) -> f64 {
+    let out = run_ok(
+        Command::new(real("ffprobe"))
+            .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+            .arg(path),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A recording stopped with `q` after `secs`: (exit code, duration, frames).
+fn record(ff: &Ffmpeg, url: &str, out: &Path, re: bool, secs: u64, during: &dyn Fn()) -> (Option<i32>, f64, u64) {
+    let mut job = Job::launch(ff, &arguments_string(&recorder(url, out, re)));
+    std::thread::sleep(Duration::from_secs(secs / 2));
+    during();
+    std::thread::sleep(Duration::from_secs(secs - secs / 2));
+    assert!(!job.exited(), "the recording ended by itself: {}", job.log.lock().unwrap().lines.join("\n"));
+    // EncodedRecorder: `q`, then WaitForExit(10000).
+    let stopped = job.stop();
+    assert!(stopped.exited_after_q, "{stopped:?}");
+    (stopped.code, duration_of(out), decode_frames(out))
+}
+
+/// How long the channel runs before the recording starts: the recorder gets
+/// that much backlog first (from the stream's beginning), as from Jellyfin.
+const HEAD_START: Duration = Duration::from_secs(4);
+/// `-analyzeduration` of the recorder, seconds.
+const ANALYZE: f64 = 5.0;
+
+fn live_tv_recording(re: bool) {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(2);
+    let direct_source = LiveSource::start(LiveOpts::default());
+    let cluster_source = LiveSource::start(LiveOpts::default());
+    std::thread::sleep(HEAD_START);
+    let secs = 10;
+    let url = direct_source.url();
+    let direct = std::thread::spawn(move || {
+        let dir = tempfile::tempdir().unwrap();
+        record(&Ffmpeg::direct(), &url, &dir.path().join("direct.ts"), re, secs, &|| {})
+    });
+    let rec = c.work.join("recording.ts");
+    // A stream copy runs here unless told otherwise; the shim's FFCLUSTER_MODE=whole sends it to a node.
+    let node_argv = std::cell::RefCell::new(String::new());
+    let cluster = record(&Ffmpeg::from_command(&c.shim()), &cluster_source.url(), &rec, re, secs, &|| {
+        let pids = c.remote_ffmpegs();
+        assert_eq!(pids.len(), 1, "one node runs the recording: {pids:?}");
+        *node_argv.borrow_mut() = cmdline(pids[0]);
+    });
+    let direct = direct.join().unwrap();
+    eprintln!("recording (-re {re}) for {secs} s: direct {direct:?}, cluster {cluster:?}");
+    let secs = secs as f64;
+    let head = HEAD_START.as_secs_f64();
+    // Without -re the recorder reads the backlog at once and then follows the
+    // live edge: it holds the head start too. That holds through the cluster
+    // only if the shim does not pace its reading of the origin (-re applied
+    // twice). With -re it reads at the stream's own rate from its beginning,
+    // starting once it has analysed ANALYZE seconds, of which the head start
+    // was there at once.
+    let expected = if re { secs - (ANALYZE - head).max(0.0) } else { secs + head };
+    for (what, (code, duration, frames)) in [("direct", direct), ("cluster", cluster)] {
+        assert_eq!(code, Some(0), "{what}");
+        assert!((expected - 2.5..=expected + 1.0).contains(&duration), "{what}: {duration} s, expected {expected} s");
+        assert!((frames as f64 - duration * 25.0).abs() <= 3.0, "{what}: {frames} frames in {duration} s");
+    }
+    assert!((direct.1 - cluster.1).abs() <= 2.0, "direct {} s, cluster {} s", direct.1, cluster.1);
+    let argv = node_argv.into_inner();
+    assert!(argv.contains(&format!("{}/api/v1/files/", c.url())), "the node's ffmpeg does not read the relay: {argv}");
+    assert_eq!(argv.contains(" -re "), re, "-re stays with the node's ffmpeg: {argv}");
+    assert_eq!(cluster_source.clients_served(), 1, "only the shim may read the origin");
+    c.wait_no_remote_ffmpeg(Duration::from_secs(5));
+}
+
+#[test]
+fn live_tv_recording_stopped_with_q() {
+    live_tv_recording(false);
+}
+
+#[test]
+fn live_tv_recording_at_native_rate() {
+    live_tv_recording(true);
+}
+
+#[test]
+fn relay_inputs_none_leaves_the_url_to_the_node() {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(1);
+    let source = LiveSource::start(LiveOpts::default());
+    let ff = Ffmpeg::from_command(&c.shim()).env("FFCLUSTER_RELAY_INPUTS", Some("none"));
+    let node_argv = std::cell::RefCell::new(String::new());
+    let (code, duration, _) = record(&ff, &source.url(), &c.work.join("rec.ts"), false, 8, &|| {
+        let pids = c.remote_ffmpegs();
+        assert_eq!(pids.len(), 1, "one node runs the recording: {pids:?}");
+        *node_argv.borrow_mut() = cmdline(pids[0]);
+    });
+    assert_eq!(code, Some(0));
+    // It analyses 5 s of the stream first, then catches up.
+    assert!(duration > 5.0, "{duration} s");
+    // On one machine the node can open `localhost`; on a real cluster it could not.
+    let argv = node_argv.into_inner();
+    assert!(argv.contains(&source.url()), "the node's ffmpeg opens the URL itself: {argv}");
+    assert_eq!(source.clients_served(), 1, "the node, not the shim");
+    assert!(source.user_agents()[0].starts_with("Lavf/"), "{:?}", source.user_agents());
+}
+
+/// What a job did when its live source went away.
+#[derive(Debug)]
+struct Orphaned {
+    code: Option<i32>,
+    /// From the source's end to the job's exit.
+    exit_after: Duration,
+    playlist: String,
+}
+
+fn lose_the_source(ff: &Ffmpeg, dir: &Path) -> Orphaned {
+    std::fs::create_dir_all(dir).unwrap();
+    let source = LiveSource::start(LiveOpts::default());
+    let playlist = dir.join(format!("{MD5}.m3u8"));
+    let mut job = Job::launch(ff, &arguments_string(&live_hls(&source.url(), dir, false)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while extinf_text(&std::fs::read_to_string(&playlist).unwrap_or_default()).len() < 2 {
+        assert!(
+            Instant::now() < deadline && !job.exited(),
+            "no segments: {}",
+            job.log.lock().unwrap().lines.join("\n")
+        );
+        std::thread::sleep(POLL);
+    }
+    drop(source);
+    let gone = Instant::now();
+    while !job.exited() {
+        assert!(gone.elapsed() < Duration::from_secs(60), "the job hangs without its source");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exit_after = gone.elapsed();
+    let code = job.child.wait().unwrap().code();
+    Orphaned { code, exit_after, playlist: std::fs::read_to_string(&playlist).unwrap() }
+}
+
+#[test]
+fn live_tv_source_that_goes_away() {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(2);
+    let direct = std::thread::spawn(move || {
+        let dir = tempfile::tempdir().unwrap();
+        lose_the_source(&Ffmpeg::direct(), dir.path())
+    });
+    let cluster = lose_the_source(&Ffmpeg::from_command(&c.shim()), &c.dir.path().join("transcodes"));
+    let direct = direct.join().unwrap();
+    eprintln!("source gone: direct {direct:?}\ncluster {cluster:?}");
+    assert_eq!(direct.code.map(|c| c == 0), cluster.code.map(|c| c == 0), "direct {direct:?}, cluster {cluster:?}");
+    assert!(cluster.exit_after < direct.exit_after + Duration::from_secs(10), "{cluster:?}");
+    assert_eq!(
+        direct.playlist.trim_end().ends_with("#EXT-X-ENDLIST"),
+        cluster.playlist.trim_end().ends_with("#EXT-X-ENDLIST"),
+        "direct:\n{}\ncluster:\n{}",
+        direct.playlist,
+        cluster.playlist
+    );
+    c.wait_no_remote_ffmpeg(Duration::from_secs(5));
+}
