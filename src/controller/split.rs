@@ -178,7 +178,8 @@ pub(crate) struct Attempt {
     stderr: VecDeque<u8>,
     /// Checks its bytes before they reach the shim.
     check: Verifier,
-    /// The video frames it must hold, when certain ([`ChunkRecipe::frames`]).
+    /// The video frames its span holds, when certain ([`ChunkRecipe::frames`]):
+    /// a chunk that encoded another count is logged.
     pub(crate) frames: Option<u64>,
 }
 
@@ -532,10 +533,21 @@ impl SplitJob {
                     Some(format!("{} announced {n} bytes of output but {} arrived", a.node_name, a.sent))
                 }
                 _ if a.chunk == AUDIO => None,
-                _ => a.check.finish(a.frames).err().map(|e| {
-                    bad_output = true;
-                    invalid(&e)
-                }),
+                _ => {
+                    // The frames ffmpeg says it encoded must all have arrived. Fewer
+                    // than the span holds is the input's business (a truncated
+                    // file gives the direct run fewer frames too), not the node's.
+                    let encoded = encoded_frames(&a.stderr);
+                    if let (Some(e), Some(planned)) = (encoded, a.frames)
+                        && e != planned
+                    {
+                        warn!(job = self.id, attempt, "chunk encoded {e} frames where its span holds {planned}");
+                    }
+                    a.check.finish(encoded).err().map(|e| {
+                        bad_output = true;
+                        invalid(&e)
+                    })
+                }
             },
             AttemptEnd::Exited(exit) => Some(exit_reason(*exit, &a)),
             AttemptEnd::Refused(why) => Some(format!("refused by {}: {why}", a.node_name)),
@@ -707,6 +719,16 @@ fn exit_reason(exit: RemoteExit, a: &Attempt) -> String {
     let text = if a.stderr.len() >= STDERR_TAIL { text.split_once('\n').map_or(&*text, |(_, r)| r) } else { &text };
     let text = text.trim();
     if text.is_empty() { how } else { format!("{how}: {text}") }
+}
+
+/// The frame count of ffmpeg's last report (`frame=  72 fps=…`, which it prints
+/// at the end even with `-nostats`), from an attempt's stderr tail.
+fn encoded_frames(stderr: &VecDeque<u8>) -> Option<u64> {
+    let (a, b) = stderr.as_slices();
+    let text = String::from_utf8_lossy(&[a, b].concat()).into_owned();
+    let at = text.rfind("frame=")?;
+    let digits: String = text[at + 6..].trim_start().chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// The chunk index as the protocol carries it ([`AUDIO_CHUNK`] for the audio).
@@ -1013,6 +1035,14 @@ pub(crate) mod tests {
         assert_eq!(relative_speed((Some(2.0), 100.0), &[(Some(2.0), 100.0), (Some(6.0), 300.0)]), 0.5);
         // Unknown everything: average.
         assert_eq!(relative_speed((None, 0.0), &[(None, 0.0)]), 1.0);
+    }
+
+    #[test]
+    fn the_frames_ffmpeg_reports_come_from_its_last_report() {
+        let tail = |s: &str| s.bytes().collect::<VecDeque<u8>>();
+        let t = tail("frame=   10 fps=0.0 q=28.0 size=1kB\rframe=   72 fps= 61 q=-1.0 Lsize=  300kB\nvideo:290kB");
+        assert_eq!(encoded_frames(&t), Some(72));
+        assert_eq!(encoded_frames(&tail("[hls @ 0x1] Opening 'x' for writing")), None);
     }
 
     // ---- the state machine, through the registry ----
