@@ -579,7 +579,8 @@ fn split_request() -> (JobRequest, SplitPlan) {
     (request, plan)
 }
 
-/// What a fake node writes for attempt `job`: MPEG-TS, distinct per attempt.
+/// What a fake node writes for attempt `job`: MPEG-TS, distinct per attempt,
+/// three frames (its ffmpeg's stderr says `frame=3`).
 fn chunk_payload(job: JobId) -> Vec<u8> {
     ts(format!("attempt {job}").as_bytes())
 }
@@ -606,7 +607,7 @@ async fn chunk_node(mut ws: Ws) -> Vec<(JobId, JobSpec)> {
                 let (a, b) = data.split_at(data.len() / 2);
                 let open = OutputEvent::Open { file: 0, path: "pipe:1".into(), mode: WriteMode::Stdout };
                 send(&mut ws, &NodeMsg::Output { job, event: open }).await;
-                send_frame(&mut ws, Frame::new(FrameKind::Stderr, job, 0, 0, b"frame=1 fps=99")).await;
+                send_frame(&mut ws, Frame::new(FrameKind::Stderr, job, 0, 0, b"frame=3 fps=99")).await;
                 send_frame(&mut ws, Frame::new(FrameKind::Output, job, 0, 0, a)).await;
                 send_frame(&mut ws, Frame::new(FrameKind::Output, job, 0, a.len() as u64, b)).await;
                 let done = OutputEvent::Done { file: 0, size: data.len() as u64 };
