@@ -117,14 +117,19 @@ fn every_corpus_argument_survives_dotnet_splitting() {
 // after CONTRACT.md §9's rewrites, runs on generated media of the line's shape,
 // once with the real ffmpeg and once through the shim on a two-node cluster.
 
+/// Every option list of a command line: global, per input, per output, trailing.
+fn option_groups(cl: &mut CommandLine) -> Vec<&mut Vec<ffcluster::ffmpeg::Opt>> {
+    let mut groups = vec![&mut cl.globals, &mut cl.trailing];
+    groups.extend(cl.inputs.iter_mut().map(|i| &mut i.opts));
+    groups.extend(cl.outputs.iter_mut().map(|o| &mut o.opts));
+    groups
+}
+
 /// CONTRACT.md §9: jellyfin-ffmpeg-only options made stock-5.1 ones. The test
 /// applies them to Jellyfin's lines; the product never rewrites what Jellyfin asks.
 fn stock_rewrites(cl: &mut CommandLine) -> Vec<&'static str> {
     let mut done = Vec::new();
-    let mut groups: Vec<&mut Vec<ffcluster::ffmpeg::Opt>> = vec![&mut cl.globals, &mut cl.trailing];
-    groups.extend(cl.inputs.iter_mut().map(|i| &mut i.opts));
-    groups.extend(cl.outputs.iter_mut().map(|o| &mut o.opts));
-    for opts in groups {
+    for opts in option_groups(cl) {
         let before = opts.len();
         // Options stock 5.1 lacks, and that change nothing a CPU-only run shows.
         opts.retain(|o| !matches!(o.name(), "vbr" | "readrate_catchup" | "display_rotation" | "hwaccel_flags"));
@@ -240,11 +245,6 @@ struct Shape {
     interlaced: bool,
 }
 
-/// `HH:MM:SS.mmm` or seconds.
-fn seconds_of(t: &str) -> f64 {
-    t.split(':').fold(0.0, |acc, p| acc * 60.0 + p.parse::<f64>().unwrap_or(0.0))
-}
-
 fn shape_of(cl: &CommandLine, input: usize) -> Shape {
     let i = &cl.inputs[input];
     let opts = || cl.outputs.iter().flat_map(|o| o.opts.iter());
@@ -294,7 +294,7 @@ fn shape_of(cl: &CommandLine, input: usize) -> Shape {
         .map(|n| (n + 1).saturating_sub(streams))
         .max()
         .unwrap_or(0);
-    let seek = i.last_value("ss").map(seconds_of).unwrap_or(0.0);
+    let seek = i.last_value("ss").and_then(ffcluster::plan::parse_time).unwrap_or(0.0);
     Shape {
         ext,
         video,
@@ -395,10 +395,7 @@ fn relocate(cl: &mut CommandLine, inputs: &[String], out: &Path) {
             o.url = ffcluster::ffmpeg::url::Url::parse(&into(o.url.raw.trim_start_matches("file:")));
         }
     }
-    let mut groups: Vec<&mut Vec<ffcluster::ffmpeg::Opt>> = vec![&mut cl.globals];
-    groups.extend(cl.inputs.iter_mut().map(|i| &mut i.opts));
-    groups.extend(cl.outputs.iter_mut().map(|o| &mut o.opts));
-    for o in groups.into_iter().flatten() {
+    for o in option_groups(cl).into_iter().flatten() {
         let name = o.name().to_owned();
         let Some(v) = o.value.as_mut() else { continue };
         match name.as_str() {

@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ffcluster::controller::http_client;
@@ -27,22 +27,6 @@ fn hls_job(c: &Cluster, name: &str) -> Vec<String> {
 fn run_shim(c: &Cluster, mode: &str, args: &[String]) {
     let out = c.shim().env("FFCLUSTER_MODE", mode).args(args).stdin(Stdio::null()).output().unwrap();
     assert!(out.status.success(), "shim failed: {}\n{}", String::from_utf8_lossy(&out.stderr), c.all_logs());
-}
-
-/// The admin CLI against this cluster.
-fn admin(c: &Cluster, args: &[&str]) -> Output {
-    Command::new(controller_exe())
-        .args(args)
-        .env("FFCLUSTER_CONTROLLER", c.url())
-        .env("FFCLUSTER_TOKEN", &c.token)
-        .output()
-        .unwrap()
-}
-
-fn admin_ok(c: &Cluster, args: &[&str]) -> String {
-    let out = admin(c, args);
-    assert!(out.status.success(), "ffcluster {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The value of one series (full name with labels) in a scrape.
@@ -232,15 +216,15 @@ fn a_drained_node_gets_no_new_work_until_undrained() {
     let c = Cluster::start(2);
     let job = hls_job(&c, "film");
 
-    let out = admin(&c, &["drain", "nosuch"]);
+    let out = c.admin(&["drain", "nosuch"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node named \"nosuch\""), "{out:?}");
-    assert!(admin_ok(&c, &["drain", "node0"]).contains("node0: draining"));
+    assert!(c.admin_ok(&["drain", "node0"]).contains("node0: draining"));
 
-    let table = admin_ok(&c, &["nodes"]);
+    let table = c.admin_ok(&["nodes"]);
     let row = table.lines().find(|l| l.starts_with("node0 ")).unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains("draining"), "{table}");
-    let nodes: Value = serde_json::from_str(&admin_ok(&c, &["nodes", "--json"])).unwrap();
+    let nodes: Value = serde_json::from_str(&c.admin_ok(&["nodes", "--json"])).unwrap();
     let state = |name: &str| {
         let n = nodes.as_array().unwrap().iter().find(|n| n["name"] == name).unwrap();
         n["state"].as_str().unwrap().to_owned()
@@ -249,7 +233,7 @@ fn a_drained_node_gets_no_new_work_until_undrained() {
 
     // A split job would use both nodes; drained, node0 gets none of it.
     run_shim(&c, "split", &job);
-    let jobs: Value = serde_json::from_str(&admin_ok(&c, &["jobs", "--json"])).unwrap();
+    let jobs: Value = serde_json::from_str(&c.admin_ok(&["jobs", "--json"])).unwrap();
     let j = &jobs[0];
     assert_eq!((j["mode"].as_str(), j["state"].as_str()), (Some("split"), Some("done")), "{j}");
     assert_eq!(j["nodes"], serde_json::json!(["node1"]), "{j}");
@@ -259,10 +243,10 @@ fn a_drained_node_gets_no_new_work_until_undrained() {
 
     // Undrained (both spellings), it takes work again: the next split job's
     // first two chunks go to both free nodes at once.
-    assert!(admin_ok(&c, &["undrain", "node0"]).contains("node0: undrained"));
-    assert!(admin_ok(&c, &["drain", "--undo", "node0"]).contains("node0: undrained"));
+    assert!(c.admin_ok(&["undrain", "node0"]).contains("node0: undrained"));
+    assert!(c.admin_ok(&["drain", "--undo", "node0"]).contains("node0: undrained"));
     run_shim(&c, "split", &job);
-    let jobs_table = admin_ok(&c, &["jobs"]);
+    let jobs_table = c.admin_ok(&["jobs"]);
     let header: Vec<&str> = jobs_table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header[..3], ["JOB", "MODE", "STATE"], "{jobs_table}");
     assert!(jobs_table.lines().nth(1).is_some_and(|l| l.contains(" split ")), "{jobs_table}");

@@ -28,20 +28,11 @@ fn split_shim(c: &Cluster) -> Command {
 /// re-parented to init.
 fn cluster_ffmpegs(c: &Cluster) -> Vec<i32> {
     let root = c.dir.path();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((head, tail)) = stat.rsplit_once(')') else { continue };
-        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
-        if comm != "ffmpeg" || tail.split_whitespace().next() == Some("Z") {
-            continue;
-        }
-        if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root)) {
-            out.push(pid);
-        }
-    }
-    out
+    processes()
+        .into_iter()
+        .filter(|p| p.comm == "ffmpeg" && p.cwd().is_some_and(|cwd| cwd.starts_with(root)))
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Waits until no ffmpeg of the cluster runs; how long that took.
@@ -72,19 +63,31 @@ fn wait_child(child: &mut Child, limit: Duration, c: &Cluster) -> ExitStatus {
     }
 }
 
-/// A 640x360 H.264 + AAC clip, `seconds` long, 24 fps, keyframes every 2 s.
-fn clip(c: &Cluster, seconds: u32) -> PathBuf {
-    let path = c.work.join("clip.mkv");
-    make_clip(&path, seconds, "640x360", &[]);
-    path
+/// The job these tests disturb: Jellyfin's HLS command line for a 30 s
+/// 640x360 clip (24 fps, keyframes every 2 s), run directly into
+/// `<work>/direct`, and `<work>/split` for the run under test.
+struct HlsJob {
+    input: PathBuf,
+    direct: PathBuf,
+    split: PathBuf,
 }
 
-/// Runs Jellyfin's HLS command line directly into `<work>/direct`.
-fn direct_hls(c: &Cluster, input: &Path) -> PathBuf {
-    let dir = c.work.join("direct");
-    std::fs::create_dir_all(&dir).unwrap();
-    run_ok(Command::new(real("ffmpeg")).args(jellyfin_hls(input, &dir, MD5, false, 3)).stdin(Stdio::null()));
-    dir
+impl HlsJob {
+    fn new(c: &Cluster) -> HlsJob {
+        let input = c.work.join("clip.mkv");
+        make_clip(&input, 30, "640x360", &[]);
+        let job = HlsJob { input, direct: c.work.join("direct"), split: c.work.join("split") };
+        for dir in [&job.direct, &job.split] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        run_ok(Command::new(real("ffmpeg")).args(job.args(&job.direct)).stdin(Stdio::null()));
+        job
+    }
+
+    /// The job's arguments, writing into `dir`.
+    fn args(&self, dir: &Path) -> Vec<String> {
+        jellyfin_hls(&self.input, dir, MD5, false, 3)
+    }
 }
 
 fn playlist(dir: &Path) -> PathBuf {
@@ -150,17 +153,10 @@ fn assert_segments_match_direct(direct: &Path, out: &Path) {
 #[test]
 fn a_node_killed_mid_chunk_is_rerun_elsewhere() {
     let mut c = Cluster::start(3);
-    let input = clip(&c, 30);
-    let direct = direct_hls(&c, &input);
-    let split = c.work.join("split");
-    std::fs::create_dir_all(&split).unwrap();
+    let job = HlsJob::new(&c);
+    let (direct, split) = (&job.direct, &job.split);
     let t = Instant::now();
-    let mut shim = split_shim(&c)
-        .args(jellyfin_hls(&input, &split, MD5, false, 3))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut shim = split_shim(&c).args(job.args(split)).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
 
     let (i, chunk, ffmpegs) = find_victim(&c);
     c.nodes[i].signal(Signal::SIGKILL);
@@ -189,7 +185,7 @@ fn a_node_killed_mid_chunk_is_rerun_elsewhere() {
     assert_ne!(winner["node"], name.as_str(), "{winner}");
     let rerun_after =
         winner["started_unix_ms"].as_u64().unwrap().saturating_sub(failed["started_unix_ms"].as_u64().unwrap());
-    assert_matches_direct(&direct, &split);
+    assert_matches_direct(direct, split);
     let gone = wait_no_ffmpeg(&c, Duration::from_secs(5));
     eprintln!(
         "orphan ffmpeg gone {orphan_gone:?} after the kill; chunk {chunk} re-ran on {} (started {rerun_after} ms after the \
@@ -205,17 +201,10 @@ fn a_node_killed_mid_chunk_is_rerun_elsewhere() {
 #[test]
 fn a_frozen_node_is_expired_and_its_ffmpeg_killed_on_resume() {
     let c = Cluster::start(3);
-    let input = clip(&c, 30);
-    let direct = direct_hls(&c, &input);
-    let split = c.work.join("split");
-    std::fs::create_dir_all(&split).unwrap();
+    let job = HlsJob::new(&c);
+    let (direct, split) = (&job.direct, &job.split);
     let t = Instant::now();
-    let mut shim = split_shim(&c)
-        .args(jellyfin_hls(&input, &split, MD5, false, 3))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut shim = split_shim(&c).args(job.args(split)).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
 
     let (i, chunk, ffmpegs) = find_victim(&c);
     let signal_all = |sig| {
@@ -237,7 +226,7 @@ fn a_frozen_node_is_expired_and_its_ffmpeg_killed_on_resume() {
     let recs = chunks(&c);
     let winner = recs.iter().find(|r| r["chunk"] == chunk && r["state"] == "done").expect("chunk done");
     assert_ne!(winner["node"], name.as_str(), "{winner}");
-    assert_matches_direct(&direct, &split);
+    assert_matches_direct(direct, split);
     // The stopped ffmpegs are still there until the node runs again.
     assert!(ffmpegs.iter().all(|p| Path::new(&format!("/proc/{p}")).exists()));
 
@@ -271,12 +260,10 @@ fn a_controller_restarted_mid_whole_job() {
 
 fn controller_restarted_mid_job(split_it: bool) {
     let mut c = Cluster::start(2);
-    let input = clip(&c, 30);
-    let direct = direct_hls(&c, &input);
-    let split = c.work.join("split");
-    std::fs::create_dir_all(&split).unwrap();
+    let job = HlsJob::new(&c);
+    let (direct, split) = (&job.direct, &job.split);
     let mut shim = if split_it { split_shim(&c) } else { c.shim() }
-        .args(jellyfin_hls(&input, &split, MD5, false, 3))
+        .args(job.args(split))
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -308,9 +295,9 @@ fn controller_restarted_mid_job(split_it: bool) {
         .nth(1)
         .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or_else(|| panic!("no resume reported: {err}"));
-    assert_segments_match_direct(&direct, &split);
+    assert_segments_match_direct(direct, split);
     // The resumed run's playlist starts where it did, as after a seek restart.
-    let text = std::fs::read_to_string(playlist(&split)).unwrap();
+    let text = std::fs::read_to_string(playlist(split)).unwrap();
     assert!(text.contains(&format!("#EXT-X-MEDIA-SEQUENCE:{resumed_at}")) && text.contains("#EXT-X-ENDLIST"), "{text}");
     eprintln!(
         "controller killed: shim resumed at segment {resumed_at} and ended {shim_ended:?} later with {status:?}; \
@@ -320,14 +307,11 @@ fn controller_restarted_mid_job(split_it: bool) {
     // A new job goes through the new controller.
     let again = c.work.join("again");
     std::fs::create_dir_all(&again).unwrap();
-    let out = if split_it { split_shim(&c) } else { c.shim() }
-        .args(jellyfin_hls(&input, &again, MD5, false, 3))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out =
+        if split_it { split_shim(&c) } else { c.shim() }.args(job.args(&again)).stdin(Stdio::null()).output().unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.all_logs());
     assert_eq!(c.status()["jobs"][0]["mode"], if split_it { "split" } else { "whole" }, "{}", c.log("shim.log"));
-    assert_matches_direct(&direct, &again);
+    assert_matches_direct(direct, &again);
     wait_no_ffmpeg(&c, Duration::from_secs(5));
 }
 
@@ -369,16 +353,14 @@ fn broken_chunks(mode: &str) {
     c.spawn_node("broken", cmd);
     c.wait_nodes(2, Duration::from_secs(30));
 
-    let input = clip(&c, 30);
-    let direct = direct_hls(&c, &input);
-    let split = c.work.join("split");
-    std::fs::create_dir_all(&split).unwrap();
+    let job = HlsJob::new(&c);
+    let (direct, split) = (&job.direct, &job.split);
     let t = Instant::now();
-    let out = split_shim(&c).args(jellyfin_hls(&input, &split, MD5, false, 3)).stdin(Stdio::null()).output().unwrap();
+    let out = split_shim(&c).args(job.args(split)).stdin(Stdio::null()).output().unwrap();
     let wall = t.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}\n{err}\n{}", out.status, c.all_logs());
-    assert_segments_match_direct(&direct, &split);
+    assert_segments_match_direct(direct, split);
     // Chunk records of every job (a resumed job is a second one).
     let records: Vec<Value> = c.status()["jobs"]
         .as_array()

@@ -5,34 +5,13 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ffcluster::controller::http_client;
 use ffcluster::tls::Trust;
 use serde_json::Value;
 use support::cluster::*;
-
-/// The admin CLI against this cluster.
-fn admin(c: &Cluster, args: &[&str]) -> Output {
-    isolated(Command::new(controller_exe()))
-        .args(args)
-        .env("FFCLUSTER_CONTROLLER", c.url())
-        .env("FFCLUSTER_TOKEN", &c.token)
-        .output()
-        .unwrap()
-}
-
-fn admin_ok(c: &Cluster, args: &[&str]) -> String {
-    let out = admin(c, args);
-    assert!(
-        out.status.success(),
-        "ffcluster {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.all_logs()
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn newest_job(c: &Cluster) -> Value {
     c.status()["jobs"][0].clone()
@@ -64,13 +43,13 @@ fn whole_and_split_jobs_leave_logs_that_read_like_ffmpeg() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let id = job["id"].as_u64().unwrap().to_string();
-    let followed = admin_ok(&c, &["log", "--follow", &id]);
+    let followed = c.admin_ok(&["log", "--follow", &id]);
     assert!(shim.wait().unwrap().success(), "{}", shim_err.join().unwrap());
     let job = newest_job(&c);
     assert_eq!((job["mode"].as_str(), job["state"].as_str()), (Some("whole"), Some("done")), "{job}");
     let node = job["node"].as_str().unwrap();
 
-    let log = admin_ok(&c, &["log", &id]);
+    let log = c.admin_ok(&["log", &id]);
     eprintln!("{log}");
     let prefix = format!("[ffcluster @ job {id}]");
     for want in [
@@ -108,7 +87,7 @@ fn whole_and_split_jobs_leave_logs_that_read_like_ffmpeg() {
     let job = newest_job(&c);
     assert_eq!((job["mode"].as_str(), job["state"].as_str()), (Some("split"), Some("done")), "{job}");
     let id = job["id"].as_u64().unwrap().to_string();
-    let log = admin_ok(&c, &["log", &id]);
+    let log = c.admin_ok(&["log", &id]);
     let prefix = format!("[ffcluster @ job {id}]");
     for want in [
         format!("ffcluster split job {id} started on "),
@@ -140,7 +119,7 @@ fn whole_and_split_jobs_leave_logs_that_read_like_ffmpeg() {
     }
 
     // Following a finished job prints its log and returns.
-    assert_eq!(admin_ok(&c, &["log", "-f", &id]), log);
+    assert_eq!(c.admin_ok(&["log", "-f", &id]), log);
 
     // The route needs the token, and says when there is no such log.
     let url = format!("{}/api/v1/jobs/{id}/log", c.url());
@@ -150,7 +129,7 @@ fn whole_and_split_jobs_leave_logs_that_read_like_ffmpeg() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
     assert_eq!(r.header("x-ffcluster-job-state"), Some("done"));
-    let missing = admin(&c, &["log", "999999"]);
+    let missing = c.admin(&["log", "999999"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no log for job 999999"), "{missing:?}");
 }

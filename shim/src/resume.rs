@@ -17,10 +17,15 @@ const MAX_RESUMES: u32 = 3;
 /// Set on the resumed run: how many resumes came before it.
 const RESUMES_ENV: &str = "FFCLUSTER_RESUMED";
 
+/// How many resumes came before this run.
+fn resumes_done() -> u32 {
+    std::env::var(RESUMES_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// The resumed command line and the segment it starts at; the newest segment
 /// file is deleted. `Err`: the job cannot resume, and why.
 pub fn plan(args: &[String], cwd: &Path) -> Result<(Vec<String>, u64), String> {
-    let done: u32 = std::env::var(RESUMES_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let done = resumes_done();
     if done >= MAX_RESUMES {
         return Err(format!("resumed {done} times already"));
     }
@@ -52,7 +57,7 @@ pub fn plan(args: &[String], cwd: &Path) -> Result<(Vec<String>, u64), String> {
 /// default in this process, while threads feeding the dead finisher may still
 /// write to its pipes, and one such write would kill the shim.
 pub fn exec(argv0: &OsString, args: &[String]) -> std::io::Error {
-    let done: u32 = std::env::var(RESUMES_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let done = resumes_done();
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return e,

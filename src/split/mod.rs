@@ -383,7 +383,6 @@ const RATE_FILTERS: &[&str] = &[
     "framestep",
     "random",
     "tblend",
-    "framerate",
     "deflicker",
 ];
 

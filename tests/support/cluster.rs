@@ -235,15 +235,31 @@ impl Cluster {
     }
 
     /// `ffcluster status --json`.
-    pub fn status(&self) -> Value {
+    /// The admin CLI (`ffcluster ARGS`) against this cluster: its URL, token
+    /// and CA given by the environment, as an admin's shell would.
+    pub fn admin(&self, args: &[&str]) -> Output {
         let mut cmd = isolated(Command::new(controller_exe()));
-        cmd.args(["status", "--json", "--controller", &self.url(), "--token", &self.token]);
+        cmd.args(args).env("FFCLUSTER_CONTROLLER", self.url()).env("FFCLUSTER_TOKEN", &self.token);
         if let Some(ca) = self.ca() {
-            cmd.arg("--tls-ca").arg(ca);
+            cmd.env("FFCLUSTER_TLS_CA", ca);
         }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("status JSON")
+        cmd.output().unwrap()
+    }
+
+    /// [`Cluster::admin`] that must succeed; its stdout.
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert!(
+            out.status.success(),
+            "ffcluster {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.all_logs()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.admin_ok(&["status", "--json"])).expect("status JSON")
     }
 
     /// A `/metrics` scrape (Prometheus text), with the token.
@@ -339,23 +355,48 @@ pub fn isolated(mut cmd: Command) -> Command {
     cmd
 }
 
-/// Processes named `name` whose parent is in `parents`.
-pub fn children_named(parents: &[i32], name: &str) -> Vec<i32> {
+/// One running (not zombie) process, as `/proc/PID/stat` describes it.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub pid: i32,
+    pub comm: String,
+    pub ppid: i32,
+}
+
+impl Process {
+    /// Its working directory, if it can be read.
+    pub fn cwd(&self) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/{}/cwd", self.pid)).ok()
+    }
+
+    /// Its arguments, joined by NULs.
+    pub fn cmdline(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default()).into_owned()
+    }
+}
+
+/// Every process running now, zombies left out.
+pub fn processes() -> Vec<Process> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         // pid (comm) state ppid …: comm may contain spaces, so split at the last ')'.
         let Some((head, tail)) = stat.rsplit_once(')') else { continue };
-        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("").to_owned();
         let mut fields = tail.split_whitespace();
         let state = fields.next().unwrap_or("");
         let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if comm == name && parents.contains(&ppid) && state != "Z" {
-            out.push(pid);
+        if state != "Z" {
+            out.push(Process { pid, comm, ppid });
         }
     }
     out
+}
+
+/// Processes named `name` whose parent is in `parents`.
+pub fn children_named(parents: &[i32], name: &str) -> Vec<i32> {
+    processes().into_iter().filter(|p| p.comm == name && parents.contains(&p.ppid)).map(|p| p.pid).collect()
 }
 
 /// Runs a command to completion, panicking with its stderr on failure.

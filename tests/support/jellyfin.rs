@@ -1031,18 +1031,11 @@ pub fn trickplay(ff: &Ffmpeg, arguments: &str, dir: &Path) -> Trickplay {
 /// output name): what is left of a job anywhere on this machine, whoever the
 /// parent now is.
 pub fn ffmpegs_mentioning(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let zombie = stat.rsplit_once(')').is_some_and(|(_, t)| t.trim_start().starts_with('Z'));
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if comm.trim() == "ffmpeg" && !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
-            out.push(pid);
-        }
-    }
-    out
+    super::cluster::processes()
+        .into_iter()
+        .filter(|p| p.comm == "ffmpeg" && p.cmdline().contains(needle))
+        .map(|p| p.pid)
+        .collect()
 }
 
 #[cfg(test)]
