@@ -6,8 +6,37 @@
 
 /// Size of one transport packet.
 pub const PACKET: usize = 188;
-const SYNC: u8 = 0x47;
+/// The first byte of every packet.
+pub const SYNC: u8 = 0x47;
 const NULL_PID: u16 = 0x1fff;
+
+/// The packet identifier of a packet.
+pub fn pid(p: &[u8]) -> u16 {
+    (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2])
+}
+
+/// Where a packet's payload starts, when it has one that fits.
+pub fn payload_start(p: &[u8]) -> Option<usize> {
+    match (p[3] >> 4) & 3 {
+        1 => Some(4),
+        3 => Some(5 + usize::from(p[4])).filter(|&at| at < PACKET),
+        _ => None,
+    }
+}
+
+/// Whether a packet's adaptation field sets the random access indicator.
+pub fn random_access(p: &[u8]) -> bool {
+    (p[3] >> 4) & 2 != 0 && p[4] > 0 && p[5] & 0x40 != 0
+}
+
+/// A PES timestamp (PTS or DTS, 90 kHz) from its five bytes.
+pub fn timestamp(t: &[u8]) -> u64 {
+    (u64::from(t[0] >> 1) & 7) << 30
+        | u64::from(t[1]) << 22
+        | (u64::from(t[2]) >> 1) << 15
+        | u64::from(t[3]) << 7
+        | u64::from(t[4]) >> 1
+}
 
 /// A packet that starts a keyframe's PES packet (payload unit start with the
 /// random access indicator set, as ffmpeg's muxer marks keyframes).
@@ -34,29 +63,14 @@ pub fn keyframes(bytes: &[u8], from: usize) -> Vec<Keyframe> {
 }
 
 fn keyframe_pts(p: &[u8]) -> Option<u64> {
-    if p[0] != SYNC || p[1] & 0x40 == 0 {
+    if p[0] != SYNC || p[1] & 0x40 == 0 || !random_access(p) {
         return None;
     }
-    let afc = (p[3] >> 4) & 3;
-    if afc & 2 == 0 || afc & 1 == 0 {
-        return None;
-    }
-    let af_len = usize::from(p[4]);
-    if af_len == 0 || p[5] & 0x40 == 0 {
-        return None;
-    }
-    let pes = p.get(5 + af_len..)?;
+    let pes = p.get(payload_start(p)?..)?;
     if pes.len() < 14 || pes[..3] != [0, 0, 1] || pes[7] & 0x80 == 0 {
         return None;
     }
-    let t = &pes[9..14];
-    Some(
-        (u64::from(t[0] >> 1) & 7) << 30
-            | u64::from(t[1]) << 22
-            | (u64::from(t[2]) >> 1) << 15
-            | u64::from(t[3]) << 7
-            | u64::from(t[4]) >> 1,
-    )
+    Some(timestamp(&pes[9..14]))
 }
 
 /// Rewrites continuity counters so that they run on across joined streams.
@@ -72,7 +86,7 @@ impl Continuity {
             if p[0] != SYNC {
                 continue;
             }
-            let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+            let pid = pid(p);
             if pid == NULL_PID {
                 continue;
             }
@@ -159,7 +173,7 @@ impl Verifier {
         if p[0] != SYNC {
             return Err(Invalid::Sync { offset });
         }
-        let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+        let pid = pid(p);
         if pid == NULL_PID {
             return Ok(());
         }
@@ -194,26 +208,56 @@ pub(crate) mod tests {
 
     /// A packet on `pid` with payload; a keyframe PES start when `pts` is given.
     pub(crate) fn packet(pid: u16, cc: u8, pts: Option<u64>) -> Vec<u8> {
+        let header = pts.map(|t| pes_header(t, None)).unwrap_or_default();
+        ts_packet(pid, cc, pts.is_some(), pts.is_some(), &header)
+    }
+
+    /// A packet on `pid` whose payload begins with `payload` (the rest is 0xff),
+    /// starting a payload unit when `start`, with an adaptation field that sets
+    /// the random access indicator when `rai`.
+    pub(crate) fn ts_packet(pid: u16, cc: u8, start: bool, rai: bool, payload: &[u8]) -> Vec<u8> {
         let mut p = vec![0xffu8; PACKET];
         p[0] = SYNC;
-        p[1] = ((pid >> 8) as u8 & 0x1f) | if pts.is_some() { 0x40 } else { 0 };
+        p[1] = ((pid >> 8) as u8 & 0x1f) | if start { 0x40 } else { 0 };
         p[2] = pid as u8;
-        match pts {
-            Some(pts) => {
-                p[3] = 0x30 | cc;
-                p[4] = 1;
-                p[5] = 0x40;
-                let pes = &mut p[6..];
-                pes[..9].copy_from_slice(&[0, 0, 1, 0xe0, 0, 0, 0x80, 0x80, 5]);
-                pes[9] = 0x21 | (((pts >> 30) as u8 & 7) << 1);
-                pes[10] = (pts >> 22) as u8;
-                pes[11] = ((pts >> 14) as u8) | 1;
-                pes[12] = (pts >> 7) as u8;
-                pes[13] = ((pts << 1) as u8) | 1;
-            }
-            None => p[3] = 0x10 | cc,
-        }
+        let at = if rai {
+            p[3] = 0x30 | cc;
+            p[4] = 1;
+            p[5] = 0x40;
+            6
+        } else {
+            p[3] = 0x10 | cc;
+            4
+        };
+        let n = payload.len().min(PACKET - at);
+        p[at..at + n].copy_from_slice(&payload[..n]);
         p
+    }
+
+    /// A video PES header with `pts`, and `dts` when given.
+    pub(crate) fn pes_header(pts: u64, dts: Option<u64>) -> Vec<u8> {
+        let stamp = |prefix: u8, t: u64| {
+            [
+                (prefix << 4) | (((t >> 30) as u8 & 7) << 1) | 1,
+                (t >> 22) as u8,
+                (t >> 14) as u8 | 1,
+                (t >> 7) as u8,
+                (t << 1) as u8 | 1,
+            ]
+        };
+        let mut h = vec![0, 0, 1, 0xe0, 0, 0, 0x80];
+        match dts {
+            Some(d) => {
+                h.extend([0xc0, 10]);
+                h.extend(stamp(3, pts));
+                h.extend(stamp(1, d));
+            }
+            None => {
+                h.extend([0x80, 5]);
+                h.extend(stamp(2, pts));
+            }
+        }
+        h
     }
 
     /// A valid stream of `frames` video frames, one packet each, whose payload
