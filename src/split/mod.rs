@@ -28,6 +28,7 @@
 //! first frame, which is not the grid line).
 
 pub mod assemble;
+pub mod live;
 pub mod mpegts;
 
 use serde::{Deserialize, Serialize};
