@@ -29,8 +29,10 @@
 //! Assumptions, each what broadcast muxers and ffmpeg's write: one frame per
 //! video PES, each with a PTS (a PES without one is an error: its frame could
 //! not be placed); DTS never decreasing; no 33-bit timestamp wrap within a
-//! stream (26.5 hours from the first PTS; a stream that wraps would stop
-//! producing pieces, and [`Cutter::held`] would show it).
+//! stream. A wrap, or any DTS more than [`TIMESTAMP_JITTER`] below the one
+//! before (a tuner's timestamps can start anywhere in their 26.5 hours, and a
+//! channel change can restart them), is an error rather than a silent stall:
+//! no piece could end until the DTS came back.
 //!
 //! Pure: no IO, no clock. Feed it bytes as they arrive, take the pieces.
 
@@ -51,6 +53,9 @@ pub const PSI_LIMIT: u64 = 8 << 20;
 /// Bytes of packets read after the video stream is known without finding a
 /// keyframe (a stream of intra refresh only has none).
 pub const KEYFRAME_LIMIT: u64 = 64 << 20;
+/// How far a video DTS may fall below the one before it before the stream's
+/// timestamps count as jumping back (a wrap, a restart).
+pub const TIMESTAMP_JITTER: u64 = TICKS;
 /// How much of a video PES is read to tell whether it is a keyframe (x264's
 /// first IDR follows a long SEI).
 const ES_SCAN_LIMIT: usize = 64 * 1024;
@@ -87,8 +92,22 @@ pub enum CutError {
     NoKeyframe { bytes: u64 },
     #[error("the video PES at byte {offset} has no PTS: its frame cannot be placed in a piece")]
     NoPts { offset: u64 },
+    #[error("the video timestamps jump back at byte {offset}, from DTS {from} to {to}")]
+    Backwards { offset: u64, from: u64, to: u64 },
     #[error("the stream has already ended")]
     Finished,
+}
+
+/// Cuts a whole stream that arrives as `slices` (a recording, a test): every
+/// piece, the last one included.
+pub fn cut_stream<'a>(piece: u64, slices: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<Piece>, CutError> {
+    let mut cutter = Cutter::new(piece);
+    let mut pieces = Vec::new();
+    for slice in slices {
+        pieces.extend(cutter.feed(slice)?);
+    }
+    pieces.extend(cutter.finish());
+    Ok(pieces)
 }
 
 /// Video codecs whose keyframes the cutter can tell from the elementary stream.
@@ -269,6 +288,8 @@ pub struct Cutter {
     /// Stream offset at which the video stream became known.
     video_since: Option<u64>,
     pes: Option<Pes>,
+    /// The DTS of the latest video PES.
+    dts: Option<u64>,
 
     origin: Option<u64>,
     /// Keyframes from the current piece's start keyframe on, in decode order.
@@ -309,6 +330,7 @@ impl Cutter {
             video: None,
             video_since: None,
             pes: None,
+            dts: None,
             origin: None,
             keys: VecDeque::new(),
             index: 0,
@@ -324,7 +346,7 @@ impl Cutter {
 
     /// Feeds the next bytes of the stream (any split, not packet-aligned).
     /// Returns pieces that became complete. An error is final: later calls
-    /// return it again.
+    /// return it again, and pieces this call completed are not returned.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Piece>, CutError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
@@ -513,6 +535,10 @@ impl Cutter {
                 PesHeader::Invalid => return Ok(()),
                 PesHeader::NoPts => return Err(CutError::NoPts { offset: pes.offset }),
                 PesHeader::Stamped { pts, dts, es } => {
+                    if let Some(from) = self.dts.filter(|&d| dts.saturating_add(TIMESTAMP_JITTER) < d) {
+                        return Err(CutError::Backwards { offset: pes.offset, from, to: dts });
+                    }
+                    self.dts = Some(dts);
                     pes.pts = Some(pts);
                     pes.scan = es;
                     self.frame(pes.offset, pts, dts);
@@ -806,13 +832,7 @@ mod tests {
     }
 
     fn cut(bytes: &[u8], piece: u64, step: usize) -> Vec<Piece> {
-        let mut c = Cutter::new(piece);
-        let mut pieces = Vec::new();
-        for slice in bytes.chunks(step) {
-            pieces.extend(c.feed(slice).unwrap());
-        }
-        pieces.extend(c.finish());
-        pieces
+        cut_stream(piece, bytes.chunks(step)).unwrap()
     }
 
     /// Video PES starts in `bytes` (whole packets): (offset, PTS).
@@ -1203,6 +1223,28 @@ mod tests {
         pes.extend(picture(Codec::H264, false));
         ts.packet(VIDEO, true, false, &pes);
         assert_eq!(Cutter::new(TICKS).feed(&ts.bytes), Err(CutError::NoPts { offset: at as u64 }));
+    }
+
+    #[test]
+    fn timestamps_that_jump_back_are_an_error() {
+        // A 33-bit wrap: 2^33 - 2 frames' worth, then 0.
+        let top = (1 << 33) - 2 * FRAME;
+        let mut ts = Ts::new(Codec::H264);
+        ts.tables();
+        for i in 0..4 {
+            let t = (top + i * FRAME) % (1 << 33);
+            ts.frame(t, t, if i == 0 { Mark::Rai } else { Mark::Not });
+        }
+        let err = cut_stream(TICKS, [&ts.bytes[..]]).unwrap_err();
+        let at = ts.frames[2].offset as u64;
+        assert_eq!(err, CutError::Backwards { offset: at, from: top + FRAME, to: 0 });
+        // A DTS a little below the one before is tolerated.
+        let mut ts = Ts::new(Codec::H264);
+        ts.tables();
+        for (i, t) in [0, 1, 2, 1, 3, 4, 5].into_iter().enumerate() {
+            ts.frame(T + t * FRAME, T + t * FRAME, if i == 0 { Mark::Rai } else { Mark::Not });
+        }
+        assert!(cut_stream(TICKS, [&ts.bytes[..]]).is_ok());
     }
 
     #[test]
