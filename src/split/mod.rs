@@ -47,6 +47,10 @@ const FINISHER_VIDEO_INPUT: &str = "/dev/fd/3";
 /// does ([`SplitPlan::audio`]).
 pub const FINISHER_AUDIO_FD: i32 = 4;
 const FINISHER_AUDIO_INPUT: &str = "/dev/fd/4";
+/// A live job's finisher reads the incoming stream itself (for its audio) from
+/// this descriptor: the shim copies what it fetches from the origin there.
+pub const FINISHER_LIVE_FD: i32 = 5;
+const FINISHER_LIVE_INPUT: &str = "/dev/fd/5";
 
 /// Grid period for outputs without forced keyframes (progressive files, streams).
 const FREE_GRID: f64 = 2.0;
@@ -85,6 +89,8 @@ pub struct Probe {
     /// The container stores timestamps in steps this long (Matroska: 1 ms), so
     /// a frame just before `-ss` may be stored at it, and kept by the seek.
     pub timestamp_step: Option<f64>,
+    /// ffprobe's `format_name` (`mpegts`, `matroska,webm`, …).
+    pub format_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +235,7 @@ impl Probe {
             streams,
             keyframe_before_seek: None,
             timestamp_step: ms.then_some(0.001),
+            format_name: format.format_name,
         })
     }
 }
@@ -256,6 +263,34 @@ pub struct SplitPlan {
     /// [`Split::finisher_audio_copy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioPart>,
+    /// A live input: the controller cuts the stream into pieces as it arrives
+    /// (`start` and `end` are then unused: the timeline ends when the stream does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LivePlan>,
+}
+
+/// How a live job's incoming stream is cut ([`live::Cutter`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LivePlan {
+    /// Seconds of video per piece: the segment period divided by a whole
+    /// number, so that every segment starts a piece. Shorter pieces come back
+    /// sooner (less added latency) but each starts with a keyframe of its own.
+    pub piece: f64,
+    /// The offered stream ([`crate::protocol::FileOffer::stream`]) the
+    /// controller reads.
+    pub stream: u32,
+}
+
+/// One piece of a live stream as a node encodes it, in 90 kHz ticks of the
+/// source's own timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveSpan {
+    /// The piece's first frame.
+    pub start: u64,
+    /// The next piece's first frame; `None` for the last piece.
+    pub end: Option<u64>,
+    /// The stream's first keyframe: the segment grid's origin.
+    pub origin: u64,
 }
 
 /// The job's audio encode, as a node runs it: the same input, seek and audio
@@ -357,6 +392,45 @@ impl ChunkRecipe {
         // -flush_packets: each frame leaves at once instead of waiting in a
         // 32 KiB buffer (a quarter second of video at 1 Mb/s), which the
         // finisher, and so segment 0, would wait for.
+        let tail = "-an -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 -flush_packets 1";
+        a.extend(tail.split(' ').map(str::to_owned));
+        a.push("pipe:1".into());
+        a
+    }
+}
+
+impl ChunkRecipe {
+    /// The node's command line for one piece of a live stream: `input` is the
+    /// piece (a whole MPEG-TS of its own, from a keyframe before its first
+    /// frame), trimmed to its frames on the source's timestamps. The trim comes
+    /// first in the chain, on the decoder's own time base (90 kHz for MPEG-TS:
+    /// exact, no rounding), and the keyframe expression is re-anchored so that
+    /// keyframes fall on the segment grid counted from the stream's first frame.
+    pub fn live_args(&self, span: &LiveSpan, input: &str) -> Vec<String> {
+        let mut a: Vec<String> = self.globals.clone();
+        a.extend(["-nostdin", "-nostats", "-hide_banner", "-y", "-copyts"].map(str::to_owned));
+        a.extend(self.input_opts.iter().cloned());
+        a.extend(["-i".into(), input.to_owned(), "-map".into(), self.map.clone()]);
+        a.extend(self.video_opts.iter().cloned());
+        if let Some(p) = self.keyframe_period {
+            let period = (p * live::TICKS as f64).round().max(1.0) as u64;
+            let late = span.start.saturating_sub(span.origin) % period;
+            let expr = if late > 0 {
+                format!("expr:gte(t,n_forced*{}-{})", num(p), secs(late as f64 / live::TICKS as f64))
+            } else {
+                format!("expr:gte(t,n_forced*{})", num(p))
+            };
+            a.extend(["-force_key_frames:v:0".into(), expr]);
+        }
+        let trim = match span.end {
+            Some(end) => format!("trim=start_pts={}:end_pts={end}", span.start),
+            None => format!("trim=start_pts={}", span.start),
+        };
+        let vf = match &self.filter {
+            Some(f) => format!("{trim},{f}"),
+            None => trim,
+        };
+        a.extend(["-vf".into(), vf]);
         let tail = "-an -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 -flush_packets 1";
         a.extend(tail.split(' ').map(str::to_owned));
         a.push("pipe:1".into());
@@ -663,6 +737,47 @@ fn spec_covers(spec: &str, idx: usize, outs: &[OutStream]) -> Option<bool> {
 
 /// Decides whether the job can be split and, if so, how.
 pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
+    plan(cl, probe, None)
+}
+
+/// The plan for a live input (a growing MPEG-TS stream, read once, by the
+/// shim) to an HLS playlist, cut into pieces of about `piece` seconds. `probe`
+/// describes the stream's first seconds. The finisher reads the stream too,
+/// from [`FINISHER_LIVE_FD`], for the audio it encodes.
+pub fn split_live(cl: &CommandLine, probe: &Probe, piece: f64) -> Result<Split, NotSplit> {
+    plan(cl, probe, Some(piece))
+}
+
+/// Input options that pace reading to real time: a live piece is read from
+/// memory as fast as the node can, and the finisher's copy of the stream
+/// arrives in real time already.
+const PACING: &[&str] = &["re", "readrate", "readrate_initial_burst", "readrate_catchup"];
+
+/// Demuxer options the finisher keeps on its copy of a live stream (a pipe):
+/// protocol options would be refused there ("Option … not found").
+const LIVE_FINISHER_INPUT: &[&str] = &[
+    "f",
+    "fflags",
+    "analyzeduration",
+    "probesize",
+    "fpsprobesize",
+    "max_delay",
+    "err_detect",
+    "thread_queue_size",
+    "scan_all_pmts",
+    "merge_pmt_versions",
+    "correct_ts_overflow",
+    "resync_size",
+    "skip_changes",
+    "discard",
+    "codec",
+    "acodec",
+    "vcodec",
+    "scodec",
+    "c",
+];
+
+fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, NotSplit> {
     let verdict = classify_cmdline(cl);
     if cl.inputs.len() != 1 || cl.outputs.len() != 1 {
         return Err(NotSplit::Shape("splitting needs exactly one input and one output".into()));
@@ -675,11 +790,26 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
         other => return Err(NotSplit::Shape(format!("output {other} is not split"))),
     }
     let input = &cl.inputs[0];
-    if !matches!(input.url.target, Target::File { .. }) {
-        return Err(NotSplit::Shape("only a file input is split".into()));
+    match (&input.url.target, live) {
+        (Target::File { .. }, None) => {}
+        (Target::Network { .. }, Some(_)) => {
+            if !matches!(shape, OutputShape::Hls { .. }) {
+                return Err(NotSplit::Shape("a live input is split only to an HLS playlist".into()));
+            }
+            if !probe.format_name.as_deref().is_some_and(|f| f.split(',').any(|n| n == "mpegts")) {
+                return Err(NotSplit::Shape("a live input is split only when it is MPEG-TS".into()));
+            }
+        }
+        (_, None) => return Err(NotSplit::Shape("only a file input is split".into())),
+        (_, Some(_)) => return Err(NotSplit::Shape("only a network stream is split live".into())),
     }
     let output = &cl.outputs[0];
-    let input_rejects = input.opts.iter().filter(|o| o.name() != "ss");
+    // A file's own seek is the first chunk's; a live stream's pacing is left
+    // to the stream (see [`PACING`]).
+    let input_rejects = input.opts.iter().filter(|o| match live {
+        None => o.name() != "ss",
+        Some(_) => !PACING.contains(&o.name()),
+    });
     if let Some(o) =
         cl.globals.iter().chain(input_rejects).chain(&output.opts).find(|o| UNSUPPORTED.contains(&o.name()))
     {
@@ -810,6 +940,10 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
         video_opts.extend(["-force_key_frames:v:0".to_owned(), k]);
     }
 
+    if let Some(piece) = live {
+        return plan_live(cl, probe, shape, piece, video_opts, filter, keyframe_period, vstream, fin_out, &outs, vidx);
+    }
+
     // Timing.
     let duration = probe.duration.ok_or(NotSplit::NoDuration)?;
     let seek = input.last_value("ss").map(str::to_owned);
@@ -876,12 +1010,7 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
     let grid = Grid { period, origin: first_frame };
 
     let recipe = ChunkRecipe {
-        globals: cl
-            .globals
-            .iter()
-            .filter(|o| !matches!(o.name(), "y" | "n" | "stats" | "progress" | "report" | "nostdin" | "benchmark"))
-            .flat_map(tokens)
-            .collect(),
+        globals: chunk_globals(cl),
         input_opts: input
             .opts
             .iter()
@@ -913,10 +1042,99 @@ pub fn split(cl: &CommandLine, probe: &Probe) -> Result<Split, NotSplit> {
     };
 
     Ok(Split {
-        plan: SplitPlan { recipe, grid, start: first_frame, end, start_number, audio },
+        plan: SplitPlan { recipe, grid, start: first_frame, end, start_number, audio, live: None },
         finisher,
         finisher_audio_copy,
     })
+}
+
+/// The rest of [`split_live`], once the options are sorted.
+#[allow(clippy::too_many_arguments)]
+fn plan_live(
+    cl: &CommandLine,
+    probe: &Probe,
+    shape: &OutputShape,
+    piece: f64,
+    video_opts: Vec<String>,
+    filter: Option<String>,
+    keyframe_period: Option<f64>,
+    vstream: &ProbeStream,
+    fin_out: crate::ffmpeg::cmdline::Output,
+    outs: &[OutStream],
+    vidx: usize,
+) -> Result<Split, NotSplit> {
+    // Without -copyts the finisher would shift its two inputs (the stream and
+    // the joined video, which starts at the first keyframe) by different
+    // amounts; with it both keep the source's clock.
+    let copyts = cl.globals.iter().rev().find(|o| o.name() == "copyts").is_some_and(Opt::is_on);
+    if !copyts || cl.global_flag("start_at_zero") {
+        return Err(NotSplit::Shape("a live input is split only with -copyts (and no -start_at_zero)".into()));
+    }
+    let OutputShape::Hls { start_number, .. } = shape else {
+        return Err(NotSplit::Shape("a live input is split only to an HLS playlist".into()));
+    };
+    let grid = Grid::of(cl, 0, shape)
+        .ok_or_else(|| NotSplit::Shape("HLS keyframes are not forced on a grid that divides -hls_time".into()))?;
+    if !(piece.is_finite() && piece > 0.0) {
+        return Err(NotSplit::Shape(format!("live piece length {piece} s")));
+    }
+    let per_segment = (grid.period / piece).round().max(1.0);
+    let input = &cl.inputs[0];
+    let recipe = ChunkRecipe {
+        globals: chunk_globals(cl),
+        input_opts: input
+            .opts
+            .iter()
+            .filter(|o| !PACING.contains(&o.name()) && !crate::remote::ORIGIN_OPTIONS.contains(&o.name()))
+            .flat_map(tokens)
+            .collect(),
+        input: input.url.raw.clone(),
+        first_seek: None,
+        noaccurate_first: false,
+        map: format!("0:{}", vstream.index),
+        video_opts,
+        filter,
+        keyframe_period,
+        frame_duration: vstream.frame_duration,
+        first_frame: 0.0,
+        pts_offset: probe.start_time,
+    };
+    // The finisher reads the stream from a pipe: only demuxer options apply.
+    let mut fin_cl = cl.clone();
+    let fin_input = &mut fin_cl.inputs[0];
+    fin_input.opts.retain(|o| LIVE_FINISHER_INPUT.contains(&o.name()));
+    if fin_input.last_value("f").is_none() {
+        fin_input.push(Opt::new("f", Some("mpegts")));
+    }
+    if fin_input.last_value("thread_queue_size").is_none() {
+        // The stream's audio runs ahead of the joined video by the cluster's
+        // latency: seconds of packets wait in this queue.
+        fin_input.push(Opt::new("thread_queue_size", Some("4096")));
+    }
+    let explicit = cl.outputs[0].opts_named("map").next().is_none();
+    let outs = outs.to_vec();
+    let finisher = finisher_args(&fin_cl, &fin_out, FINISHER_LIVE_INPUT, explicit.then_some(&outs), vidx, None)?;
+    Ok(Split {
+        plan: SplitPlan {
+            recipe,
+            grid: Grid { period: grid.period, origin: 0.0 },
+            start: 0.0,
+            end: 0.0,
+            start_number: *start_number,
+            audio: None,
+            live: Some(LivePlan { piece: grid.period / per_segment, stream: 0 }),
+        },
+        finisher,
+        finisher_audio_copy: None,
+    })
+}
+
+fn chunk_globals(cl: &CommandLine) -> Vec<String> {
+    cl.globals
+        .iter()
+        .filter(|o| !matches!(o.name(), "y" | "n" | "stats" | "progress" | "report" | "nostdin" | "benchmark"))
+        .flat_map(tokens)
+        .collect()
 }
 
 /// The finisher: the job as written, with the joined video added as input 1

@@ -344,3 +344,91 @@ fn a_seek_keeps_the_frame_matroska_stores_at_it() {
     let mp4 = plan_of(&args, &Probe::from_json(&json("mov,mp4,m4a,3gp,3g2,mj2")).unwrap()).unwrap();
     assert!((mp4.plan.start - (0.005 + 1871.0 * fd)).abs() < 1e-9, "{}", mp4.plan.start);
 }
+
+/// The first seconds of a Live TV channel as ffprobe reports them from a pipe:
+/// MPEG-TS, H.264 at 25 fps and AAC, no duration.
+fn live_probe() -> Probe {
+    let json = r#"{"streams":[
+        {"index":0,"codec_type":"video","r_frame_rate":"25/1","avg_frame_rate":"25/1","start_time":"1.400000","disposition":{"attached_pic":0}},
+        {"index":1,"codec_type":"audio","r_frame_rate":"0/0","avg_frame_rate":"0/0","channels":2,"start_time":"1.390000","disposition":{"attached_pic":0}}],
+        "format":{"start_time":"1.390000","format_name":"mpegts"}}"#;
+    Probe::from_json(json).unwrap()
+}
+
+/// Jellyfin's Live TV HLS: an http input with the tuner's options, `-re`, an
+/// event playlist.
+fn jellyfin_live() -> Vec<String> {
+    let mut a = jellyfin(&[], "3");
+    let i = a.iter().position(|x| x == "-i").unwrap();
+    a[i + 1] = "http://localhost:8096/LiveTv/LiveStreamFiles/abc/stream.ts".into();
+    let tuner = ["-user_agent", "Jellyfin-LiveTV", "-fflags", "+igndts", "-re", "-reconnect_streamed", "1"];
+    a.splice(i..i, tuner.map(str::to_owned));
+    let t = a.iter().position(|x| x == "vod").unwrap();
+    a[t] = "event".into();
+    a
+}
+
+#[test]
+fn a_live_stream_splits_into_pieces_and_the_finisher_reads_its_own_copy() {
+    let cl = CommandLine::parse(&jellyfin_live()).unwrap();
+    let s = split_live(&cl, &live_probe(), 1.4).unwrap();
+    // A whole number of pieces per segment: 3 s / round(3 / 1.4) = 1.5 s.
+    assert_eq!(s.plan.live, Some(LivePlan { piece: 1.5, stream: 0 }));
+    assert_eq!(s.plan.grid.period, 3.0);
+    assert!(s.plan.audio.is_none() && s.finisher_audio_copy.is_none());
+
+    // The finisher: the stream from descriptor 5 with its demuxer options only
+    // (the tuner's http options would be refused on a pipe), the joined video
+    // as input 1, the audio encoded from input 0.
+    let f = s.finisher.join(" ");
+    assert!(
+        f.contains("-fflags +igndts -f mpegts -thread_queue_size 4096 -i /dev/fd/5 -f mpegts -thread_queue_size 1024 -i /dev/fd/3"),
+        "{f}"
+    );
+    for gone in ["-user_agent", "-re", "-reconnect_streamed", "-vf"] {
+        assert!(!s.finisher.iter().any(|a| a == gone), "{gone} in the finisher: {f}");
+    }
+    assert!(f.contains("-map 1:0 -map 0:1") && f.contains("-codec:v:0 copy") && f.contains("-codec:a:0 aac"), "{f}");
+
+    // A piece that starts 1.5 s into a segment: trimmed on 90 kHz source
+    // timestamps, its next keyframe on the segment grid, read unpaced.
+    let origin = 126_000;
+    let span = LiveSpan { start: origin + 9 * 90_000 / 2, end: Some(origin + 6 * 90_000), origin };
+    let a = s.plan.recipe.live_args(&span, "ffcluster-live-3.ts");
+    let j = a.join(" ");
+    assert_eq!(pos(&a, "-i").as_deref(), Some("ffcluster-live-3.ts"), "{j}");
+    assert_eq!(pos(&a, "-vf").as_deref(), Some("trim=start_pts=531000:end_pts=666000,format=yuv420p"), "{j}");
+    assert_eq!(pos(&a, "-force_key_frames:v:0").as_deref(), Some("expr:gte(t,n_forced*3-1.500000)"), "{j}");
+    for gone in ["-re", "-user_agent", "-reconnect_streamed", "-ss"] {
+        assert!(!a.iter().any(|x| x == gone), "{gone} in the piece's command line: {j}");
+    }
+    assert!(
+        j.contains("-copyts")
+            && j.contains("-fflags +igndts")
+            && j.ends_with("-f mpegts -muxdelay 0 -muxpreload 0 -flush_packets 1 pipe:1"),
+        "{j}"
+    );
+    // The last piece reads to the end of what it holds.
+    let last = s.plan.recipe.live_args(&LiveSpan { end: None, ..span }, "p.ts");
+    assert_eq!(pos(&last, "-vf").as_deref(), Some("trim=start_pts=531000,format=yuv420p"));
+    // On a segment line: the plain expression.
+    let on_grid = s.plan.recipe.live_args(&LiveSpan { start: origin + 3 * 90_000, ..span }, "p.ts");
+    assert_eq!(pos(&on_grid, "-force_key_frames:v:0").as_deref(), Some("expr:gte(t,n_forced*3)"));
+}
+
+#[test]
+fn live_streams_that_cannot_be_split_say_why() {
+    let probe = live_probe();
+    let without = |flag: &str| {
+        let a: Vec<String> = jellyfin_live().into_iter().filter(|x| x != flag).collect();
+        split_live(&CommandLine::parse(&a).unwrap(), &probe, 1.0).unwrap_err().to_string()
+    };
+    assert!(without("-copyts").contains("-copyts"), "{}", without("-copyts"));
+    let mut mkv = live_probe();
+    mkv.format_name = Some("matroska,webm".into());
+    let err = split_live(&CommandLine::parse(&jellyfin_live()).unwrap(), &mkv, 1.0).unwrap_err();
+    assert!(err.to_string().contains("MPEG-TS"), "{err}");
+    // A file is not live; a stream is not split as a file.
+    assert!(split_live(&CommandLine::parse(&jellyfin(&[], "3")).unwrap(), &probe, 1.0).is_err());
+    assert!(split(&CommandLine::parse(&jellyfin_live()).unwrap(), &probe).is_err());
+}
