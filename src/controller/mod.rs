@@ -29,6 +29,7 @@ pub mod admin;
 mod dashboard;
 pub mod http_client;
 pub mod joblog;
+mod live_feed;
 mod metrics;
 mod node_link;
 mod outbox;

@@ -41,7 +41,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The same for a stream, where a read waits for the origin to send more. A
 /// live source that sends nothing for this long is dead; ffmpeg reading it
 /// directly would wait forever, but a relay must not hold a job that long.
-const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a `Range` header asks of a file of a given size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +123,10 @@ pub(crate) async fn serve_file(
     debug!(job = found.job, file, start, len, "relaying input");
     let body = if method == Method::HEAD || len == 0 {
         Body::empty()
+    } else if let Some(bytes) = found.bytes {
+        // A live piece, cut and kept here: no round trip to the shim.
+        let (from, to) = (start as usize, (start + len) as usize);
+        Body::from(Bytes::copy_from_slice(&bytes[from..to]))
     } else {
         let pull = Pull::new(found.shim, shared.metrics.clone(), file, start, len);
         Body::from_stream(futures_util::stream::unfold(pull, |mut pull| async {
@@ -289,7 +293,7 @@ impl Drop for StreamPull {
 
 /// The shim's answer to read `req`, waited for at most `limit`; a failed read
 /// is reported as `failed: <the shim's error>`.
-async fn answer(
+pub(crate) async fn answer(
     shim: &ShimConn,
     req: u32,
     rx: oneshot::Receiver<ReadResult>,

@@ -160,7 +160,15 @@ pub(crate) async fn handle(socket: WebSocket, shared: Arc<Shared>, peer: SocketA
     // Everything logged about the job from here on carries its id.
     let mode = if link.node.is_some() { JobMode::Whole } else { JobMode::Split };
     let span = info_span!("job", id = link.job, %mode);
+    let live = shared.registry().live_source(link.job);
+    let feed = live.map(|(file, piece)| {
+        let feed = super::live_feed::feed(shared.clone(), link.job, conn.clone(), file, piece);
+        tokio::spawn(feed.instrument(span.clone()))
+    });
     let end = link.relay(&mut stream, &mut writer, &shared).instrument(span.clone()).await;
+    if let Some(feed) = feed {
+        feed.abort();
+    }
     let _span = span.enter();
     let outcome = match end {
         End::Shutdown => Outcome::Failed("controller shutting down".into()),

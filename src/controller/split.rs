@@ -28,8 +28,9 @@ use crate::plan::{Chunk, Planner, Sizing};
 use crate::protocol::{
     AUDIO_CHUNK, Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, RemoteExit, ToShim,
 };
-use crate::split::SplitPlan;
+use crate::split::live::{Piece, TICKS};
 use crate::split::mpegts::{Invalid, Verifier};
+use crate::split::{LiveSpan, SplitPlan};
 
 /// Failed attempts of one chunk after which the whole job fails: a chunk that
 /// fails that often fails for a reason another try will not fix.
@@ -68,6 +69,12 @@ pub(crate) fn check_plan(plan: &SplitPlan) -> Result<(), SplitRefused> {
     let p = plan.grid.period;
     if !(p.is_finite() && p > 0.0 && plan.grid.origin.is_finite()) {
         return Err(SplitRefused::Plan(format!("segment grid of period {p} at {}", plan.grid.origin)));
+    }
+    if let Some(live) = &plan.live {
+        if !(live.piece.is_finite() && live.piece >= 0.04 && live.piece <= p + 1e-9) {
+            return Err(SplitRefused::Plan(format!("live pieces of {} s on a {p} s grid", live.piece)));
+        }
+        return Ok(());
     }
     if !(plan.start.is_finite() && plan.end.is_finite() && plan.end > plan.start) {
         return Err(SplitRefused::Plan(format!("empty timeline {}..{}", plan.start, plan.end)));
@@ -183,6 +190,29 @@ pub(crate) struct Attempt {
     pub(crate) frames: Option<u64>,
 }
 
+/// Node-side file ids of a live job's pieces start here (below are the shim's
+/// offers), so that one relay serves both.
+pub(crate) const PIECE_FILE_BASE: u32 = 1 << 30;
+
+/// The name a node's command line gives piece `chunk`: the node offers it
+/// through the relay like any input file.
+fn piece_name(chunk: usize) -> String {
+    format!("ffcluster-live-{chunk}.ts")
+}
+
+/// A live job's pieces, as the controller cuts them from the incoming stream
+/// ([`crate::split::live::Cutter`]): chunk `i` is piece `i`.
+#[derive(Debug, Default)]
+struct LiveFeed {
+    spans: Vec<LiveSpan>,
+    /// Each piece's bytes, until its chunk is done.
+    bytes: BTreeMap<usize, Arc<[u8]>>,
+    /// When each piece was cut: its chunk's output is due that long after.
+    cut_at: Vec<Instant>,
+    /// The stream ended: no piece will follow.
+    ended: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct SplitJob {
     pub(crate) id: JobId,
@@ -213,6 +243,8 @@ pub(crate) struct SplitJob {
     reissued: u32,
     /// Since when no connected node can run its chunks.
     stalled_since: Option<Instant>,
+    /// A live job's pieces; `None` for a file.
+    live: Option<LiveFeed>,
 }
 
 impl SplitJob {
@@ -244,7 +276,9 @@ impl SplitJob {
         // first segment waits for; the shim's machine then encodes the audio
         // (a few percent of a core). With more nodes another one takes it.
         let audio = (plan.audio.is_some() && nodes > 1).then(AudioTrack::default);
+        let live = plan.live.as_ref().map(|_| LiveFeed::default());
         Ok(SplitJob {
+            live,
             id,
             plan,
             planner,
@@ -279,7 +313,71 @@ impl SplitJob {
     }
 
     fn planned_all(&self) -> bool {
-        self.exhausted || self.chunks.last().is_some_and(|c| c.last)
+        match &self.live {
+            Some(l) => l.ended && self.chunks.len() == l.spans.len(),
+            None => self.exhausted || self.chunks.last().is_some_and(|c| c.last),
+        }
+    }
+
+    /// Whether a new chunk can be planned now (a live job waits for pieces).
+    fn can_plan(&self) -> bool {
+        match &self.live {
+            Some(l) => self.chunks.len() < l.spans.len(),
+            None => !self.planned_all(),
+        }
+    }
+
+    /// The offered stream a live job's pieces are cut from, and their length
+    /// in 90 kHz ticks.
+    pub(crate) fn live_source(&self) -> Option<(u32, u64)> {
+        let live = self.plan.live.as_ref()?;
+        Some((live.stream, (live.piece * TICKS as f64).round() as u64))
+    }
+
+    /// A piece the controller cut from the live stream.
+    pub(crate) fn add_piece(&mut self, piece: Piece, now: Instant) {
+        let Some(l) = &mut self.live else { return };
+        if l.ended || piece.index as usize != l.spans.len() {
+            warn!(job = self.id, piece = piece.index, "live piece out of order; dropped");
+            return;
+        }
+        let i = l.spans.len();
+        l.spans.push(LiveSpan { start: piece.start, end: piece.end, origin: piece.origin });
+        l.bytes.insert(i, Arc::from(piece.bytes.into_boxed_slice()));
+        l.cut_at.push(now);
+    }
+
+    /// The live stream ended (`error`: how it broke). The job completes once
+    /// its last piece is encoded, or fails if the stream held no video.
+    pub(crate) fn end_stream(&mut self, error: Option<&str>) -> Fate {
+        let Some(l) = &mut self.live else { return Fate::Running };
+        l.ended = true;
+        if l.spans.is_empty() {
+            let why = error.map_or(String::new(), |e| format!(": {e}"));
+            return Fate::Failed(format!("the live stream ended before its first keyframe{why}"));
+        }
+        if self.complete() { Fate::Complete } else { Fate::Running }
+    }
+
+    /// Bytes of the live pieces kept for nodes.
+    pub(crate) fn piece_bytes(&self) -> usize {
+        self.live.as_ref().map_or(0, |l| l.bytes.values().map(|b| b.len()).sum())
+    }
+
+    /// The bytes of piece file `file` ([`PIECE_FILE_BASE`] + chunk), while a
+    /// node may need them.
+    pub(crate) fn piece(&self, file: u32) -> Option<Arc<[u8]>> {
+        let chunk = file.checked_sub(PIECE_FILE_BASE)? as usize;
+        self.live.as_ref()?.bytes.get(&chunk).cloned()
+    }
+
+    /// How long the oldest piece not yet encoded has waited since it was cut:
+    /// what the cluster adds to the live stream's latency now.
+    pub(crate) fn live_lag(&self, now: Instant) -> Option<Duration> {
+        let l = self.live.as_ref()?;
+        let waiting = self.chunks.iter().position(|c| c.done.is_none()).unwrap_or(self.chunks.len());
+        let cut = l.cut_at.get(waiting)?;
+        Some(now.saturating_duration_since(*cut))
     }
 
     pub(crate) fn complete(&self) -> bool {
@@ -353,7 +451,7 @@ impl SplitJob {
                 _ => {}
             }
         }
-        if !self.planned_all() {
+        if self.can_plan() {
             out.push(base(WorkKind::New, self.chunks.len(), Vec::new()));
         }
         out
@@ -362,6 +460,19 @@ impl SplitJob {
     /// Plans the next chunk for a node of relative `speed`; its index, or None
     /// when the timeline is covered.
     pub(crate) fn plan_next(&mut self, speed: f64, rates: &BTreeMap<u64, Option<f64>>, now: Instant) -> Option<usize> {
+        if let Some(l) = &self.live {
+            let i = self.chunks.len();
+            let span = *l.spans.get(i)?;
+            let period = self.plan.grid.period;
+            let at = |t: u64| t.saturating_sub(span.origin) as f64 / TICKS as f64;
+            let start = at(span.start);
+            let end = span.end.map_or(start + self.plan.live.as_ref().map_or(period, |p| p.piece), at);
+            let first_segment = self.plan.start_number + (start / period + 1e-9).floor() as i64;
+            let chunk = Chunk { index: i, start, end, first_segment };
+            let last = span.end.is_none();
+            self.chunks.push(ChunkState { chunk, last, done: None, failures: 0, failed_on: BTreeSet::new() });
+            return Some(i);
+        }
         if self.planned_all() {
             return None;
         }
@@ -412,9 +523,24 @@ impl SplitJob {
         let c = &self.chunks[chunk];
         let (span, last) = ((c.chunk.start, c.chunk.end), c.last);
         let first = c.chunk.index == 0;
-        let args = self.plan.recipe.args(&c.chunk, first, c.last);
-        let frames = self.plan.recipe.frames(&c.chunk, first, c.last);
-        let spec = self.launch(chunk, attempt, on, reissue, span, last, args, now);
+        let (args, frames, piece) = match &self.live {
+            Some(l) => {
+                let size = l.bytes.get(&chunk).map_or(0, |b| b.len() as u64);
+                let offer = FileOffer {
+                    id: PIECE_FILE_BASE + chunk as u32,
+                    reference: piece_name(chunk),
+                    entry: None,
+                    size,
+                    stream: false,
+                };
+                (self.plan.recipe.live_args(&l.spans[chunk], &offer.reference), None, Some(offer))
+            }
+            None => {
+                (self.plan.recipe.args(&c.chunk, first, c.last), self.plan.recipe.frames(&c.chunk, first, c.last), None)
+            }
+        };
+        let mut spec = self.launch(chunk, attempt, on, reissue, span, last, args, now);
+        spec.files.extend(piece);
         if let Some(a) = self.attempts.get_mut(&attempt) {
             a.frames = frames;
         }
@@ -610,6 +736,9 @@ impl SplitJob {
         // Losers are removed when a chunk is won, so no second result arrives.
         c.done = Some(a.sent);
         let chunk = c.chunk;
+        if let Some(l) = &mut self.live {
+            l.bytes.remove(&idx);
+        }
         self.shim.out.json(ToShim::ChunkDone { chunk: wire(idx), attempt, size: a.sent });
         let wall = now.saturating_duration_since(a.started).as_secs_f64().max(1e-3);
         info!(

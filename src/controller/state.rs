@@ -31,6 +31,7 @@ use crate::ffmpeg::cmdline::shell_join;
 use crate::protocol::{
     Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, PROTOCOL_VERSION, RemoteExit, ToNode, ToShim,
 };
+use crate::split::live::Piece;
 
 /// Finished jobs kept for the status document.
 const FINISHED_KEPT: usize = 100;
@@ -176,6 +177,8 @@ pub(crate) struct Servable {
     /// A relayed network stream ([`crate::protocol::FileOffer::stream`]).
     pub stream: bool,
     pub shim: Arc<ShimConn>,
+    /// A live job's piece, served from the controller's memory.
+    pub bytes: Option<Arc<[u8]>>,
 }
 
 impl Registry {
@@ -615,14 +618,59 @@ impl Registry {
                 let done = RemoteExit { code: Some(0), signal: None };
                 self.end_split(job, Outcome::Exited(done), now);
             }
-            Fate::Failed(reason) => {
-                warn!(job, "split job failed: {reason}");
-                if let Some(split) = self.splits.get(&job) {
-                    split.shim.finish(ToShim::Failed { reason: reason.clone() });
-                }
-                self.end_split(job, Outcome::Failed(reason), now);
-            }
+            Fate::Failed(reason) => self.fail_split(job, reason, now),
         }
+    }
+
+    /// The stream live job `job` is cut from, and its piece length in ticks.
+    pub(crate) fn live_source(&self, job: JobId) -> Option<(u32, u64)> {
+        self.splits.get(&job)?.live_source()
+    }
+
+    /// A piece cut from live job `job`'s stream; false when the job is over
+    /// (nobody wants more pieces). Fails the job when the cluster has fallen so
+    /// far behind that the pieces waiting outgrow `max_bytes`.
+    pub(crate) fn live_piece(&mut self, job: JobId, piece: Piece, max_bytes: usize, now: Instant) -> bool {
+        let Some(split) = self.splits.get_mut(&job) else { return false };
+        let index = piece.index;
+        split.add_piece(piece, now);
+        if split.piece_bytes() > max_bytes {
+            let lag = split.live_lag(now).unwrap_or_default().as_secs_f64();
+            let reason = format!(
+                "the cluster fell {lag:.1} s behind the live stream ({} MiB of pieces waiting)",
+                split.piece_bytes() >> 20
+            );
+            self.fail_split(job, reason, now);
+            return false;
+        }
+        debug!(job, piece = index, "live piece cut");
+        self.dispatch(now);
+        true
+    }
+
+    /// Live job `job`'s stream ended (`error`: how it broke, if it did).
+    pub(crate) fn live_ended(&mut self, job: JobId, error: Option<&str>, now: Instant) {
+        let Some(split) = self.splits.get_mut(&job) else { return };
+        match split.end_stream(error) {
+            Fate::Running => {
+                self.logs.note(job, now, "live stream ended; encoding its last pieces");
+                self.dispatch(now);
+            }
+            Fate::Complete => {
+                let done = RemoteExit { code: Some(0), signal: None };
+                self.end_split(job, Outcome::Exited(done), now);
+            }
+            Fate::Failed(reason) => self.fail_split(job, reason, now),
+        }
+    }
+
+    /// Fails a split job: the shim is told why, its attempts are cancelled.
+    fn fail_split(&mut self, job: JobId, reason: String, now: Instant) {
+        warn!(job, "split job failed: {reason}");
+        if let Some(split) = self.splits.get(&job) {
+            split.shim.finish(ToShim::Failed { reason: reason.clone() });
+        }
+        self.end_split(job, Outcome::Failed(reason), now);
     }
 
     /// Ends a split job because its shim went away (or the controller stops):
@@ -869,11 +917,7 @@ impl Registry {
             }
         }
         for (job, reason) in stalled {
-            warn!(job, "split job failed: {reason}");
-            if let Some(split) = self.splits.get(&job) {
-                split.shim.finish(ToShim::Failed { reason: reason.clone() });
-            }
-            self.end_split(job, Outcome::Failed(reason), now);
+            self.fail_split(job, reason, now);
         }
     }
 
@@ -889,17 +933,26 @@ impl Registry {
     pub(crate) fn servable(&self, access: &str, file: u32) -> Option<Servable> {
         // Compare every capability in constant time rather than hashing: a lookup
         // whose timing depends on the secret would leak it.
-        let whole = self.running.iter().map(|(id, j)| (*id, &j.access, &j.files, &j.shim));
-        let split = self.splits.iter().map(|(id, j)| (*id, &j.access, &j.files, &j.shim));
+        let whole = self.running.iter().map(|(id, j)| (*id, &j.access, &j.files, &j.shim, None));
+        let split = self.splits.iter().map(|(id, j)| (*id, &j.access, &j.files, &j.shim, Some(j)));
         let mut found = None;
-        for (id, cap, files, shim) in whole.chain(split) {
+        for (id, cap, files, shim, split) in whole.chain(split) {
             if crate::protocol::secret_eq(cap.as_bytes(), access.as_bytes()) {
-                found = Some((id, files, shim));
+                found = Some((id, files, shim, split));
             }
         }
-        let (job, files, shim) = found?;
+        let (job, files, shim, split) = found?;
+        if let Some(bytes) = split.and_then(|s| s.piece(file)) {
+            return Some(Servable {
+                job,
+                size: bytes.len() as u64,
+                stream: false,
+                shim: shim.clone(),
+                bytes: Some(bytes),
+            });
+        }
         let offer = files.iter().find(|f| f.id == file)?;
-        Some(Servable { job, size: offer.size, stream: offer.stream, shim: shim.clone() })
+        Some(Servable { job, size: offer.size, stream: offer.stream, shim: shim.clone(), bytes: None })
     }
 
     pub(crate) fn status(&self, now: Instant, now_unix_ms: u64) -> Status {
