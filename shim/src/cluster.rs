@@ -74,14 +74,7 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outco
     for o in offers.offers.iter().filter(|o| o.stream) {
         log.line(format_args!("cluster: {} is read here and relayed to the node", o.reference));
     }
-    let request = JobRequest {
-        args: args.to_vec(),
-        cwd: cwd.to_string_lossy().into_owned(),
-        files: offers.offers.clone(),
-        needs: verdict.needs.clone(),
-        reason: verdict.reason.as_str().to_owned(),
-        split: None,
-    };
+    let request = job_request(args, &cwd, &offers, verdict, None);
     // ffmpeg reads keys from stdin unless told not to; so does its stand-in.
     let read_stdin = !cl.global_flag("nostdin");
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -108,7 +101,7 @@ struct Session<'a> {
 }
 
 /// A message answering a read, and the input bytes it carries.
-type Reply = (Message, u64);
+pub(crate) type Reply = (Message, u64);
 
 impl<'a> Session<'a> {
     fn new(offers: Offers, log: &'a Log) -> Session<'a> {
@@ -238,11 +231,7 @@ impl<'a> Session<'a> {
         match m {
             ToShim::Read { req, file, offset, len } => {
                 if let Some(origin) = self.offers.stream(file) {
-                    let answers = self.stream_answers.0.clone();
-                    tokio::spawn(async move {
-                        let answer = origin.read(offset, len as usize).await;
-                        let _ = answers.send(read_reply(req, offset, answer));
-                    });
+                    answer_stream_read(origin, req, offset, len, self.stream_answers.0.clone());
                     return Step::Continue;
                 }
                 let (reply, served) = answer_read(&self.offers, req, file, offset, len);
@@ -365,6 +354,39 @@ pub(crate) fn answer_read(offers: &Offers, req: u32, file: u32, offset: u64, len
 }
 
 /// The message that answers read `req`, and the bytes it carries.
+/// The submission of a job with these offers (a split job's with its plan).
+pub(crate) fn job_request(
+    args: &[String],
+    cwd: &std::path::Path,
+    offers: &Offers,
+    verdict: &Verdict,
+    split: Option<ffcluster::split::SplitPlan>,
+) -> JobRequest {
+    JobRequest {
+        args: args.to_vec(),
+        cwd: cwd.to_string_lossy().into_owned(),
+        files: offers.offers.clone(),
+        needs: verdict.needs.clone(),
+        reason: verdict.reason.as_str().to_owned(),
+        split,
+    }
+}
+
+/// Answers a read of relayed stream `origin` once the origin has the bytes
+/// (it may wait for a live source), on `answers`.
+pub(crate) fn answer_stream_read(
+    origin: std::sync::Arc<crate::origin::Origin>,
+    req: u32,
+    offset: u64,
+    len: u32,
+    answers: mpsc::UnboundedSender<Reply>,
+) {
+    tokio::spawn(async move {
+        let answer = origin.read(offset, len as usize).await;
+        let _ = answers.send(read_reply(req, offset, answer));
+    });
+}
+
 fn read_reply(req: u32, offset: u64, read: Result<Vec<u8>, String>) -> Reply {
     match read {
         Ok(data) => {

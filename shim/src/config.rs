@@ -102,7 +102,7 @@ const TOKEN_FILE: Key = key("token_file", "FFCLUSTER_TOKEN_FILE");
 /// Every key of `shim.toml` and its environment variable, in the order of
 /// contrib/config/shim.toml.
 #[cfg(test)]
-pub const KEYS: [Key; 11] = [
+pub const KEYS: [Key; 12] = [
     key("ffmpeg", "FFCLUSTER_FFMPEG"),
     key("ffprobe", "FFCLUSTER_FFPROBE"),
     key("controller", "FFCLUSTER_CONTROLLER"),
@@ -113,6 +113,7 @@ pub const KEYS: [Key; 11] = [
     key("probe_cache", "FFCLUSTER_PROBE_CACHE"),
     key("probes", "FFCLUSTER_PROBES"),
     key("relay_inputs", "FFCLUSTER_RELAY_INPUTS"),
+    key("live_piece", "FFCLUSTER_LIVE_PIECE"),
     key("log", "FFCLUSTER_LOG"),
 ];
 
@@ -142,6 +143,9 @@ pub struct FileConfig {
     /// `local`, `all` or `none`: which http(s) inputs the shim relays
     /// (`FFCLUSTER_RELAY_INPUTS`).
     pub relay_inputs: Option<String>,
+    /// Seconds of a live stream each node encodes at a time
+    /// (`FFCLUSTER_LIVE_PIECE`): the segment length divided by a whole number.
+    pub live_piece: Option<f64>,
     /// File the shim appends its own log lines to (`FFCLUSTER_LOG`).
     pub log: Option<PathBuf>,
 }
@@ -179,9 +183,17 @@ pub struct Config {
     pub relay_inputs: RelayInputs,
     /// The relay_inputs string when it was not understood (logged, then local).
     pub bad_relay_inputs: Option<String>,
+    /// Seconds per piece of a live stream split across nodes.
+    pub live_piece: f64,
+    /// The live_piece string when it was not a positive number (logged, then the default).
+    pub bad_live_piece: Option<String>,
     pub log: Option<PathBuf>,
     pub file: Option<PathBuf>,
 }
+
+/// A live piece's default length: a node at half real time returns it about
+/// two seconds after the stream delivered it, within one 3 s segment.
+pub const DEFAULT_LIVE_PIECE: f64 = 1.0;
 
 impl Config {
     /// Reads the environment and the config file.
@@ -227,6 +239,8 @@ impl Config {
         let probes = probes_str.as_deref().map(Probes::parse);
         let relay_str = env("FFCLUSTER_RELAY_INPUTS").or(file.relay_inputs);
         let relay_inputs = relay_str.as_deref().map(RelayInputs::parse);
+        let piece_str = env("FFCLUSTER_LIVE_PIECE").or(file.live_piece.map(|p| p.to_string()));
+        let piece = piece_str.as_deref().map(|p| p.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v > 0.0));
         let cfg = Config {
             ffmpeg: env("FFCLUSTER_FFMPEG").map(PathBuf::from).or(file.ffmpeg),
             ffprobe: env("FFCLUSTER_FFPROBE").map(PathBuf::from).or(file.ffprobe),
@@ -240,6 +254,8 @@ impl Config {
             bad_probes: if probes == Some(None) { probes_str } else { None },
             relay_inputs: relay_inputs.flatten().unwrap_or_default(),
             bad_relay_inputs: if relay_inputs == Some(None) { relay_str } else { None },
+            live_piece: piece.flatten().unwrap_or(DEFAULT_LIVE_PIECE),
+            bad_live_piece: if piece == Some(None) { piece_str } else { None },
             log: env("FFCLUSTER_LOG").map(PathBuf::from).or(file.log),
             file: path,
         };

@@ -64,6 +64,9 @@ fn main() -> ExitCode {
     if let Some(bad) = &cfg.bad_probes {
         log.line(format_args!("probes {bad:?} is not one of local|cluster; using local"));
     }
+    if let Some(bad) = &cfg.bad_live_piece {
+        log.line(format_args!("live_piece {bad:?} is not a positive number of seconds; using {}", cfg.live_piece));
+    }
     if let Some(bad) = &cfg.bad_relay_inputs {
         log.line(format_args!("relay_inputs {bad:?} is not one of local|all|none; using local"));
     }
@@ -101,10 +104,6 @@ fn main() -> ExitCode {
         if !hardware.is_empty() && v.decision == ffmpeg::Decision::Split {
             // The finisher would open the job's devices on this host.
             log.line(format_args!("split: not split (needs {}); the whole job goes to one node", hardware.join(", ")));
-        } else if v.reason == ffmpeg::decision::Reason::SplitLive {
-            // Cutting a live stream across nodes is not done (yet): one node
-            // follows it. Nothing is probed, which would open the stream.
-            log.line(format_args!("split: not split (live input); the whole job goes to one node"));
         } else if v.decision == ffmpeg::Decision::Split && cfg.mode != config::Mode::Whole {
             match try_split(a, v, &cfg, &me, &log) {
                 Some(cluster::Outcome::Exit(code)) => return ExitCode::from(code),
@@ -159,7 +158,12 @@ fn try_split(
             return None;
         }
     };
-    match split::run(args, verdict, cfg, &ffmpeg, &ffprobe, log) {
+    let attempt = if verdict.reason == ffmpeg::decision::Reason::SplitLive {
+        split::run_live(args, verdict, cfg, &ffmpeg, &ffprobe, log)
+    } else {
+        split::run(args, verdict, cfg, &ffmpeg, &ffprobe, log)
+    };
+    match attempt {
         split::Attempt::Done(outcome) => Some(outcome),
         split::Attempt::Whole(why) => {
             log.line(format_args!("split: not split ({why}); the whole job goes to one node"));

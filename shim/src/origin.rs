@@ -24,8 +24,10 @@ use crate::config::RelayInputs;
 /// Unread bytes the shim holds at most before it stops reading the origin:
 /// about a minute of a high-bitrate HD channel.
 const AHEAD: usize = 16 << 20;
-/// Bytes kept before the newest read (a read may start a little back).
-const BEHIND: usize = 1 << 20;
+/// Bytes kept before the newest read (a read may start a little back). A
+/// live split job reads the stream twice, for the controller and for the
+/// finisher, which may be apart by what arrived while the job was starting.
+const BEHIND: usize = 16 << 20;
 /// What one read of the origin asks for.
 const PIECE: usize = 64 << 10;
 /// Connecting and the response head; the body has no time limit (it is live).
@@ -192,6 +194,16 @@ impl Origin {
     /// Up to `max` bytes at `offset`, as soon as at least one is there; empty at
     /// the origin's clean end.
     pub async fn read(&self, offset: u64, max: usize) -> Result<Vec<u8>, String> {
+        self.read_at(offset, max, true).await
+    }
+
+    /// [`Origin::read`] that leaves the bytes unread: the stream is probed
+    /// before the job starts, and the job reads it from its beginning.
+    pub async fn peek(&self, offset: u64, max: usize) -> Result<Vec<u8>, String> {
+        self.read_at(offset, max, false).await
+    }
+
+    async fn read_at(&self, offset: u64, max: usize, consume: bool) -> Result<Vec<u8>, String> {
         loop {
             let arrived = self.shared.arrived.notified();
             tokio::pin!(arrived);
@@ -206,6 +218,9 @@ impl Origin {
                     let from = (offset - w.base) as usize;
                     let n = max.min(w.data.len() - from);
                     let bytes = w.data[from..from + n].to_vec();
+                    if !consume {
+                        return Ok(bytes);
+                    }
                     w.consumed = w.consumed.max(offset + n as u64);
                     let keep_from = w.consumed.saturating_sub(BEHIND as u64);
                     // Dropping in steps keeps the copying rare.

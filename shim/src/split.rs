@@ -26,7 +26,7 @@ use ffcluster::ffmpeg::CommandLine;
 use ffcluster::ffmpeg::decision::Verdict;
 use ffcluster::protocol::{AUDIO_CHUNK, Frame, FrameKind, JobId, JobRequest, ToShim};
 use ffcluster::split::assemble::Assembler;
-use ffcluster::split::{FINISHER_AUDIO_FD, FINISHER_VIDEO_FD, Probe, Split};
+use ffcluster::split::{FINISHER_AUDIO_FD, FINISHER_LIVE_FD, FINISHER_VIDEO_FD, Probe, Split};
 use ffcluster::tls::Trust;
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::{Signal, kill};
@@ -39,6 +39,8 @@ use crate::cluster::{self, Outcome, Ws};
 use crate::config::Config;
 use crate::log::Log;
 use crate::offer::Offers;
+use crate::origin::Origin;
+use std::sync::Arc;
 
 /// After a stop (`q`, a signal) the finisher gets this long to stop by itself;
 /// then its video input is closed, which ends a read it may be blocked in.
@@ -52,16 +54,10 @@ pub enum Attempt {
 }
 
 pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffprobe: &Path, log: &Log) -> Attempt {
-    let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
-        return Attempt::Done(Outcome::Fallback("no controller or token configured".into()));
+    let (controller, token, cl) = match prologue(args, cfg) {
+        Ok(p) => p,
+        Err(a) => return a,
     };
-    let cl = match CommandLine::parse(args) {
-        Ok(cl) => cl,
-        Err(e) => return Attempt::Done(Outcome::Fallback(e.to_string())),
-    };
-    if cl.inputs.len() != 1 || cl.outputs.len() != 1 {
-        return Attempt::Whole("splitting needs exactly one input and one output".into());
-    }
     let started = Instant::now();
     let probe = match probe(&cl, ffprobe) {
         Ok(p) => p,
@@ -86,21 +82,144 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffpr
         Ok(o) => o,
         Err(why) => return Attempt::Done(Outcome::Fallback(why)),
     };
-    let request = JobRequest {
-        args: args.to_vec(),
-        cwd: cwd.to_string_lossy().into_owned(),
-        files: offers.offers.clone(),
-        needs: verdict.needs.clone(),
-        reason: verdict.reason.as_str().to_owned(),
-        split: Some(split.plan.clone()),
+    let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return Attempt::Done(Outcome::Fallback(format!("cannot start the cluster client: {e}"))),
+    };
+    let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split, live: None };
+    Attempt::Done(runtime.block_on(session.run(controller, token, &cfg.trust, request)))
+}
+
+/// What every split needs: a cluster to talk to and one input and output.
+fn prologue<'c>(args: &[String], cfg: &'c Config) -> Result<(&'c str, &'c str, CommandLine), Attempt> {
+    let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
+        return Err(Attempt::Done(Outcome::Fallback("no controller or token configured".into())));
+    };
+    let cl = CommandLine::parse(args).map_err(|e| Attempt::Done(Outcome::Fallback(e.to_string())))?;
+    if cl.inputs.len() != 1 || cl.outputs.len() != 1 {
+        return Err(Attempt::Whole("splitting needs exactly one input and one output".into()));
+    }
+    Ok((controller, token, cl))
+}
+
+/// A live job (a growing http stream to an HLS playlist): the shim reads the
+/// stream once, from the origin; the controller cuts what it relays into
+/// pieces for the nodes, and the finisher gets its own copy for the audio.
+pub fn run_live(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffprobe: &Path, log: &Log) -> Attempt {
+    let (controller, token, cl) = match prologue(args, cfg) {
+        Ok(p) => p,
+        Err(a) => return a,
+    };
+    let input = &cl.inputs[0].url.raw;
+    if !crate::origin::relayed(input, cfg.relay_inputs, &crate::origin::own_addresses) {
+        return Attempt::Whole(format!("the live input is not relayed (relay_inputs = {:?})", cfg.relay_inputs));
+    }
+    let cwd = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => return Attempt::Done(Outcome::Fallback(format!("no working directory: {e}"))),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return Attempt::Done(Outcome::Fallback(format!("cannot start the cluster client: {e}"))),
     };
-    let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split };
+    // Opens the origin, which is then read once for the probe, the nodes and
+    // the finisher.
+    let offers = match Offers::prepare(&cl, &cwd, cfg.relay_inputs) {
+        Ok(o) => o,
+        Err(why) => return Attempt::Done(Outcome::Fallback(why)),
+    };
+    let Some((stream, origin)) =
+        offers.offers.iter().find(|o| o.stream).and_then(|o| Some((o.id, offers.stream(o.id)?)))
+    else {
+        return Attempt::Whole("the live input is not relayed".into());
+    };
+    let started = Instant::now();
+    let probed = runtime.block_on(probe_live(&cl, ffprobe, &origin));
+    let split = probed.and_then(|p| ffcluster::split::split_live(&cl, &p, cfg.live_piece).map_err(|e| e.to_string()));
+    let mut split = match split {
+        Ok(s) => s,
+        // The whole-job path opens the origin again: this connection goes
+        // with `offers`, before anything was read from it.
+        Err(why) => return Attempt::Whole(why),
+    };
+    let piece = split.plan.live.as_ref().map_or(0.0, |l| l.piece);
+    if let Some(live) = &mut split.plan.live {
+        live.stream = stream;
+    }
+    log.line(format_args!(
+        "split: live stream in {piece:.3} s pieces on a {} s grid; probed in {} ms",
+        split.plan.grid.period,
+        started.elapsed().as_millis()
+    ));
+    let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()));
+    let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split, live: Some(origin) };
     Attempt::Done(runtime.block_on(session.run(controller, token, &cfg.trust, request)))
 }
+
+/// ffprobe on the stream's first bytes, fed through a pipe as they arrive
+/// (without consuming them: the job reads the stream from its start). It
+/// stops reading once it knows every stream, as the direct ffmpeg would.
+async fn probe_live(cl: &CommandLine, ffprobe: &Path, origin: &Origin) -> Result<Probe, String> {
+    let input = &cl.inputs[0];
+    let mut args: Vec<String> = Vec::new();
+    for name in ["analyzeduration", "probesize", "fflags", "f"] {
+        if let Some(v) = input.last_value(name) {
+            args.extend([format!("-{name}"), v.to_owned()]);
+        }
+    }
+    args.extend(Probe::ffprobe_args("pipe:0"));
+    let mut child = tokio::process::Command::new(ffprobe)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", ffprobe.display()))?;
+    let mut stdin = child.stdin.take().ok_or("ffprobe has no stdin")?;
+    let feed = async move {
+        use tokio::io::AsyncWriteExt;
+        let mut offset = 0u64;
+        loop {
+            let bytes = match origin.peek(offset, 256 << 10).await {
+                Ok(b) if !b.is_empty() => b,
+                // The end of the stream ends ffprobe's input (stdin drops).
+                _ => return,
+            };
+            offset += bytes.len() as u64;
+            // ffprobe closes its end once it knows enough.
+            if stdin.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    let answer = async {
+        let out = child.wait_with_output().await.map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("ffprobe could not read the live stream ({})", out.status));
+        }
+        let text = String::from_utf8(out.stdout).map_err(|_| "ffprobe's answer is not UTF-8".to_owned())?;
+        Probe::from_json(&text).map_err(|e| e.to_string())
+    };
+    let limit = async {
+        tokio::time::sleep(LIVE_PROBE_LIMIT).await;
+        Err(format!("the live stream could not be probed in {} s", LIVE_PROBE_LIMIT.as_secs()))
+    };
+    let feed = async {
+        feed.await;
+        std::future::pending::<Result<Probe, String>>().await
+    };
+    tokio::select! {
+        r = answer => r,
+        r = limit => r,
+        r = feed => r,
+    }
+}
+
+/// How long probing a live stream may take: a stream that has not shown its
+/// streams by then is not split.
+const LIVE_PROBE_LIMIT: Duration = Duration::from_secs(15);
 
 /// Asks the real ffprobe what the plan needs (tens of milliseconds).
 fn probe(cl: &CommandLine, ffprobe: &Path) -> Result<Probe, String> {
@@ -132,6 +251,8 @@ struct Session<'a> {
     log: &'a Log,
     ffmpeg: PathBuf,
     split: Split,
+    /// A live job's stream, which the finisher reads a copy of.
+    live: Option<Arc<Origin>>,
 }
 
 /// Why the loop ended.
@@ -154,7 +275,7 @@ impl Session<'_> {
             // Dropping the socket cancels the job; nothing has been written yet.
             (true, None) => return Outcome::Fallback("the controller sent audio this job does not have".into()),
         };
-        let (finisher, video, audio) = match spawn_finisher(&self.ffmpeg, args, audio) {
+        let (finisher, video, audio, stream) = match spawn_finisher(&self.ffmpeg, args, audio, self.live.is_some()) {
             Ok(f) => f,
             Err(e) => {
                 return Outcome::Fallback(format!("cannot start the finisher {}: {e}", self.ffmpeg.display()));
@@ -166,6 +287,9 @@ impl Session<'_> {
             finisher.pid
         ));
         let mut run = Running::new(finisher, video, audio);
+        if let (Some(origin), Some(fd)) = (&self.live, stream) {
+            tokio::spawn(copy_stream(origin.clone(), feeder(fd)));
+        }
         let end = run.pump(&mut tx, &mut rx, &self.offers, self.log).await;
         // Closing the socket tells the controller to cancel whatever still runs.
         let _ = tokio::time::timeout(Duration::from_millis(200), tx.close()).await;
@@ -222,13 +346,14 @@ struct Finisher {
     child: Child,
 }
 
-fn spawn_finisher(
-    ffmpeg: &Path,
-    args: &[String],
-    with_audio: bool,
-) -> std::io::Result<(Finisher, OwnedFd, Option<OwnedFd>)> {
+/// The finisher, and the write ends of its video pipe, of its audio pipe when a
+/// node encodes the audio, and of its copy of a live stream.
+type Spawned = (Finisher, OwnedFd, Option<OwnedFd>, Option<OwnedFd>);
+
+fn spawn_finisher(ffmpeg: &Path, args: &[String], with_audio: bool, live: bool) -> std::io::Result<Spawned> {
     let (video_read, video_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let audio = if with_audio { Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?) } else { None };
+    let stream = if live { Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?) } else { None };
     // Moved above the descriptors they become, so that putting one in place
     // cannot overwrite the other.
     let high = |fd: &OwnedFd| -> std::io::Result<OwnedFd> {
@@ -238,9 +363,11 @@ fn spawn_finisher(
     };
     let video_high = high(&video_read)?;
     let audio_high = audio.as_ref().map(|(r, _)| high(r)).transpose()?;
+    let stream_high = stream.as_ref().map(|(r, _)| high(r)).transpose()?;
     drop(video_read);
     let moves: Vec<(i32, i32)> = std::iter::once((video_high.as_raw_fd(), FINISHER_VIDEO_FD))
         .chain(audio_high.as_ref().map(|fd| (fd.as_raw_fd(), FINISHER_AUDIO_FD)))
+        .chain(stream_high.as_ref().map(|fd| (fd.as_raw_fd(), FINISHER_LIVE_FD)))
         .collect();
     let shim = nix::unistd::getpid();
     let mut cmd = Command::new(ffmpeg);
@@ -265,9 +392,27 @@ fn spawn_finisher(
         });
     }
     let child = cmd.spawn()?;
-    drop((video_high, audio_high));
+    drop((video_high, audio_high, stream_high));
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    Ok((Finisher { pid, child }, video_write, audio.map(|(_, w)| w)))
+    Ok((Finisher { pid, child }, video_write, audio.map(|(_, w)| w), stream.map(|(_, w)| w)))
+}
+
+/// Copies a live stream to the finisher as it arrives, and closes the
+/// finisher's copy where the stream ends (cleanly or broken, as ffmpeg reading
+/// it directly would see its input end).
+async fn copy_stream(origin: Arc<Origin>, to: std::sync::mpsc::Sender<Vec<u8>>) {
+    let mut offset = 0u64;
+    loop {
+        match origin.read(offset, 256 << 10).await {
+            Ok(bytes) if !bytes.is_empty() => {
+                offset += bytes.len() as u64;
+                if to.send(bytes).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
 }
 
 fn libc_dup2(from: i32, to: i32) -> i32 {
@@ -430,6 +575,8 @@ struct Running {
     bytes_served: u64,
     /// When things first happened, for the log: where a slow start comes from.
     timeline: Timeline,
+    /// Answers to reads of a live stream, which wait for the origin.
+    stream_answers: (mpsc::UnboundedSender<cluster::Reply>, mpsc::UnboundedReceiver<cluster::Reply>),
 }
 
 /// Milliseconds since the finisher started at which the job's pieces arrived.
@@ -486,6 +633,7 @@ impl Running {
             stops,
             bytes_served: 0,
             timeline: Timeline { started: Some(Instant::now()), ..Timeline::default() },
+            stream_answers: mpsc::unbounded_channel(),
         }
     }
 
@@ -537,6 +685,12 @@ impl Running {
                         return End::Lost(why);
                     }
                     self.flush();
+                }
+                Some((reply, served)) = self.stream_answers.1.recv() => {
+                    self.bytes_served += served;
+                    if let Err(e) = tx.send(reply).await {
+                        return End::Lost(format!("connection to the controller failed: {e}"));
+                    }
                 }
                 Some(()) = self.stops.recv() => self.stop_requested(),
                 _ = sigterm.recv() => {
@@ -646,6 +800,10 @@ impl Running {
                 self.assembler.failed(chunk, attempt).map_err(|e| e.to_string())
             }
             ToShim::Read { req, file, offset, len } => {
+                if let Some(origin) = offers.stream(file) {
+                    cluster::answer_stream_read(origin, req, offset, len, self.stream_answers.0.clone());
+                    return Ok(());
+                }
                 let (reply, served) = cluster::answer_read(offers, req, file, offset, len);
                 self.bytes_served += served;
                 tx.send(reply).await.map_err(|e| format!("connection to the controller failed: {e}"))
