@@ -196,7 +196,17 @@ fn check_hls(what: &str, run: &HlsRun, fps: f64) {
     }
 }
 
-fn live_tv_hls(opts: LiveOpts, deinterlace: bool) {
+/// How the cluster runs a Live TV job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// `FFCLUSTER_MODE=whole`: one node follows the stream.
+    Whole,
+    /// `FFCLUSTER_MODE=split`: the controller cuts the stream into pieces
+    /// (`FFCLUSTER_LIVE_PIECE` seconds) that the nodes encode.
+    Split { piece: f64 },
+}
+
+fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) {
     let _serial = one_at_a_time();
     let fps = f64::from(opts.fps);
     let c = Cluster::start(2);
@@ -213,9 +223,24 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool) {
     let relay = format!("{}/api/v1/files/", c.url());
     let origin = cluster_source.url();
     let node_argv = std::cell::RefCell::new(String::new());
-    let cluster = live_hls_run(&Ffmpeg::from_command(&c.shim()), &origin, &cluster_dir, deinterlace, run_for, &|| {
-        let pids = c.remote_ffmpegs();
-        assert_eq!(pids.len(), 1, "one node runs the job: {pids:?}");
+    let mut shim = c.shim();
+    if let Mode::Split { piece } = mode {
+        shim.env("FFCLUSTER_MODE", "split").env("FFCLUSTER_LIVE_PIECE", piece.to_string());
+    }
+    let cluster = live_hls_run(&Ffmpeg::from_command(&shim), &origin, &cluster_dir, deinterlace, run_for, &|| {
+        // A piece's encode is short: wait for one to be running.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pids = loop {
+            let pids = c.remote_ffmpegs();
+            if !pids.is_empty() || Instant::now() > deadline {
+                break pids;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        match mode {
+            Mode::Whole => assert_eq!(pids.len(), 1, "one node runs the job: {pids:?}"),
+            Mode::Split { .. } => assert!(!pids.is_empty(), "no node encodes a piece"),
+        }
         *node_argv.borrow_mut() = cmdline(pids[0]);
     });
     let direct = direct.join().unwrap();
@@ -235,12 +260,24 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool) {
     // The same wall time: the cluster's start-up costs it at most a segment or two.
     let (n_direct, n_cluster) = (direct.durations.len() as i64, cluster.durations.len() as i64);
     assert!((n_direct - n_cluster).abs() <= 2, "direct {n_direct} segments, cluster {n_cluster}");
+    // What the cluster adds to the stream's latency: under two segments.
+    let added = cluster.ready_after.as_secs_f64() - direct.ready_after.as_secs_f64();
+    eprintln!("added latency until ready: {added:.2} s ({:.2} segments)", added / SEG);
+    assert!(added < 2.0 * SEG, "the cluster made the playlist ready {added:.2} s later than ffmpeg did");
+    if let Mode::Split { piece } = mode {
+        check_live_split(&c, piece, run_for);
+    }
 
     // The node's ffmpeg read the relay, and only the shim read the origin.
     let argv = node_argv.into_inner();
     assert!(argv.contains(&relay), "the node's ffmpeg does not read the relay: {argv}");
     assert!(!argv.contains("localhost"), "the node's ffmpeg names the origin: {argv}");
-    assert!(cluster.stderr.contains(&origin), "stderr names the input as given: {}", cluster.stderr);
+    // A whole job's stderr is the node's, with the relay named as the input
+    // was; a split job's is the finisher's, which reads its copy of the stream
+    // from a descriptor (its banner names that).
+    if mode == Mode::Whole {
+        assert!(cluster.stderr.contains(&origin), "stderr names the input as given: {}", cluster.stderr);
+    }
     assert_eq!(direct_source.clients_served(), 1);
     assert_eq!(cluster_source.clients_served(), 1, "only the shim may read the origin");
     // The shim asked the origin the way ffmpeg asks it.
@@ -256,14 +293,61 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool) {
     }
 }
 
+/// The controller's record of a live split job: cut into pieces of the
+/// asked length, every piece encoded once and in order, on the nodes.
+fn check_live_split(c: &Cluster, piece: f64, run_for: Duration) {
+    let status = c.status();
+    let jobs = status["jobs"].as_array().unwrap();
+    let split: Vec<&serde_json::Value> = jobs.iter().filter(|j| j["mode"] == "split").collect();
+    assert_eq!(split.len(), 1, "one split job: {jobs:#?}");
+    let job = split[0];
+    assert_eq!(job["reason"], "split.live", "{job:#?}");
+    assert!(job["error"].is_null(), "{job:#?}");
+    let chunks = job["chunks"].as_array().unwrap();
+    let done: BTreeMap<u64, &serde_json::Value> =
+        chunks.iter().filter(|r| r["state"] == "done").map(|r| (r["chunk"].as_u64().unwrap(), r)).collect();
+    // Pieces were cut for the whole run, less the start-up and the stop.
+    let want = run_for.as_secs_f64() / piece;
+    assert!(done.len() as f64 >= want * 0.6, "{} pieces encoded in {run_for:?} of {piece} s pieces", done.len());
+    // Each piece once, contiguous on the stream's timeline; only the last
+    // few may have been cut short by the stop.
+    let last = *done.keys().last().unwrap();
+    for i in 0..last.saturating_sub(2) {
+        assert!(done.contains_key(&i), "piece {i} was never encoded: {chunks:#?}");
+    }
+    for (i, r) in &done {
+        let (start, end) = (r["start"].as_f64().unwrap(), r["end"].as_f64().unwrap());
+        assert!(end > start && end - start <= piece + 0.041, "piece {i}: {start}..{end}");
+        if let Some(next) = done.get(&(i + 1)) {
+            assert!((next["start"].as_f64().unwrap() - end).abs() < 1e-6, "pieces {i} and {} do not meet", i + 1);
+        }
+    }
+    let done: Vec<&serde_json::Value> = done.into_values().collect();
+    let nodes: std::collections::BTreeSet<&str> = done.iter().map(|r| r["node"].as_str().unwrap()).collect();
+    eprintln!("{} pieces on {nodes:?}", done.len());
+}
+
 #[test]
 fn live_tv_hls_event_playlist() {
-    live_tv_hls(LiveOpts::default(), false);
+    live_tv_hls(LiveOpts::default(), false, Mode::Whole);
 }
 
 #[test]
 fn live_tv_hls_interlaced_mpeg2_with_yadif() {
-    live_tv_hls(LiveOpts { interlaced: true, video: "mpeg2video", ..LiveOpts::default() }, true);
+    live_tv_hls(LiveOpts { interlaced: true, video: "mpeg2video", ..LiveOpts::default() }, true, Mode::Whole);
+}
+
+#[test]
+fn live_tv_hls_split_into_pieces_across_nodes() {
+    // B-frames, and a keyframe interval that does not divide the pieces.
+    let opts = LiveOpts { gop: 37, bframes: 2, ..LiveOpts::default() };
+    live_tv_hls(opts, false, Mode::Split { piece: 1.0 });
+}
+
+#[test]
+fn live_tv_hls_split_interlaced_mpeg2_open_gops() {
+    let opts = LiveOpts { interlaced: true, video: "mpeg2video", gop: 12, bframes: 2, ..LiveOpts::default() };
+    live_tv_hls(opts, true, Mode::Split { piece: 1.5 });
 }
 
 /// EncodedRecorder's command line (§5.9).

@@ -27,6 +27,8 @@ pub struct LiveOpts {
     pub fps: u32,
     /// Keyframe interval in frames.
     pub gop: u32,
+    /// B-frames between references (open GOPs with MPEG-2).
+    pub bframes: u32,
     /// Encoded as interlaced (top field first), as broadcast SD/HD often is.
     pub interlaced: bool,
     /// `"libx264"` or `"mpeg2video"`.
@@ -37,7 +39,15 @@ pub struct LiveOpts {
 
 impl Default for LiveOpts {
     fn default() -> LiveOpts {
-        LiveOpts { size: "320x240", fps: 25, gop: 50, interlaced: false, video: "libx264", audio_channels: 2 }
+        LiveOpts {
+            size: "320x240",
+            fps: 25,
+            gop: 50,
+            bframes: 0,
+            interlaced: false,
+            video: "libx264",
+            audio_channels: 2,
+        }
     }
 }
 
@@ -79,7 +89,8 @@ impl LiveSource {
             format!("testsrc2=size={}:rate={}[out0];sine=frequency=440:sample_rate=48000[out1]", opts.size, opts.fps);
         let mut cmd = Command::new(real("ffmpeg"));
         cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i", &graph]);
-        cmd.args(["-c:v", opts.video, "-g", &opts.gop.to_string(), "-pix_fmt", "yuv420p"]);
+        cmd.args(["-c:v", opts.video, "-g", &opts.gop.to_string(), "-bf", &opts.bframes.to_string()]);
+        cmd.args(["-pix_fmt", "yuv420p"]);
         match opts.video {
             "libx264" => {
                 cmd.args(["-preset", "ultrafast", "-b:v", "1M"]);
