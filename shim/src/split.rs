@@ -286,7 +286,8 @@ impl Session<'_> {
             "split: job {job} accepted; finisher pid {} started; audio encoded by {audio_from}",
             finisher.pid
         ));
-        let mut run = Running::new(finisher, video, audio);
+        let assembler = if self.live.is_some() { Assembler::whole_chunks() } else { Assembler::new() };
+        let mut run = Running::new(finisher, video, audio, assembler);
         if let (Some(origin), Some(fd)) = (&self.live, stream) {
             tokio::spawn(copy_stream(origin.clone(), feeder(fd)));
         }
@@ -609,7 +610,7 @@ impl Timeline {
 }
 
 impl Running {
-    fn new(f: Finisher, video: OwnedFd, audio: Option<OwnedFd>) -> Running {
+    fn new(f: Finisher, video: OwnedFd, audio: Option<OwnedFd>, assembler: Assembler) -> Running {
         let Finisher { pid, mut child } = f;
         let video_tx = feeder(video);
         let audio = audio.map(|fd| AudioFeed::new(feeder(fd)));
@@ -625,7 +626,7 @@ impl Running {
         });
         Running {
             pid,
-            assembler: Assembler::new(),
+            assembler,
             audio,
             video: Some(video_tx),
             exited,

@@ -68,11 +68,21 @@ pub struct Assembler {
     continuity: Continuity,
     out: Vec<u8>,
     written: u64,
+    /// Only finished attempts are written: see [`Assembler::whole_chunks`].
+    whole: bool,
 }
 
 impl Assembler {
     pub fn new() -> Assembler {
         Assembler::default()
+    }
+
+    /// An assembler that writes a chunk only once an attempt has finished it,
+    /// so that any attempt may fail without harm. For live pieces: each has a
+    /// keyframe only at its start, so a streamed one that broke could not be
+    /// handed over, and the job would be lost with its node.
+    pub fn whole_chunks() -> Assembler {
+        Assembler { whole: true, ..Assembler::default() }
     }
 
     pub fn started(&mut self, chunk: u32, attempt: JobId, last: bool) {
@@ -194,11 +204,12 @@ impl Assembler {
                 }
             }
             if c.committed.is_none() {
+                let whole = self.whole;
                 let pick = c
                     .attempts
                     .iter()
                     .max_by_key(|(id, a)| (a.done, a.bytes.len(), std::cmp::Reverse(**id)))
-                    .filter(|(_, a)| a.done || !a.bytes.is_empty())
+                    .filter(|(_, a)| a.done || (!whole && !a.bytes.is_empty()))
                     .map(|(id, _)| *id);
                 match pick {
                     Some(id) => c.committed = Some((id, 0)),
@@ -344,6 +355,23 @@ mod tests {
         c.started(0, 1, true);
         c.failed(0, 1).unwrap();
         assert!(c.take().is_empty());
+    }
+
+    #[test]
+    fn whole_chunks_wait_for_an_attempt_to_finish_and_survive_its_failure() {
+        let c0 = chunk(0, 2, 6);
+        let mut a = Assembler::whole_chunks();
+        a.started(0, 1, true);
+        a.started(0, 2, true);
+        feed(&mut a, 0, 1, &c0[..c0.len() / 2], 100);
+        assert!(a.take().is_empty(), "nothing of a running attempt is written");
+        // The attempt that was ahead fails mid-chunk: no harm, the other finishes it.
+        a.failed(0, 1).unwrap();
+        feed(&mut a, 0, 2, &c0, 100);
+        a.done(0, 2, c0.len() as u64).unwrap();
+        let out = a.take();
+        assert_eq!((out.len(), pts_of(&out)), (c0.len(), pts_of(&c0)));
+        assert!(a.complete());
     }
 
     #[test]
