@@ -223,26 +223,23 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) {
     let relay = format!("{}/api/v1/files/", c.url());
     let origin = cluster_source.url();
     let node_argv = std::cell::RefCell::new(String::new());
-    let mut shim = c.shim();
-    if let Mode::Split { piece } = mode {
-        shim.env("FFCLUSTER_MODE", "split").env("FFCLUSTER_LIVE_PIECE", piece.to_string());
-    }
-    let cluster = live_hls_run(&Ffmpeg::from_command(&shim), &origin, &cluster_dir, deinterlace, run_for, &|| {
-        // A piece's encode is short: wait for one to be running.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let pids = loop {
-            let pids = c.remote_ffmpegs();
-            if !pids.is_empty() || Instant::now() > deadline {
-                break pids;
+    let cluster =
+        live_hls_run(&Ffmpeg::from_command(&shim_in(&c, mode)), &origin, &cluster_dir, deinterlace, run_for, &|| {
+            // A piece's encode is short: wait for one to be running.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let pids = loop {
+                let pids = c.remote_ffmpegs();
+                if !pids.is_empty() || Instant::now() > deadline {
+                    break pids;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            match mode {
+                Mode::Whole => assert_eq!(pids.len(), 1, "one node runs the job: {pids:?}"),
+                Mode::Split { .. } => assert!(!pids.is_empty(), "no node encodes a piece"),
             }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        match mode {
-            Mode::Whole => assert_eq!(pids.len(), 1, "one node runs the job: {pids:?}"),
-            Mode::Split { .. } => assert!(!pids.is_empty(), "no node encodes a piece"),
-        }
-        *node_argv.borrow_mut() = cmdline(pids[0]);
-    });
+            *node_argv.borrow_mut() = cmdline(pids[0]);
+        });
     let direct = direct.join().unwrap();
     eprintln!(
         "direct: {} segments {:?}, ready after {:?}, {} playlist reads; cluster: {} segments {:?}, ready after {:?}, {} reads",
@@ -505,15 +502,33 @@ fn lose_the_source(ff: &Ffmpeg, dir: &Path) -> Orphaned {
     Orphaned { code, exit_after, playlist: std::fs::read_to_string(&playlist).unwrap() }
 }
 
+/// The shim configured for `mode`.
+fn shim_in(c: &Cluster, mode: Mode) -> Command {
+    let mut shim = c.shim();
+    if let Mode::Split { piece } = mode {
+        shim.env("FFCLUSTER_MODE", "split").env("FFCLUSTER_LIVE_PIECE", piece.to_string());
+    }
+    shim
+}
+
 #[test]
 fn live_tv_source_that_goes_away() {
+    source_goes_away(Mode::Whole);
+}
+
+#[test]
+fn live_tv_split_source_that_goes_away() {
+    source_goes_away(Mode::Split { piece: 1.0 });
+}
+
+fn source_goes_away(mode: Mode) {
     let _serial = one_at_a_time();
     let c = Cluster::start(2);
     let direct = std::thread::spawn(move || {
         let dir = tempfile::tempdir().unwrap();
         lose_the_source(&Ffmpeg::direct(), dir.path())
     });
-    let cluster = lose_the_source(&Ffmpeg::from_command(&c.shim()), &c.dir.path().join("transcodes"));
+    let cluster = lose_the_source(&Ffmpeg::from_command(&shim_in(&c, mode)), &c.dir.path().join("transcodes"));
     let direct = direct.join().unwrap();
     eprintln!("source gone: direct {direct:?}\ncluster {cluster:?}");
     assert_eq!(direct.code.map(|c| c == 0), cluster.code.map(|c| c == 0), "direct {direct:?}, cluster {cluster:?}");
@@ -526,4 +541,45 @@ fn live_tv_source_that_goes_away() {
         cluster.playlist
     );
     c.wait_no_remote_ffmpeg(Duration::from_secs(5));
+}
+
+/// SIGKILL of a node while it encodes a piece: the piece runs again on the
+/// other node, and the playlist goes on as if nothing happened (pieces are
+/// joined only once encoded whole, so no half piece reached the finisher).
+#[test]
+fn live_tv_split_survives_a_node_killed_mid_piece() {
+    use nix::sys::signal::Signal;
+    let _serial = one_at_a_time();
+    let mut c = Cluster::start(2);
+    let source = LiveSource::start(LiveOpts::default());
+    let dir = c.dir.path().join("transcodes");
+    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
+    let killed = std::cell::Cell::new(None);
+    let run = live_hls_run(&ff, &source.url(), &dir, false, Duration::from_secs(20), &|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let busy = (0..c.nodes.len()).find(|&i| !children_named(&[c.nodes[i].pid()], "ffmpeg").is_empty());
+            if let Some(i) = busy {
+                c.nodes[i].signal(Signal::SIGKILL);
+                killed.set(Some(i));
+                return;
+            }
+            assert!(Instant::now() < deadline, "no node ever ran a piece");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    eprintln!("node {:?} killed; segments {:?}", killed.get(), run.durations);
+    check_hls("cluster", &run, 25.0);
+    let status = c.status();
+    let job = status["jobs"].as_array().unwrap().iter().find(|j| j["mode"] == "split").unwrap().clone();
+    let chunks = job["chunks"].as_array().unwrap();
+    let failed: Vec<&serde_json::Value> = chunks.iter().filter(|r| r["state"] == "failed").collect();
+    assert!(!failed.is_empty(), "no piece failed with its node: {chunks:#?}");
+    for f in &failed {
+        let rerun = chunks.iter().any(|r| r["chunk"] == f["chunk"] && r["state"] == "done");
+        assert!(rerun, "piece {} was not encoded again: {chunks:#?}", f["chunk"]);
+    }
+    c.nodes.remove(killed.get().unwrap());
+    c.wait_no_remote_ffmpeg(Duration::from_secs(5));
+    assert_eq!(source.clients_served(), 1);
 }
