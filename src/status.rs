@@ -164,6 +164,7 @@ mod tests {
                     chunks_planned: Some(9),
                     nodes: Some(vec!["a".into(), "b".into()]),
                     reissued: Some(0),
+                    live_lag_ms: None,
                     chunks: Vec::new(),
                 },
                 JobStatus {
@@ -182,6 +183,7 @@ mod tests {
                     chunks_planned: None,
                     nodes: None,
                     reissued: None,
+                    live_lag_ms: None,
                     chunks: Vec::new(),
                 },
             ],

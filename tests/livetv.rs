@@ -236,7 +236,15 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) {
             };
             match mode {
                 Mode::Whole => assert_eq!(pids.len(), 1, "one node runs the job: {pids:?}"),
-                Mode::Split { .. } => assert!(!pids.is_empty(), "no node encodes a piece"),
+                Mode::Split { .. } => {
+                    assert!(!pids.is_empty(), "no node encodes a piece");
+                    // The controller shows how far behind the stream the job is.
+                    let status = c.status();
+                    let job = status["jobs"].as_array().unwrap().iter().find(|j| j["state"] == "running").cloned();
+                    let lag = job.as_ref().and_then(|j| j["live_lag_ms"].as_u64());
+                    assert!(lag.is_some_and(|l| (l as f64) < 2000.0 * SEG), "live lag {lag:?}: {job:#?}");
+                    eprintln!("live lag while running: {lag:?} ms");
+                }
             }
             *node_argv.borrow_mut() = cmdline(pids[0]);
         });

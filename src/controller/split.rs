@@ -128,6 +128,7 @@ pub(crate) struct Progress {
     pub planned: u32,
     pub nodes: Vec<String>,
     pub reissued: u32,
+    pub live_lag_ms: Option<u64>,
 }
 
 /// One planned chunk.
@@ -211,6 +212,8 @@ struct LiveFeed {
     cut_at: Vec<Instant>,
     /// The stream ended: no piece will follow.
     ended: bool,
+    /// The lag passed two segments (warned once, until it recovers).
+    behind: bool,
 }
 
 #[derive(Debug)]
@@ -345,6 +348,21 @@ impl SplitJob {
         l.spans.push(LiveSpan { start: piece.start, end: piece.end, origin: piece.origin });
         l.bytes.insert(i, Arc::from(piece.bytes.into_boxed_slice()));
         l.cut_at.push(now);
+        // More than two segments behind the stream: the nodes together are
+        // slower than real time, and the lag will grow.
+        let limit = Duration::from_secs_f64(2.0 * self.plan.grid.period);
+        let lag = self.live_lag(now).unwrap_or_default();
+        let behind = lag > limit;
+        if let Some(l) = &mut self.live
+            && behind != l.behind
+        {
+            l.behind = behind;
+            if behind {
+                warn!(job = self.id, lag = format!("{:.1}", lag.as_secs_f64()), "live job falls behind its stream");
+            } else {
+                info!(job = self.id, "live job caught up with its stream");
+            }
+        }
     }
 
     /// The live stream ended (`error`: how it broke). The job completes once
@@ -818,7 +836,7 @@ impl SplitJob {
         }
     }
 
-    pub(crate) fn progress(&self) -> Progress {
+    pub(crate) fn progress(&self, now: Instant) -> Progress {
         let chunks_running: BTreeSet<usize> = self.attempts.values().map(|a| a.chunk).filter(|c| *c != AUDIO).collect();
         Progress {
             done: count(self.chunks.iter().filter(|c| c.done.is_some()).count()),
@@ -826,6 +844,7 @@ impl SplitJob {
             planned: count(self.chunks.len()),
             nodes: self.nodes_used.iter().cloned().collect(),
             reissued: self.reissued,
+            live_lag_ms: self.live_lag(now).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 

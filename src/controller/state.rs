@@ -701,7 +701,7 @@ impl Registry {
             Outcome::Failed(reason) => (JobState::Failed, None, Some(reason)),
             Outcome::Cancelled => (JobState::Cancelled, None, None),
         };
-        let progress = split.progress();
+        let progress = split.progress(now);
         let chunks = self.chunk_log.remove(&job).unwrap_or_default();
         self.record(FinishedJob {
             id: job,
@@ -1012,7 +1012,7 @@ impl Registry {
             exit_code: None,
             error: None,
             chunks: self.chunk_log.get(id).cloned().unwrap_or_default(),
-            ..split_fields(Some(j.progress()))
+            ..split_fields(Some(j.progress(now)))
         });
         let finished = self.finished.iter().map(|j| JobStatus {
             id: j.id,
@@ -1058,6 +1058,7 @@ fn split_fields(p: Option<Progress>) -> JobStatus {
         chunks_running: p.as_ref().map(|p| p.running),
         chunks_planned: p.as_ref().map(|p| p.planned),
         reissued: p.as_ref().map(|p| p.reissued),
+        live_lag_ms: p.as_ref().and_then(|p| p.live_lag_ms),
         nodes: p.map(|p| p.nodes),
         chunks: Vec::new(),
     }

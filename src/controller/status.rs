@@ -97,6 +97,10 @@ pub struct JobStatus {
     /// Split jobs: chunks given a second attempt because the first was late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reissued: Option<u32>,
+    /// Live split jobs: how long the oldest piece not yet encoded has waited
+    /// since it was cut, what the cluster adds to the stream's latency now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_lag_ms: Option<u64>,
     /// Split jobs: every chunk attempt, in the order they started. Present for
     /// running split jobs and the most recent finished ones (see
     /// `CHUNK_HISTORY_JOBS` in the registry): a long film has hundreds.
@@ -242,6 +246,7 @@ mod tests {
             chunks_planned: None,
             nodes: None,
             reissued: None,
+            live_lag_ms: None,
             chunks: Vec::new(),
         };
         let v = serde_json::to_value(&j).unwrap();
@@ -257,6 +262,7 @@ mod tests {
             chunks_planned: Some(9),
             nodes: Some(vec!["a".into(), "b".into()]),
             reissued: Some(1),
+            live_lag_ms: None,
             chunks: vec![ChunkRecord {
                 chunk: 0,
                 attempt: 4,
