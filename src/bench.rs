@@ -27,7 +27,7 @@ use crate::demo::{Children, SEGMENT_SECS, count_frames, fetch_status, jellyfin_h
 
 /// `bench cluster`: the running cluster's speedup (reuses this module's clip,
 /// timing and checks).
-mod live;
+mod cluster;
 /// `bench soak`: many Jellyfin playback sessions with seeks and stops against
 /// an embedded cluster, for minutes (reuses this module's clip and cluster).
 mod soak;
@@ -47,7 +47,7 @@ enum BenchCommand {
     /// Measure the running cluster: time Jellyfin's HLS transcode of a
     /// generated clip with the local ffmpeg, then through the shim against the
     /// configured controller, check both outputs match, and print the speedup.
-    Cluster(live::Args),
+    Cluster(cluster::Args),
     /// Play many Jellyfin-style HLS sessions at once, with seeks and stops,
     /// against a cluster started on this machine, for minutes; report segments
     /// served and lost, time until a segment is ready and the controller's memory.
@@ -105,7 +105,7 @@ fn parse_cpu(s: &str) -> Result<f64, String> {
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         BenchCommand::Split(a) => split(a),
-        BenchCommand::Cluster(a) => live::run(a),
+        BenchCommand::Cluster(a) => cluster::run(a),
         BenchCommand::Soak(a) => soak::run(a),
     }
 }
