@@ -28,6 +28,9 @@ use crate::demo::{Children, SEGMENT_SECS, count_frames, fetch_status, jellyfin_h
 /// `bench cluster`: the running cluster's speedup (reuses this module's clip,
 /// timing and checks).
 mod cluster;
+/// `bench live`: a live channel through the cluster against one node alone
+/// (issue 8); reuses this module's cgroups, cluster and shim.
+mod live;
 /// `bench soak`: many Jellyfin playback sessions with seeks and stops against
 /// an embedded cluster, for minutes (reuses this module's clip and cluster).
 mod soak;
@@ -48,6 +51,11 @@ enum BenchCommand {
     /// generated clip with the local ffmpeg, then through the shim against the
     /// configured controller, check both outputs match, and print the speedup.
     Cluster(cluster::Args),
+    /// Follow a real-time live channel (Jellyfin's Live TV HLS transcode) with
+    /// the real ffmpeg on one CPU-limited node's share, through the shim on one
+    /// node, and split across a local cluster; report the sustained speed
+    /// against real time and the latency each adds.
+    Live(live::Args),
     /// Play many Jellyfin-style HLS sessions at once, with seeks and stops,
     /// against a cluster started on this machine, for minutes; report segments
     /// served and lost, time until a segment is ready and the controller's memory.
@@ -108,6 +116,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         BenchCommand::Split(a) => split(a),
         BenchCommand::Cluster(a) => cluster::run(a),
+        BenchCommand::Live(a) => live::run(a),
         BenchCommand::Soak(a) => soak::run(a),
     }
 }
