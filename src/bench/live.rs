@@ -314,9 +314,12 @@ impl Channel<'_> {
             ));
         } else {
             let mut modes: Vec<String> = ours.iter().map(|j| j.mode.to_string()).collect();
+            modes.sort();
             modes.dedup();
             run.job = modes.join("+");
             run.reasons = ours.iter().map(|j| j.reason.clone()).collect();
+            run.reasons.sort();
+            run.reasons.dedup();
             run.nodes_used = ours
                 .iter()
                 .flat_map(|j| {
@@ -632,7 +635,7 @@ struct Run {
     /// The controller's job mode(s), "-" for the direct run, "local" when the
     /// controller recorded no job.
     job: String,
-    /// The classifier's reason codes the controller recorded.
+    /// The classifier's reason codes the controller recorded for its jobs.
     reasons: Vec<String>,
     nodes_used: Vec<String>,
     failures: Vec<String>,
