@@ -27,6 +27,9 @@ use crate::demo::{Children, SEGMENT_SECS, count_frames, fetch_status, jellyfin_h
 
 /// `bench cluster`: the running cluster's speedup (reuses this module's clip,
 /// timing and checks).
+mod cluster;
+/// `bench live`: a live channel through the cluster against one node alone
+/// (issue 8); reuses this module's cgroups, cluster and shim.
 mod live;
 /// `bench soak`: many Jellyfin playback sessions with seeks and stops against
 /// an embedded cluster, for minutes (reuses this module's clip and cluster).
@@ -47,7 +50,12 @@ enum BenchCommand {
     /// Measure the running cluster: time Jellyfin's HLS transcode of a
     /// generated clip with the local ffmpeg, then through the shim against the
     /// configured controller, check both outputs match, and print the speedup.
-    Cluster(live::Args),
+    Cluster(cluster::Args),
+    /// Follow a real-time live channel (Jellyfin's Live TV HLS transcode) with
+    /// the real ffmpeg on one CPU-limited node's share, through the shim on one
+    /// node, and split across a local cluster; report the sustained speed
+    /// against real time and the latency each adds.
+    Live(live::Args),
     /// Play many Jellyfin-style HLS sessions at once, with seeks and stops,
     /// against a cluster started on this machine, for minutes; report segments
     /// served and lost, time until a segment is ready and the controller's memory.
@@ -84,6 +92,8 @@ struct SplitArgs {
 const STEM: &str = "d41d8cd98f00b204e9800998ecf8427e";
 /// How often the segment files and the process are looked at.
 const POLL: Duration = Duration::from_millis(5);
+/// `TranscodingJob.Stop()`: after `q`, ffmpeg gets this long, then SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The CFS period the quotas are expressed in.
 const PERIOD_US: u64 = 100_000;
 /// Node agents measure a speed score before they register; under a small quota
@@ -105,7 +115,8 @@ fn parse_cpu(s: &str) -> Result<f64, String> {
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         BenchCommand::Split(a) => split(a),
-        BenchCommand::Cluster(a) => live::run(a),
+        BenchCommand::Cluster(a) => cluster::run(a),
+        BenchCommand::Live(a) => live::run(a),
         BenchCommand::Soak(a) => soak::run(a),
     }
 }
@@ -114,27 +125,7 @@ fn split(mut args: SplitArgs) -> Result<ExitCode> {
     let mut seen = HashSet::new();
     args.nodes.retain(|n| seen.insert(*n));
     let tools = Tools::find()?;
-    let no_cgroup = "cannot limit CPU with a cgroup (that needs root); \
-                     pass --no-limit to measure anyway (not a fair comparison)";
-    let limits = if args.no_limit {
-        eprintln!(
-            "warning: --no-limit: nodes and the direct run share the machine unlimited; the comparison is not fair"
-        );
-        None
-    } else {
-        Some(CgroupFs::detect().context(no_cgroup)?)
-    };
-    // Made first: it is what fails without root or a writable cgroup.
-    let direct_cgroup = limits.as_ref().map(|fs| fs.create("direct", args.cpu)).transpose().context(no_cgroup)?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if let (Some(_), Some(&most)) = (&limits, args.nodes.iter().max())
-        && f64::from(most) * args.cpu > cores as f64
-    {
-        eprintln!(
-            "warning: {most} nodes x {:.2} CPU exceeds this machine's {cores} CPUs: the nodes will compete",
-            args.cpu
-        );
-    }
+    let (limits, direct_cgroup) = quotas(args.no_limit, args.cpu, args.nodes.iter().copied().max().unwrap_or(1))?;
     catch_interrupts()?;
 
     let mut work = WorkDir::create()?;
@@ -143,6 +134,50 @@ fn split(mut args: SplitArgs) -> Result<ExitCode> {
     let report = result?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The CPU quotas of a benchmark run: where cgroups are made (`None` with
+/// `--no-limit`, after a warning) and the direct run's cgroup of `cpu` cores.
+/// Warns when `most` nodes of `cpu` cores each exceed this machine.
+fn quotas(no_limit: bool, cpu: f64, most: u32) -> Result<(Option<CgroupFs>, Option<Cgroup>)> {
+    let no_cgroup = "cannot limit CPU with a cgroup (that needs root); \
+                     pass --no-limit to measure anyway (not a fair comparison)";
+    if no_limit {
+        eprintln!(
+            "warning: --no-limit: nodes and the direct run share the machine unlimited; the comparison is not fair"
+        );
+        return Ok((None, None));
+    }
+    let limits = CgroupFs::detect().context(no_cgroup)?;
+    // Made first: it is what fails without root or a writable cgroup.
+    let direct = limits.create("direct", cpu).context(no_cgroup)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if f64::from(most) * cpu > cores as f64 {
+        eprintln!("warning: {most} nodes x {cpu:.2} CPU exceeds this machine's {cores} CPUs: the nodes will compete");
+    }
+    Ok((Some(limits), Some(direct)))
+}
+
+/// Ends a benchmark that checks what it measures: keeps the working directory
+/// when it failed (or when asked to), prints the report, also writes it as
+/// JSON when asked to, and exits non-zero unless it passed.
+fn conclude<R: std::fmt::Display + serde::Serialize>(
+    what: &str,
+    mut work: WorkDir,
+    result: Result<R>,
+    passed: fn(&R) -> bool,
+    keep: bool,
+    json: Option<&Path>,
+) -> Result<ExitCode> {
+    let ok = result.as_ref().is_ok_and(passed);
+    work.keep_if(what, !ok, keep);
+    let report = result?;
+    print!("{report}");
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The programs the benchmark runs.
@@ -349,15 +384,21 @@ struct Prepared {
     height: u32,
 }
 
-/// Lays out `dir` and generates the standard clip (`seconds` long, 16:9 at
-/// `height`).
-fn prepare(dir: &Path, shim: &Path, ffmpeg: &Path, seconds: u32, height: u32) -> Result<Prepared> {
+/// Makes `dir`'s `bin` (the shim as `ffmpeg` and `ffprobe`), `logs` and `out`.
+fn layout(dir: &Path, shim: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let (bin, logs, out) = (dir.join("bin"), dir.join("logs"), dir.join("out"));
     for d in [&bin, &logs, &out] {
         std::fs::create_dir_all(d)?;
     }
     symlink(shim, bin.join("ffmpeg"))?;
     symlink(shim, bin.join("ffprobe"))?;
+    Ok((bin, logs, out))
+}
+
+/// Lays out `dir` and generates the standard clip (`seconds` long, 16:9 at
+/// `height`).
+fn prepare(dir: &Path, shim: &Path, ffmpeg: &Path, seconds: u32, height: u32) -> Result<Prepared> {
+    let (bin, logs, out) = layout(dir, shim)?;
     let width = (height * 16 / 9).div_ceil(2) * 2;
     step(&format!("generating a {seconds} s {width}x{height} clip with 5.1 audio"));
     let clip = dir.join("source.mkv");
@@ -489,20 +530,29 @@ fn delta(after: Option<Duration>, before: Option<Duration>) -> Option<Duration> 
 
 /// `testsrc2` at 23.976 fps with a 5.1 AC3 tone, keyframes every 48 frames (2 s).
 fn generate_clip(ffmpeg: &Path, clip: &Path, seconds: u32, width: u32, height: u32) -> Result<()> {
-    let out = Command::new(ffmpeg)
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
-        .args(["-f", "lavfi", "-i", &format!("testsrc2=size={width}x{height}:rate=24000/1001:duration={seconds}")])
+    let mut cmd = generator(ffmpeg);
+    cmd.args(["-f", "lavfi", "-i", &format!("testsrc2=size={width}x{height}:rate=24000/1001:duration={seconds}")])
         .args(["-f", "lavfi", "-i", &format!("sine=frequency=440:sample_rate=48000:duration={seconds}")])
         .args(["-filter:a", "pan=5.1|c0=c0|c1=c0|c2=c0|c3=c0|c4=c0|c5=c0"])
         .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
         .args(["-g", "48", "-keyint_min", "48", "-sc_threshold", "0"])
         .args(["-c:a", "ac3", "-b:a", "384k"])
-        .arg(clip)
-        .stdin(Stdio::null())
-        .output()
-        .context("running ffmpeg")?;
+        .arg(clip);
+    generate(cmd, "generating the clip")
+}
+
+/// A quiet ffmpeg that writes a generated input, overwriting it.
+fn generator(ffmpeg: &Path) -> Command {
+    let mut cmd = Command::new(ffmpeg);
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"]);
+    cmd
+}
+
+/// Runs a `generator`; `what` it does names it in the error.
+fn generate(mut cmd: Command, what: &str) -> Result<()> {
+    let out = cmd.stdin(Stdio::null()).output().context("running ffmpeg")?;
     check_interrupted()?;
-    ensure!(out.status.success(), "generating the clip failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    ensure!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     Ok(())
 }
 

@@ -258,18 +258,28 @@ fn relay_progress(stderr: impl Read + Send + 'static, log: PathBuf) -> std::thre
 }
 
 pub(crate) fn count_frames(ffprobe: &Path, path: &Path) -> Result<u64> {
+    Ok(decode_frames(ffprobe, path)?.0)
+}
+
+/// The video frames ffprobe decodes from `path`, and what it complained of
+/// meanwhile (empty when nothing).
+pub(crate) fn decode_frames(ffprobe: &Path, path: &Path) -> Result<(u64, String)> {
     let out = Command::new(ffprobe)
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
         .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
         .arg(path)
+        .stdin(Stdio::null())
         .output()?;
-    // A playlist is a program per variant; ffprobe repeats the stream for each.
+    // A playlist is a program per variant, and an MPEG-TS file has programs
+    // too; ffprobe repeats the stream for each.
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let frames = text
+        .lines()
         .map(|l| l.trim().trim_end_matches(','))
         .find(|l| !l.is_empty())
         .and_then(|l| l.parse().ok())
-        .with_context(|| format!("ffprobe frame count: {text:?}"))
+        .with_context(|| format!("ffprobe frame count: {text:?}"))?;
+    Ok((frames, String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")))
 }
 
 /// The segment length of Jellyfin's HLS template (`SegmentLength`), seconds.

@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-
 use serde_json::Value;
 use support::cluster::*;
 
@@ -17,18 +15,8 @@ fn a_short_soak_loses_nothing_and_reports_every_figure() {
     workspace_bin("ffcluster-node");
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("soak.json");
-    let out = isolated(Command::new(controller_exe()))
-        .args(["bench", "soak", "--sessions", "3", "--nodes", "2", "--duration", "20s", "--seconds", "30"])
-        .args(["--seed", "7", "--json"])
-        .arg(&json)
-        .env("TMPDIR", dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench soak failed:\n{stdout}\n{stderr}");
-    eprintln!("{stdout}");
+    let args = ["soak", "--sessions", "3", "--nodes", "2", "--duration", "20s", "--seconds", "30", "--seed", "7"];
+    let stdout = run_bench(&args, &json, dir.path());
     assert!(stdout.contains("\nverdict: PASS\n"), "{stdout}");
 
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -55,10 +43,5 @@ fn a_short_soak_loses_nothing_and_reports_every_figure() {
     assert_eq!((n("/jobs_running_at_end"), n("/leftover_ffmpeg")), (0.0, 0.0), "{r:#}");
     assert_eq!(r["per_session"].as_array().map(Vec::len), Some(3), "{r:#}");
     // The working directory is removed after a passing run.
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("ffcluster-bench-"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_bench_dir_removed(dir.path());
 }

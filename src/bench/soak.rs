@@ -26,8 +26,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{
-    Cluster, Prepared, Tools, WorkDir, catch_interrupts, check_interrupted, children_cpu, clock_ticks, prepare,
-    process_cpu, process_cpu_with, shim_command,
+    Cluster, Prepared, STOP_GRACE, Tools, WorkDir, catch_interrupts, check_interrupted, children_cpu, clock_ticks,
+    conclude, prepare, process_cpu, process_cpu_with, shim_command,
 };
 use ffcluster::controller::status::JobState;
 
@@ -82,8 +82,6 @@ fn parse_pace(s: &str) -> Result<f64, String> {
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a waiting request looks at the files.
 const POLL: Duration = Duration::from_millis(20);
-/// `TranscodingJob.Stop()`: after `q`, ffmpeg gets this long, then SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Per segment played: the chance that the viewer seeks, and that they stop.
 const SEEK_CHANCE: f64 = 0.05;
 const STOP_CHANCE: f64 = 0.015;
@@ -116,17 +114,9 @@ const SETTLE: Duration = Duration::from_secs(30);
 pub(super) fn run(args: Args) -> Result<ExitCode> {
     let tools = Tools::find()?;
     catch_interrupts()?;
-    let mut work = WorkDir::create()?;
+    let work = WorkDir::create()?;
     let result = soak(&args, &tools, &work.path);
-    let passed = result.as_ref().is_ok_and(Report::passed);
-    work.keep_if("ffcluster bench soak", !passed, args.keep);
-    let report = result?;
-    print!("{report}");
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    conclude("ffcluster bench soak", work, result, Report::passed, args.keep, args.json.as_deref())
 }
 
 fn soak(args: &Args, tools: &Tools, dir: &Path) -> Result<Report> {

@@ -355,6 +355,36 @@ pub fn isolated(mut cmd: Command) -> Command {
     cmd
 }
 
+/// Runs `ffcluster bench <args> --json <json>` (a benchmark that starts its
+/// own cluster), isolated, with `tmp` as its temporary directory; returns its
+/// standard output once it has exited 0 (and shows it).
+pub fn run_bench(args: &[&str], json: &Path, tmp: &Path) -> String {
+    let out = isolated(Command::new(controller_exe()))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ffcluster bench {args:?} failed:\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    stdout
+}
+
+/// A passing benchmark removes its working directory from `tmp`.
+pub fn assert_bench_dir_removed(tmp: &Path) {
+    let left: Vec<_> = std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ffcluster-bench-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// One running (not zombie) process, as `/proc/PID/stat` describes it.
 #[derive(Debug, Clone)]
 pub struct Process {
