@@ -162,8 +162,12 @@ pub fn run_live(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path,
 /// stops reading once it knows every stream, as the direct ffmpeg would.
 async fn probe_live(cl: &CommandLine, ffprobe: &Path, origin: &Origin) -> Result<Probe, String> {
     let input = &cl.inputs[0];
-    let mut args: Vec<String> = Vec::new();
-    for name in ["analyzeduration", "probesize", "fflags", "f"] {
+    // The plan needs the streams and the format, which the PMT and the first
+    // packets give; the job's own -analyzeduration (Jellyfin: 3 s) would hold
+    // the whole job back by as much, and the finisher analyses the stream
+    // again as the job says anyway.
+    let mut args: Vec<String> = ["-analyzeduration", "1000000"].map(str::to_owned).to_vec();
+    for name in ["probesize", "fflags", "f"] {
         if let Some(v) = input.last_value(name) {
             args.extend([format!("-{name}"), v.to_owned()]);
         }

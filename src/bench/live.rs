@@ -697,12 +697,22 @@ fn unix_ms(at: Instant) -> u64 {
 
 /// The sustained speed and the segments it is measured over: content
 /// published per wall second from segment `STEADY_FROM` (earlier on a short
-/// run) to the last.
+/// run) to the last, as the least-squares slope of content against wall time.
+/// A run that keeps up is held to the source's pace, and the moment any one
+/// segment is listed jitters by a few hundred milliseconds: a slope over all
+/// of them is not thrown by the last one.
 fn sustained(during: &[&Listed]) -> Option<(f64, (u64, u64))> {
     let last = during.last()?;
-    let first = during.get(STEADY_FROM.min(during.len().checked_sub(2)?))?;
-    let wall = last.listed_s - first.listed_s;
-    (wall > 0.0).then(|| ((last.content_end_s - first.content_end_s) / wall, (first.index, last.index)))
+    let from = STEADY_FROM.min(during.len().checked_sub(2)?);
+    let first = during.get(from)?;
+    let points = &during[from..];
+    let n = points.len() as f64;
+    let (mx, my) = points.iter().fold((0.0, 0.0), |(x, y), p| (x + p.listed_s / n, y + p.content_end_s / n));
+    let (cov, var) = points.iter().fold((0.0, 0.0), |(c, v), p| {
+        let dx = p.listed_s - mx;
+        (c + dx * (p.content_end_s - my), v + dx * dx)
+    });
+    (var > 0.0).then(|| (cov / var, (first.index, last.index)))
 }
 
 /// The table, the goal and the checks.

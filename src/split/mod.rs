@@ -1113,7 +1113,12 @@ fn plan_live(
     }
     let explicit = cl.outputs[0].opts_named("map").next().is_none();
     let outs = outs.to_vec();
-    let finisher = finisher_args(&fin_cl, &fin_out, FINISHER_LIVE_INPUT, explicit.then_some(&outs), vidx, None)?;
+    let mut finisher = finisher_args(&fin_cl, &fin_out, FINISHER_LIVE_INPUT, explicit.then_some(&outs), vidx, None)?;
+    // The joined video is probed for ffmpeg's default 5 s of it, which a live
+    // job receives in real time: the first segment would wait for that. Its
+    // parameters are in its first keyframe; a second is plenty.
+    let at = finisher.iter().position(|a| a == FINISHER_VIDEO_INPUT).expect("finisher_args adds the video input");
+    finisher.splice(at - 5..at - 5, ["-analyzeduration", "1000000"].map(str::to_owned));
     Ok(Split {
         plan: SplitPlan {
             recipe,

@@ -382,7 +382,7 @@ fn a_live_stream_splits_into_pieces_and_the_finisher_reads_its_own_copy() {
     // as input 1, the audio encoded from input 0.
     let f = s.finisher.join(" ");
     assert!(
-        f.contains("-fflags +igndts -f mpegts -thread_queue_size 4096 -i /dev/fd/5 -f mpegts -thread_queue_size 1024 -i /dev/fd/3"),
+        f.contains("-fflags +igndts -f mpegts -thread_queue_size 4096 -i /dev/fd/5 -analyzeduration 1000000 -f mpegts -thread_queue_size 1024 -i /dev/fd/3"),
         "{f}"
     );
     for gone in ["-user_agent", "-re", "-reconnect_streamed", "-vf"] {
