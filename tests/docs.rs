@@ -54,6 +54,9 @@ fn readme_lists_every_command_and_flag() {
         "/metrics",
         "ffcluster bench cluster",
         "ffcluster bench split",
+        "ffcluster bench live",
+        "ffcluster bench soak",
+        "FFCLUSTER_LIVE_PIECE",
     ] {
         assert!(readme.contains(cmd), "README lacks {cmd}");
     }
