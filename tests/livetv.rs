@@ -591,3 +591,80 @@ fn live_tv_split_survives_a_node_killed_mid_piece() {
     c.wait_no_remote_ffmpeg(Duration::from_secs(5));
     assert_eq!(source.clients_served(), 1);
 }
+
+/// Jellyfin SIGKILLs the shim of a live split job (the client went away):
+/// the finisher, every piece's ffmpeg and the origin connection go with it,
+/// and the controller records the job cancelled.
+#[test]
+fn live_tv_split_shim_killed() {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(2);
+    let source = LiveSource::start(LiveOpts::default());
+    let dir = c.dir.path().join("transcodes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
+    let mut job = Job::launch(&ff, &arguments_string(&live_hls(&source.url(), &dir, false)));
+    let playlist = dir.join(format!("{MD5}.m3u8"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while extinf_text(&std::fs::read_to_string(&playlist).unwrap_or_default()).len() < 2 {
+        assert!(
+            Instant::now() < deadline && !job.exited(),
+            "no segments: {}",
+            job.log.lock().unwrap().lines.join("\n")
+        );
+        std::thread::sleep(POLL);
+    }
+    let shim = i32::try_from(job.child.id()).unwrap();
+    let finisher = children_named(&[shim], "ffmpeg");
+    assert_eq!(finisher.len(), 1, "one finisher under the shim: {finisher:?}");
+    job.child.kill().unwrap();
+    job.child.wait().unwrap();
+    let killed = Instant::now();
+    while processes().iter().any(|p| p.pid == finisher[0]) {
+        assert!(killed.elapsed() < Duration::from_secs(5), "the finisher outlived the shim");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.wait_no_remote_ffmpeg(Duration::from_secs(5));
+    while source.clients_open() > 0 {
+        assert!(killed.elapsed() < Duration::from_secs(5), "the origin connection outlived the shim");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = c.status();
+    let split = status["jobs"].as_array().unwrap().iter().find(|j| j["mode"] == "split").cloned().unwrap();
+    assert_eq!(split["state"], "cancelled", "{split:#?}");
+    assert!(split["chunks"].as_array().unwrap().iter().all(|r| r["state"] != "running"), "{split:#?}");
+    eprintln!("shim killed: finisher, pieces and origin gone within {:?}", killed.elapsed());
+}
+
+/// A live job the cluster cannot split (here: without `-copyts`) runs whole on
+/// one node, relaying the origin connection the shim opened to probe it.
+#[test]
+fn live_tv_that_cannot_be_split_runs_whole_on_the_same_connection() {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(2);
+    let source = LiveSource::start(LiveOpts::default());
+    let dir = c.dir.path().join("transcodes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let args: Vec<String> = live_hls(&source.url(), &dir, false).into_iter().filter(|a| a != "-copyts").collect();
+    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
+    let mut job = Job::launch(&ff, &arguments_string(&args));
+    let playlist = dir.join(format!("{MD5}.m3u8"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while extinf_text(&std::fs::read_to_string(&playlist).unwrap_or_default()).len() < 2 {
+        assert!(
+            Instant::now() < deadline && !job.exited(),
+            "no segments: {}",
+            job.log.lock().unwrap().lines.join("\n")
+        );
+        std::thread::sleep(POLL);
+    }
+    let stopped = job.stop();
+    assert_eq!(stopped.code, Some(0), "{stopped:?}");
+    assert!(std::fs::read_to_string(&playlist).unwrap().trim_end().ends_with("#EXT-X-ENDLIST"));
+    let status = c.status();
+    let jobs = status["jobs"].as_array().unwrap();
+    assert!(jobs.iter().all(|j| j["mode"] == "whole" && j["reason"] == "split.live"), "{jobs:#?}");
+    assert_eq!(source.clients_served(), 1, "the probe's connection is the job's");
+    let log = std::fs::read_to_string(c.dir.path().join("shim.log")).unwrap();
+    assert!(log.contains("not split (a live input is split only with -copyts"), "{log}");
+}

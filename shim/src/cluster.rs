@@ -56,6 +56,12 @@ pub enum Outcome {
 }
 
 pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outcome {
+    run_with(args, verdict, cfg, log, None)
+}
+
+/// [`run`] with the job's offers already prepared (`Some`): a live stream the
+/// shim opened to split it goes to the node on the same connection.
+pub fn run_with(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log, offers: Option<Offers>) -> Outcome {
     let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
         return Outcome::Fallback("no controller or token configured".into());
     };
@@ -67,7 +73,7 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outco
         Ok(d) => d,
         Err(e) => return Outcome::Fallback(format!("no working directory: {e}")),
     };
-    let offers = match Offers::prepare(&cl, &cwd, cfg.relay_inputs) {
+    let offers = match offers.map_or_else(|| Offers::prepare(&cl, &cwd, cfg.relay_inputs), Ok) {
         Ok(o) => o,
         Err(why) => return Outcome::Fallback(why),
     };

@@ -139,9 +139,13 @@ pub fn run_live(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path,
     let split = probed.and_then(|p| ffcluster::split::split_live(&cl, &p, cfg.live_piece).map_err(|e| e.to_string()));
     let mut split = match split {
         Ok(s) => s,
-        // The whole-job path opens the origin again: this connection goes
-        // with `offers`, before anything was read from it.
-        Err(why) => return Attempt::Whole(why),
+        Err(why) => {
+            // Whole on one node, relaying the connection already open: the
+            // probe consumed none of it.
+            log.line(format_args!("split: not split ({why}); the whole job goes to one node"));
+            drop(runtime);
+            return Attempt::Done(cluster::run_with(args, verdict, cfg, log, Some(offers)));
+        }
     };
     let piece = split.plan.live.as_ref().map_or(0.0, |l| l.piece);
     if let Some(live) = &mut split.plan.live {
