@@ -485,11 +485,11 @@ struct Orphaned {
     playlist: String,
 }
 
-fn lose_the_source(ff: &Ffmpeg, dir: &Path) -> Orphaned {
-    std::fs::create_dir_all(dir).unwrap();
-    let source = LiveSource::start(LiveOpts::default());
+/// Starts a Live TV HLS job writing to `dir` and waits until its playlist
+/// lists two segments.
+fn launch_live(ff: &Ffmpeg, args: &[String], dir: &Path) -> Job {
+    let mut job = Job::launch(ff, &arguments_string(args));
     let playlist = dir.join(format!("{MD5}.m3u8"));
-    let mut job = Job::launch(ff, &arguments_string(&live_hls(&source.url(), dir, false)));
     let deadline = Instant::now() + Duration::from_secs(30);
     while extinf_text(&std::fs::read_to_string(&playlist).unwrap_or_default()).len() < 2 {
         assert!(
@@ -499,6 +499,14 @@ fn lose_the_source(ff: &Ffmpeg, dir: &Path) -> Orphaned {
         );
         std::thread::sleep(POLL);
     }
+    job
+}
+
+fn lose_the_source(ff: &Ffmpeg, dir: &Path) -> Orphaned {
+    std::fs::create_dir_all(dir).unwrap();
+    let source = LiveSource::start(LiveOpts::default());
+    let playlist = dir.join(format!("{MD5}.m3u8"));
+    let mut job = launch_live(ff, &live_hls(&source.url(), dir, false), dir);
     drop(source);
     let gone = Instant::now();
     while !job.exited() {
@@ -603,17 +611,7 @@ fn live_tv_split_shim_killed() {
     let dir = c.dir.path().join("transcodes");
     std::fs::create_dir_all(&dir).unwrap();
     let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
-    let mut job = Job::launch(&ff, &arguments_string(&live_hls(&source.url(), &dir, false)));
-    let playlist = dir.join(format!("{MD5}.m3u8"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while extinf_text(&std::fs::read_to_string(&playlist).unwrap_or_default()).len() < 2 {
-        assert!(
-            Instant::now() < deadline && !job.exited(),
-            "no segments: {}",
-            job.log.lock().unwrap().lines.join("\n")
-        );
-        std::thread::sleep(POLL);
-    }
+    let mut job = launch_live(&ff, &live_hls(&source.url(), &dir, false), &dir);
     let shim = i32::try_from(job.child.id()).unwrap();
     let finisher = children_named(&[shim], "ffmpeg");
     assert_eq!(finisher.len(), 1, "one finisher under the shim: {finisher:?}");
@@ -647,17 +645,8 @@ fn live_tv_that_cannot_be_split_runs_whole_on_the_same_connection() {
     std::fs::create_dir_all(&dir).unwrap();
     let args: Vec<String> = live_hls(&source.url(), &dir, false).into_iter().filter(|a| a != "-copyts").collect();
     let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
-    let mut job = Job::launch(&ff, &arguments_string(&args));
+    let mut job = launch_live(&ff, &args, &dir);
     let playlist = dir.join(format!("{MD5}.m3u8"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while extinf_text(&std::fs::read_to_string(&playlist).unwrap_or_default()).len() < 2 {
-        assert!(
-            Instant::now() < deadline && !job.exited(),
-            "no segments: {}",
-            job.log.lock().unwrap().lines.join("\n")
-        );
-        std::thread::sleep(POLL);
-    }
     let stopped = job.stop();
     assert_eq!(stopped.code, Some(0), "{stopped:?}");
     assert!(std::fs::read_to_string(&playlist).unwrap().trim_end().ends_with("#EXT-X-ENDLIST"));
