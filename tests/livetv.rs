@@ -657,3 +657,45 @@ fn live_tv_that_cannot_be_split_runs_whole_on_the_same_connection() {
     let log = std::fs::read_to_string(c.dir.path().join("shim.log")).unwrap();
     assert!(log.contains("not split (a live input is split only with -copyts"), "{log}");
 }
+
+/// Live TV to fMP4 segments (Jellyfin's HLS for clients that take them),
+/// split into pieces: every fragment, decoded with the init segment, holds
+/// its 3 s of frames.
+#[test]
+fn live_tv_split_to_fmp4_segments() {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(2);
+    let source = LiveSource::start(LiveOpts::default());
+    let dir = c.dir.path().join("transcodes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = jellyfin_hls(Path::new("input"), &dir, MD5, true, SEG as u32);
+    let at = |a: &[String], s: &str| a.iter().position(|x| x == s).unwrap();
+    let i = at(&args, "-i");
+    args[i + 1] = source.url();
+    let i = at(&args, "-analyzeduration");
+    args[i + 1] = "3000000".into();
+    let i = at(&args, "vod");
+    args[i] = "event".into();
+    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
+    let mut job = launch_live(&ff, &args, &dir);
+    std::thread::sleep(Duration::from_secs(8));
+    let stopped = job.stop();
+    assert!(stopped.exited_after_q && stopped.code == Some(0), "{stopped:?}");
+    let text = std::fs::read_to_string(dir.join(format!("{MD5}.m3u8"))).unwrap();
+    assert!(text.contains("#EXT-X-MAP:URI=") && text.trim_end().ends_with("#EXT-X-ENDLIST"), "{text}");
+    let durations = extinf_text(&text);
+    let init = std::fs::read(dir.join(format!("{MD5}-1.mp4"))).unwrap();
+    for (n, (name, d)) in listed(&text).iter().zip(&durations).enumerate() {
+        let mut whole = init.clone();
+        whole.extend(std::fs::read(dir.join(name)).unwrap());
+        let joined = c.dir.path().join(format!("decode-{name}"));
+        std::fs::write(&joined, whole).unwrap();
+        let frames = decode_frames(&joined);
+        if n + 1 < durations.len() {
+            assert!((d - SEG).abs() < 0.05, "segment {n} lasts {d} s: {text}");
+        }
+        assert!((frames as f64 - d * 25.0).abs() <= 1.5, "segment {n}: {frames} frames in {d} s");
+    }
+    assert!(durations.len() >= 4, "{text}");
+    assert_eq!(source.clients_served(), 1);
+}
