@@ -699,3 +699,33 @@ fn live_tv_split_to_fmp4_segments() {
     assert!(durations.len() >= 4, "{text}");
     assert_eq!(source.clients_served(), 1);
 }
+
+/// A stream whose 33-bit timestamps wrap (a tuner's clock passes 26.5 hours)
+/// cannot be cut into pieces on one timeline: the split job ends with exit 1
+/// and the reason on stderr instead of hanging or going on without video, and
+/// nothing is left running. (Direct ffmpeg carries on: a known limit.)
+#[test]
+fn live_tv_split_of_a_wrapping_clock_fails_clearly() {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(2);
+    // The wrap comes about 6 s into the stream, after the first pieces.
+    let source = LiveSource::start(LiveOpts { ts_offset: Some(95_437.7), ..LiveOpts::default() });
+    let dir = c.dir.path().join("transcodes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
+    let mut job = Job::launch(&ff, &arguments_string(&live_hls(&source.url(), &dir, false)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !job.exited() {
+        assert!(Instant::now() < deadline, "the job goes on past the wrap");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let code = job.child.wait().unwrap().code();
+    let stderr = job.log.lock().unwrap().lines.join("\n");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot cut the live stream") && stderr.contains("back"), "{stderr}");
+    let status = c.status();
+    let split = status["jobs"].as_array().unwrap().iter().find(|j| j["mode"] == "split").cloned().unwrap();
+    assert!(split["chunks"].as_array().unwrap().iter().any(|r| r["state"] == "done"), "no piece before the wrap");
+    assert_eq!(split["state"], "failed", "{split:#?}");
+    c.wait_no_remote_ffmpeg(Duration::from_secs(5));
+}

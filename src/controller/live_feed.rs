@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::Shared;
 use super::relay::{STREAM_READ_TIMEOUT, answer};
@@ -44,8 +44,10 @@ pub(crate) async fn feed(shared: Arc<Shared>, job: JobId, shim: Arc<ShimConn>, f
         let pieces = match cutter.feed(&bytes) {
             Ok(p) => p,
             Err(e) => {
-                warn!(job, "cannot cut the live stream: {e}");
-                shared.registry().live_ended(job, Some(&e.to_string()), Instant::now());
+                // Not an end: the finisher would go on with the stream's audio
+                // and no video. The job fails, with the reason, for the shim.
+                let reason = format!("cannot cut the live stream: {e}");
+                shared.registry().fail_split(job, reason, Instant::now());
                 return;
             }
         };

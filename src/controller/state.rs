@@ -665,7 +665,7 @@ impl Registry {
     }
 
     /// Fails a split job: the shim is told why, its attempts are cancelled.
-    fn fail_split(&mut self, job: JobId, reason: String, now: Instant) {
+    pub(crate) fn fail_split(&mut self, job: JobId, reason: String, now: Instant) {
         warn!(job, "split job failed: {reason}");
         if let Some(split) = self.splits.get(&job) {
             split.shim.finish(ToShim::Failed { reason: reason.clone() });

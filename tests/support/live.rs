@@ -35,6 +35,9 @@ pub struct LiveOpts {
     pub video: &'static str,
     /// AAC channels.
     pub audio_channels: u32,
+    /// Seconds added to the stream's timestamps (`-output_ts_offset`): near
+    /// 95443.7 s they pass the 33-bit limit and wrap, as a tuner's clock does.
+    pub ts_offset: Option<f64>,
 }
 
 impl Default for LiveOpts {
@@ -47,6 +50,7 @@ impl Default for LiveOpts {
             interlaced: false,
             video: "libx264",
             audio_channels: 2,
+            ts_offset: None,
         }
     }
 }
@@ -104,6 +108,9 @@ impl LiveSource {
             cmd.args(["-flags", "+ildct+ilme", "-top", "1", "-field_order", "tt"]);
         }
         cmd.args(["-c:a", "aac", "-b:a", "128k", "-ac", &opts.audio_channels.to_string()]);
+        if let Some(offset) = opts.ts_offset {
+            cmd.args(["-output_ts_offset", &offset.to_string()]);
+        }
         cmd.args(["-f", "mpegts", "-flush_packets", "1", "pipe:1"]);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut encoder = cmd.spawn().expect("start the live encoder (ffmpeg)");
