@@ -844,7 +844,7 @@ impl SplitJob {
             planned: count(self.chunks.len()),
             nodes: self.nodes_used.iter().cloned().collect(),
             reissued: self.reissued,
-            live_lag_ms: self.live_lag(now).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            live_lag_ms: self.live_lag(now).map(super::state::millis),
         }
     }
 
