@@ -352,27 +352,33 @@ impl ChunkRecipe {
         }
     }
 
-    /// The node's command line for `chunk`. `last` chunks read to the end of input.
-    pub fn args(&self, chunk: &Chunk, first: bool, last: bool) -> Vec<String> {
+    /// What every node command line of the job starts with: its globals,
+    /// quiet and overwriting, source timestamps kept, the input's own options.
+    fn head(&self) -> Vec<String> {
         let mut a: Vec<String> = self.globals.clone();
         a.extend(["-nostdin", "-nostats", "-hide_banner", "-y", "-copyts"].map(str::to_owned));
         a.extend(self.input_opts.iter().cloned());
-        match (first, &self.first_seek) {
-            (true, Some(ss)) => {
-                if self.noaccurate_first {
-                    a.push("-noaccurate_seek".into());
-                }
-                a.extend(["-ss".into(), ss.clone()]);
+        a
+    }
+
+    /// The job's own seek, as written (the first chunk and the audio start there).
+    fn job_seek(&self, a: &mut Vec<String>) {
+        if let Some(ss) = &self.first_seek {
+            if self.noaccurate_first {
+                a.push("-noaccurate_seek".into());
             }
-            (true, None) => {}
-            (false, _) => a.extend(["-ss".into(), secs(self.cut(chunk.start))]),
+            a.extend(["-ss".into(), ss.clone()]);
         }
-        a.extend(["-i".into(), self.input.clone(), "-map".into(), self.map.clone()]);
+    }
+
+    /// The rest of a video command line after `head` and any seek: `input`
+    /// encoded with the job's video options, keyframes on the grid for a first
+    /// frame `late` seconds past its grid line, `trim` ahead of the job's
+    /// filters, MPEG-TS on stdout.
+    fn video(&self, mut a: Vec<String>, input: &str, late: f64, trim: Option<String>) -> Vec<String> {
+        a.extend(["-i".into(), input.to_owned(), "-map".into(), self.map.clone()]);
         a.extend(self.video_opts.iter().cloned());
         if let Some(p) = self.keyframe_period {
-            // The direct run's keyframe n is the first frame with t - t0 >= n·P;
-            // this chunk's first frame lies `late` past its grid line.
-            let late = if first { 0.0 } else { self.frame_at(chunk.start).map_or(0.0, |f| f - chunk.start) };
             let expr = if late > 1e-9 {
                 format!("expr:gte(t,n_forced*{}-{})", num(p), secs(late))
             } else {
@@ -380,7 +386,6 @@ impl ChunkRecipe {
             };
             a.extend(["-force_key_frames:v:0".into(), expr]);
         }
-        let trim = (!last).then(|| format!("trim=end={}", secs(self.cut(chunk.end) + self.pts_offset)));
         let vf = match (trim, &self.filter) {
             (Some(t), Some(f)) => Some(format!("{t},{f}")),
             (Some(t), None) => Some(t),
@@ -392,12 +397,31 @@ impl ChunkRecipe {
         // -flush_packets: each frame leaves at once instead of waiting in a
         // 32 KiB buffer (a quarter second of video at 1 Mb/s), which the
         // finisher, and so segment 0, would wait for.
-        let tail = "-an -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 -flush_packets 1";
-        a.extend(tail.split(' ').map(str::to_owned));
-        a.push("pipe:1".into());
+        a.push("-an".into());
+        a.extend(PIPE_TAIL.split(' ').map(str::to_owned));
         a
     }
+
+    /// The node's command line for `chunk`. `last` chunks read to the end of input.
+    pub fn args(&self, chunk: &Chunk, first: bool, last: bool) -> Vec<String> {
+        let mut a = self.head();
+        if first {
+            self.job_seek(&mut a);
+        } else {
+            a.extend(["-ss".into(), secs(self.cut(chunk.start))]);
+        }
+        // The direct run's keyframe n is the first frame with t - t0 >= n·P;
+        // this chunk's first frame lies `late` past its grid line.
+        let late = if first { 0.0 } else { self.frame_at(chunk.start).map_or(0.0, |f| f - chunk.start) };
+        let trim = (!last).then(|| format!("trim=end={}", secs(self.cut(chunk.end) + self.pts_offset)));
+        self.video(a, &self.input, late, trim)
+    }
 }
+
+/// How every node command line ends, after `-an` or `-vn`: MPEG-TS on stdout,
+/// timestamps as they are, each packet out at once.
+const PIPE_TAIL: &str =
+    "-sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 -flush_packets 1 pipe:1";
 
 impl ChunkRecipe {
     /// The node's command line for one piece of a live stream: `input` is the
@@ -407,34 +431,16 @@ impl ChunkRecipe {
     /// exact, no rounding), and the keyframe expression is re-anchored so that
     /// keyframes fall on the segment grid counted from the stream's first frame.
     pub fn live_args(&self, span: &LiveSpan, input: &str) -> Vec<String> {
-        let mut a: Vec<String> = self.globals.clone();
-        a.extend(["-nostdin", "-nostats", "-hide_banner", "-y", "-copyts"].map(str::to_owned));
-        a.extend(self.input_opts.iter().cloned());
-        a.extend(["-i".into(), input.to_owned(), "-map".into(), self.map.clone()]);
-        a.extend(self.video_opts.iter().cloned());
-        if let Some(p) = self.keyframe_period {
+        // Counted in whole ticks: a piece on a grid line is exactly late 0.
+        let late = self.keyframe_period.map_or(0, |p| {
             let period = (p * live::TICKS as f64).round().max(1.0) as u64;
-            let late = span.start.saturating_sub(span.origin) % period;
-            let expr = if late > 0 {
-                format!("expr:gte(t,n_forced*{}-{})", num(p), secs(late as f64 / live::TICKS as f64))
-            } else {
-                format!("expr:gte(t,n_forced*{})", num(p))
-            };
-            a.extend(["-force_key_frames:v:0".into(), expr]);
-        }
+            span.start.saturating_sub(span.origin) % period
+        });
         let trim = match span.end {
             Some(end) => format!("trim=start_pts={}:end_pts={end}", span.start),
             None => format!("trim=start_pts={}", span.start),
         };
-        let vf = match &self.filter {
-            Some(f) => format!("{trim},{f}"),
-            None => trim,
-        };
-        a.extend(["-vf".into(), vf]);
-        let tail = "-an -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 -flush_packets 1";
-        a.extend(tail.split(' ').map(str::to_owned));
-        a.push("pipe:1".into());
-        a
+        self.video(self.head(), input, late as f64 / live::TICKS as f64, Some(trim))
     }
 }
 
@@ -482,22 +488,14 @@ impl ChunkRecipe {
 
     /// The node's command line for the job's whole audio track.
     pub fn audio_args(&self, audio: &AudioPart) -> Vec<String> {
-        let mut a: Vec<String> = self.globals.clone();
-        a.extend(["-nostdin", "-nostats", "-hide_banner", "-y", "-copyts"].map(str::to_owned));
-        a.extend(self.input_opts.iter().cloned());
-        if let Some(ss) = &self.first_seek {
-            if self.noaccurate_first {
-                a.push("-noaccurate_seek".into());
-            }
-            a.extend(["-ss".into(), ss.clone()]);
-        }
+        let mut a = self.head();
+        self.job_seek(&mut a);
         a.extend(["-i".into(), self.input.clone(), "-map".into(), audio.map.clone()]);
         a.extend(audio.opts.iter().cloned());
         // -flush_packets: the finisher cannot write segment 0 before it has the
         // audio up to segment 1, and 32 KiB held back is a second of audio.
-        let tail = "-vn -sn -dn -avoid_negative_ts disabled -f mpegts -muxdelay 0 -muxpreload 0 -flush_packets 1";
-        a.extend(tail.split(' ').map(str::to_owned));
-        a.push("pipe:1".into());
+        a.push("-vn".into());
+        a.extend(PIPE_TAIL.split(' ').map(str::to_owned));
         a
     }
 }
@@ -986,7 +984,7 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         Some(fd) if lead / fd < 0.5 - 1e-3 => 0.0,
         _ => lead,
     };
-    let copyts = cl.globals.iter().rev().find(|o| o.name() == "copyts").is_some_and(Opt::is_on);
+    let copyts = cl.global_flag("copyts");
     let explicit_rate = output.opts.iter().chain(&cl.globals).any(|o| matches!(o.name(), "vsync" | "fps_mode" | "r"));
     if lead > 1e-4 && !copyts && !explicit_rate && probe.streams.len() > 1 && constant_rate_muxer(shape) {
         return Err(NotSplit::Shape(format!(
@@ -1031,11 +1029,18 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
 
     let audio = audio_offload(cl, shape, &outs, &probe.streams, &fin_out);
     let explicit_maps = maps.is_empty();
-    let finisher = finisher_args(cl, &fin_out, &input.url.raw, explicit_maps.then_some(&outs), vidx, None)?;
+    let finisher = finisher_args(cl, &fin_out, &input.url.raw, explicit_maps.then_some(&outs), vidx, None, &[])?;
     let (audio, finisher_audio_copy) = match audio {
         Some(a) => {
-            let fin =
-                finisher_args(cl, &a.finisher, &input.url.raw, explicit_maps.then_some(&outs), vidx, Some(a.index))?;
+            let fin = finisher_args(
+                cl,
+                &a.finisher,
+                &input.url.raw,
+                explicit_maps.then_some(&outs),
+                vidx,
+                Some(a.index),
+                &[],
+            )?;
             (Some(a.part), Some(fin))
         }
         None => (None, None),
@@ -1066,8 +1071,7 @@ fn plan_live(
     // Without -copyts the finisher would shift its two inputs (the stream and
     // the joined video, which starts at the first keyframe) by different
     // amounts; with it both keep the source's clock.
-    let copyts = cl.globals.iter().rev().find(|o| o.name() == "copyts").is_some_and(Opt::is_on);
-    if !copyts || cl.global_flag("start_at_zero") {
+    if !cl.global_flag("copyts") || cl.global_flag("start_at_zero") {
         return Err(NotSplit::Shape("a live input is split only with -copyts (and no -start_at_zero)".into()));
     }
     let OutputShape::Hls { start_number, .. } = shape else {
@@ -1113,12 +1117,12 @@ fn plan_live(
     }
     let explicit = cl.outputs[0].opts_named("map").next().is_none();
     let outs = outs.to_vec();
-    let mut finisher = finisher_args(&fin_cl, &fin_out, FINISHER_LIVE_INPUT, explicit.then_some(&outs), vidx, None)?;
     // The joined video is probed for ffmpeg's default 5 s of it, which a live
     // job receives in real time: the first segment would wait for that. Its
     // parameters are in its first keyframe; a second is plenty.
-    let at = finisher.iter().position(|a| a == FINISHER_VIDEO_INPUT).expect("finisher_args adds the video input");
-    finisher.splice(at - 5..at - 5, ["-analyzeduration", "1000000"].map(str::to_owned));
+    let probe_joined = ["-analyzeduration", "1000000"];
+    let finisher =
+        finisher_args(&fin_cl, &fin_out, FINISHER_LIVE_INPUT, explicit.then_some(&outs), vidx, None, &probe_joined)?;
     Ok(Split {
         plan: SplitPlan {
             recipe,
@@ -1144,7 +1148,8 @@ fn chunk_globals(cl: &CommandLine) -> Vec<String> {
 
 /// The finisher: the job as written, with the joined video added as input 1
 /// (and a node's audio as input 2, when `audio` names its output stream), both
-/// copied. `explicit` lists the output's streams when the job has no `-map`:
+/// copied, the joined video read with `video_opts` besides its format.
+/// `explicit` lists the output's streams when the job has no `-map`:
 /// the finisher must not choose by its own rules among several inputs.
 fn finisher_args(
     cl: &CommandLine,
@@ -1153,6 +1158,7 @@ fn finisher_args(
     explicit: Option<&Vec<OutStream>>,
     vidx: usize,
     audio: Option<usize>,
+    video_opts: &[&str],
 ) -> Result<Vec<String>, NotSplit> {
     let mut fin = cl.clone();
     let mut out = out.clone();
@@ -1180,8 +1186,8 @@ fn finisher_args(
         .position(|w| w[0] == "-i" && w[1] == MARK)
         .ok_or_else(|| NotSplit::Shape("cannot place the finisher's input".into()))?;
     args[at + 1] = input.to_owned();
-    let mut joined: Vec<String> =
-        ["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_VIDEO_INPUT].map(str::to_owned).to_vec();
+    let mut joined: Vec<String> = video_opts.iter().map(|o| o.to_string()).collect();
+    joined.extend(["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_VIDEO_INPUT].map(str::to_owned));
     if audio.is_some() {
         joined.extend(["-f", "mpegts", "-thread_queue_size", "1024", "-i", FINISHER_AUDIO_INPUT].map(str::to_owned));
     }
@@ -1251,8 +1257,7 @@ fn audio_offload(
     streams: &[ProbeStream],
     fin_out: &crate::ffmpeg::cmdline::Output,
 ) -> Option<AudioOffload> {
-    let global = |name: &str| cl.globals.iter().rev().find(|o| o.name() == name).is_some_and(Opt::is_on);
-    if !global("copyts") || global("start_at_zero") {
+    if !cl.global_flag("copyts") || cl.global_flag("start_at_zero") {
         return None;
     }
     let audios: Vec<usize> =
