@@ -14,9 +14,9 @@ use std::time::Instant;
 use tracing::{debug, info};
 
 use super::Shared;
-use super::relay::{STREAM_READ_TIMEOUT, answer};
+use super::relay::StreamPull;
 use super::shim_link::ShimConn;
-use crate::protocol::{JobId, MAX_FRAME_PAYLOAD};
+use crate::protocol::JobId;
 use crate::split::live::Cutter;
 
 /// Pieces waiting for a node, at most: past this the cluster has fallen
@@ -28,19 +28,13 @@ const BACKLOG: usize = 512 << 20;
 /// does; `piece` is the piece length in 90 kHz ticks.
 pub(crate) async fn feed(shared: Arc<Shared>, job: JobId, shim: Arc<ShimConn>, file: u32, piece: u64) {
     let mut cutter = Cutter::new(piece);
-    let mut next = 0u64;
+    let mut stream = StreamPull::new(shim, shared.metrics.clone(), file);
     let error = loop {
-        let Some((req, rx)) = shim.request_read(file, next, MAX_FRAME_PAYLOAD as u32) else {
-            // The job is over: its shim went away.
-            return;
+        let bytes = match stream.next_chunk().await {
+            None => break None,
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => break Some(e.to_string()),
         };
-        let bytes = match answer(&shim, req, rx, STREAM_READ_TIMEOUT, "the origin failed").await {
-            Ok(bytes) if bytes.is_empty() => break None,
-            Ok(bytes) => bytes,
-            Err(e) => break Some(e),
-        };
-        next += bytes.len() as u64;
-        shared.metrics.input_bytes(bytes.len());
         let pieces = match cutter.feed(&bytes) {
             Ok(p) => p,
             Err(e) => {
@@ -57,6 +51,7 @@ pub(crate) async fn feed(shared: Arc<Shared>, job: JobId, shim: Arc<ShimConn>, f
             }
         }
     };
+    let next = stream.offset();
     match &error {
         None => info!(job, bytes = next, "live stream ended"),
         Some(e) => info!(job, bytes = next, "live stream broke: {e}"),

@@ -41,7 +41,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The same for a stream, where a read waits for the origin to send more. A
 /// live source that sends nothing for this long is dead; ffmpeg reading it
 /// directly would wait forever, but a relay must not hold a job that long.
-pub(crate) const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(120);
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a `Range` header asks of a file of a given size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +158,7 @@ fn serve_stream(found: Servable, metrics: Arc<Metrics>, method: Method, file: u3
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        let pull = StreamPull { shim: found.shim, metrics, file, next: 0, waiting: None, failed: false };
+        let pull = StreamPull::new(found.shim, metrics, file);
         Body::from_stream(futures_util::stream::unfold(pull, |mut pull| async {
             pull.next_chunk().await.map(|chunk| (chunk, pull))
         }))
@@ -170,9 +170,9 @@ fn serve_stream(found: Servable, metrics: Arc<Metrics>, method: Method, file: u3
     r
 }
 
-/// The body of a stream response: one read at a time, each at the offset the
-/// previous answer ended at.
-struct StreamPull {
+/// The body of a stream response (and a live job's feed): one read at a time,
+/// each at the offset the previous answer ended at.
+pub(crate) struct StreamPull {
     shim: Arc<ShimConn>,
     metrics: Arc<Metrics>,
     file: u32,
@@ -183,7 +183,17 @@ struct StreamPull {
 }
 
 impl StreamPull {
-    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+    pub(crate) fn new(shim: Arc<ShimConn>, metrics: Arc<Metrics>, file: u32) -> StreamPull {
+        StreamPull { shim, metrics, file, next: 0, waiting: None, failed: false }
+    }
+
+    /// Bytes read so far.
+    pub(crate) fn offset(&self) -> u64 {
+        self.next
+    }
+
+    /// The next bytes; `None` at the origin's clean end (and after an error).
+    pub(crate) async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         if self.failed {
             return None;
         }
@@ -293,7 +303,7 @@ impl Drop for StreamPull {
 
 /// The shim's answer to read `req`, waited for at most `limit`; a failed read
 /// is reported as `failed: <the shim's error>`.
-pub(crate) async fn answer(
+async fn answer(
     shim: &ShimConn,
     req: u32,
     rx: oneshot::Receiver<ReadResult>,
