@@ -611,8 +611,13 @@ impl Registry {
                 n.outbox.json(ToNode::Cancel { job: loser });
             }
         }
-        match ending.fate {
-            Fate::Running => {}
+        self.settle(job, ending.fate, now);
+    }
+
+    /// Ends split job `job` if `fate` says it is over; true while it runs.
+    fn settle(&mut self, job: JobId, fate: Fate, now: Instant) -> bool {
+        match fate {
+            Fate::Running => return true,
             Fate::Complete => {
                 info!(job, "split job complete");
                 let done = RemoteExit { code: Some(0), signal: None };
@@ -620,6 +625,7 @@ impl Registry {
             }
             Fate::Failed(reason) => self.fail_split(job, reason, now),
         }
+        false
     }
 
     /// The stream live job `job` is cut from, and its piece length in ticks.
@@ -651,16 +657,10 @@ impl Registry {
     /// Live job `job`'s stream ended (`error`: how it broke, if it did).
     pub(crate) fn live_ended(&mut self, job: JobId, error: Option<&str>, now: Instant) {
         let Some(split) = self.splits.get_mut(&job) else { return };
-        match split.end_stream(error) {
-            Fate::Running => {
-                self.logs.note(job, now, "live stream ended; encoding its last pieces");
-                self.dispatch(now);
-            }
-            Fate::Complete => {
-                let done = RemoteExit { code: Some(0), signal: None };
-                self.end_split(job, Outcome::Exited(done), now);
-            }
-            Fate::Failed(reason) => self.fail_split(job, reason, now),
+        let fate = split.end_stream(error);
+        if self.settle(job, fate, now) {
+            self.logs.note(job, now, "live stream ended; encoding its last pieces");
+            self.dispatch(now);
         }
     }
 
@@ -858,8 +858,7 @@ impl Registry {
                         // Only when rounding left the planner short of the end:
                         // what was planned is the job, and it may be done.
                         if split.complete() {
-                            let done = RemoteExit { code: Some(0), signal: None };
-                            self.end_split(job, Outcome::Exited(done), now);
+                            self.settle(job, Fate::Complete, now);
                         }
                         return;
                     }
