@@ -301,11 +301,7 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) {
 /// The controller's record of a live split job: cut into pieces of the
 /// asked length, every piece encoded once and in order, on the nodes.
 fn check_live_split(c: &Cluster, piece: f64, run_for: Duration) {
-    let status = c.status();
-    let jobs = status["jobs"].as_array().unwrap();
-    let split: Vec<&serde_json::Value> = jobs.iter().filter(|j| j["mode"] == "split").collect();
-    assert_eq!(split.len(), 1, "one split job: {jobs:#?}");
-    let job = split[0];
+    let job = &split_job(c);
     assert_eq!(job["reason"], "split.live", "{job:#?}");
     assert!(job["error"].is_null(), "{job:#?}");
     let chunks = job["chunks"].as_array().unwrap();
@@ -559,6 +555,27 @@ fn source_goes_away(mode: Mode) {
     c.wait_no_remote_ffmpeg(Duration::from_secs(5));
 }
 
+/// What the split scenarios start from: a two-node cluster, a live channel
+/// with `opts`, the transcode directory, and the shim splitting live jobs into
+/// 1 s pieces.
+fn split_scene(opts: LiveOpts) -> (Cluster, LiveSource, std::path::PathBuf, Ffmpeg) {
+    let c = Cluster::start(2);
+    let source = LiveSource::start(opts);
+    let dir = c.dir.path().join("transcodes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
+    (c, source, dir, ff)
+}
+
+/// The controller's record of the cluster's one split job.
+fn split_job(c: &Cluster) -> serde_json::Value {
+    let status = c.status();
+    let jobs = status["jobs"].as_array().unwrap();
+    let split: Vec<&serde_json::Value> = jobs.iter().filter(|j| j["mode"] == "split").collect();
+    assert_eq!(split.len(), 1, "one split job: {jobs:#?}");
+    split[0].clone()
+}
+
 /// SIGKILL of a node while it encodes a piece: the piece runs again on the
 /// other node, and the playlist goes on as if nothing happened (pieces are
 /// joined only once encoded whole, so no half piece reached the finisher).
@@ -566,10 +583,7 @@ fn source_goes_away(mode: Mode) {
 fn live_tv_split_survives_a_node_killed_mid_piece() {
     use nix::sys::signal::Signal;
     let _serial = one_at_a_time();
-    let mut c = Cluster::start(2);
-    let source = LiveSource::start(LiveOpts::default());
-    let dir = c.dir.path().join("transcodes");
-    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
+    let (mut c, source, dir, ff) = split_scene(LiveOpts::default());
     let killed = std::cell::Cell::new(None);
     let run = live_hls_run(&ff, &source.url(), &dir, false, Duration::from_secs(20), &|| {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -586,8 +600,7 @@ fn live_tv_split_survives_a_node_killed_mid_piece() {
     });
     eprintln!("node {:?} killed; segments {:?}", killed.get(), run.durations);
     check_hls("cluster", &run, 25.0);
-    let status = c.status();
-    let job = status["jobs"].as_array().unwrap().iter().find(|j| j["mode"] == "split").unwrap().clone();
+    let job = split_job(&c);
     let chunks = job["chunks"].as_array().unwrap();
     let failed: Vec<&serde_json::Value> = chunks.iter().filter(|r| r["state"] == "failed").collect();
     assert!(!failed.is_empty(), "no piece failed with its node: {chunks:#?}");
@@ -606,11 +619,7 @@ fn live_tv_split_survives_a_node_killed_mid_piece() {
 #[test]
 fn live_tv_split_shim_killed() {
     let _serial = one_at_a_time();
-    let c = Cluster::start(2);
-    let source = LiveSource::start(LiveOpts::default());
-    let dir = c.dir.path().join("transcodes");
-    std::fs::create_dir_all(&dir).unwrap();
-    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
+    let (c, source, dir, ff) = split_scene(LiveOpts::default());
     let mut job = launch_live(&ff, &live_hls(&source.url(), &dir, false), &dir);
     let shim = i32::try_from(job.child.id()).unwrap();
     let finisher = children_named(&[shim], "ffmpeg");
@@ -627,8 +636,7 @@ fn live_tv_split_shim_killed() {
         assert!(killed.elapsed() < Duration::from_secs(5), "the origin connection outlived the shim");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = c.status();
-    let split = status["jobs"].as_array().unwrap().iter().find(|j| j["mode"] == "split").cloned().unwrap();
+    let split = split_job(&c);
     assert_eq!(split["state"], "cancelled", "{split:#?}");
     assert!(split["chunks"].as_array().unwrap().iter().all(|r| r["state"] != "running"), "{split:#?}");
     eprintln!("shim killed: finisher, pieces and origin gone within {:?}", killed.elapsed());
@@ -639,12 +647,8 @@ fn live_tv_split_shim_killed() {
 #[test]
 fn live_tv_that_cannot_be_split_runs_whole_on_the_same_connection() {
     let _serial = one_at_a_time();
-    let c = Cluster::start(2);
-    let source = LiveSource::start(LiveOpts::default());
-    let dir = c.dir.path().join("transcodes");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (c, source, dir, ff) = split_scene(LiveOpts::default());
     let args: Vec<String> = live_hls(&source.url(), &dir, false).into_iter().filter(|a| a != "-copyts").collect();
-    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
     let mut job = launch_live(&ff, &args, &dir);
     let playlist = dir.join(format!("{MD5}.m3u8"));
     let stopped = job.stop();
@@ -664,10 +668,7 @@ fn live_tv_that_cannot_be_split_runs_whole_on_the_same_connection() {
 #[test]
 fn live_tv_split_to_fmp4_segments() {
     let _serial = one_at_a_time();
-    let c = Cluster::start(2);
-    let source = LiveSource::start(LiveOpts::default());
-    let dir = c.dir.path().join("transcodes");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (c, source, dir, ff) = split_scene(LiveOpts::default());
     let mut args = jellyfin_hls(Path::new("input"), &dir, MD5, true, SEG as u32);
     let at = |a: &[String], s: &str| a.iter().position(|x| x == s).unwrap();
     let i = at(&args, "-i");
@@ -676,7 +677,6 @@ fn live_tv_split_to_fmp4_segments() {
     args[i + 1] = "3000000".into();
     let i = at(&args, "vod");
     args[i] = "event".into();
-    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
     let mut job = launch_live(&ff, &args, &dir);
     std::thread::sleep(Duration::from_secs(8));
     let stopped = job.stop();
@@ -707,12 +707,8 @@ fn live_tv_split_to_fmp4_segments() {
 #[test]
 fn live_tv_split_of_a_wrapping_clock_fails_clearly() {
     let _serial = one_at_a_time();
-    let c = Cluster::start(2);
     // The wrap comes about 6 s into the stream, after the first pieces.
-    let source = LiveSource::start(LiveOpts { ts_offset: Some(95_437.7), ..LiveOpts::default() });
-    let dir = c.dir.path().join("transcodes");
-    std::fs::create_dir_all(&dir).unwrap();
-    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
+    let (c, source, dir, ff) = split_scene(LiveOpts { ts_offset: Some(95_437.7), ..LiveOpts::default() });
     let mut job = Job::launch(&ff, &arguments_string(&live_hls(&source.url(), &dir, false)));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !job.exited() {
@@ -723,8 +719,7 @@ fn live_tv_split_of_a_wrapping_clock_fails_clearly() {
     let stderr = job.log.lock().unwrap().lines.join("\n");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("cannot cut the live stream") && stderr.contains("back"), "{stderr}");
-    let status = c.status();
-    let split = status["jobs"].as_array().unwrap().iter().find(|j| j["mode"] == "split").cloned().unwrap();
+    let split = split_job(&c);
     assert!(split["chunks"].as_array().unwrap().iter().any(|r| r["state"] == "done"), "no piece before the wrap");
     assert_eq!(split["state"], "failed", "{split:#?}");
     c.wait_no_remote_ffmpeg(Duration::from_secs(5));
