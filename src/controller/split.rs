@@ -1204,7 +1204,7 @@ pub(crate) mod tests {
             r#"{{"streams":[{{"index":0,"codec_type":"video","r_frame_rate":"25/1","avg_frame_rate":"25/1","start_time":"0.000000"}}],
                 "format":{{"start_time":"0.000000","duration":"{duration:.6}"}}}}"#
         );
-        let probe = crate::split::Probe::from_json(&json).unwrap();
+        let probe = crate::split::Probe::from_json(&json).unwrap().assume_first_pictures();
         crate::split::split(&CommandLine::parse(&args).unwrap(), &probe).unwrap().plan
     }
 
@@ -1218,7 +1218,7 @@ pub(crate) mod tests {
                 {{"index":1,"codec_type":"audio","channels":6,"start_time":"0.000000"}}],
                 "format":{{"start_time":"0.000000","duration":"{duration:.6}"}}}}"#
         );
-        let probe = crate::split::Probe::from_json(&json).unwrap();
+        let probe = crate::split::Probe::from_json(&json).unwrap().assume_first_pictures();
         let plan = crate::split::split(&CommandLine::parse(&args).unwrap(), &probe).unwrap().plan;
         assert!(plan.audio.is_some());
         plan

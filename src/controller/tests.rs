@@ -562,7 +562,8 @@ fn split_request() -> (JobRequest, SplitPlan) {
             "start_time":"0.000000","disposition":{"attached_pic":0}}],
             "format":{"start_time":"0.000000","duration":"20.000000"}}"#,
     )
-    .unwrap();
+    .unwrap()
+    .assume_first_pictures();
     let mut plan = split::split(&CommandLine::parse(&args).unwrap(), &probe).unwrap().plan;
     // The fake nodes cannot know how many frames a chunk holds: verification
     // then checks only the stream's structure.

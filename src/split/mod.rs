@@ -30,6 +30,7 @@
 pub mod assemble;
 pub mod live;
 pub mod mpegts;
+pub mod timeline;
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,12 @@ const FINISHER_LIVE_INPUT: &str = "/dev/fd/5";
 /// Grid period for outputs without forced keyframes (progressive files, streams).
 const FREE_GRID: f64 = 2.0;
 
+/// Packets the planning probe reads (all streams together) for the first
+/// pictures and the frame timing; [`PROBE_PACKETS_MORE`] when those did not
+/// decode a picture.
+pub const PROBE_PACKETS: u32 = 96;
+pub const PROBE_PACKETS_MORE: u32 = 1200;
+
 /// Why a job is not split (it then runs whole on one node).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum NotSplit {
@@ -72,6 +79,40 @@ pub enum NotSplit {
     Probe(String),
     #[error("the input is too short to split ({0:.1} s)")]
     TooShort(f64),
+    /// The source's frame timing is not on a constant grid, and the output's
+    /// frame-rate mode would duplicate or drop frames by it.
+    #[error("{0}")]
+    VariableRate(String),
+    /// `-r`, `-fps_mode` or a filter changes the frame rate: frames are
+    /// duplicated or dropped on a timeline the chunks do not share.
+    #[error("{0}")]
+    RateChange(String),
+    /// The video encoder's output cannot travel in the chunks' container.
+    #[error("{0}")]
+    ChunkCodec(String),
+    /// The output timeline model cannot predict where ffmpeg puts the frames.
+    #[error("{0}")]
+    Timeline(String),
+}
+
+impl NotSplit {
+    /// A stable code for why a job was not split: what `ffcluster status`,
+    /// `ffcluster jobs`, the job log, the dashboard and the metrics show.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NotSplit::Shape(_) => "nosplit.shape",
+            NotSplit::Option(_) => "nosplit.option",
+            NotSplit::Map(_) => "nosplit.map",
+            NotSplit::Streams(_) => "nosplit.streams",
+            NotSplit::NoDuration => "nosplit.no_duration",
+            NotSplit::Probe(_) => "nosplit.probe",
+            NotSplit::TooShort(_) => "nosplit.too_short",
+            NotSplit::VariableRate(_) => "nosplit.variable_rate",
+            NotSplit::RateChange(_) => "nosplit.rate_change",
+            NotSplit::ChunkCodec(_) => "nosplit.chunk_codec",
+            NotSplit::Timeline(_) => "nosplit.timeline",
+        }
+    }
 }
 
 /// What ffprobe says about the input, as far as planning needs it. Times are in
@@ -104,6 +145,27 @@ pub struct ProbeStream {
     pub frame_duration: Option<f64>,
     pub attached_pic: bool,
     pub channels: u32,
+    /// The first picture the decoder gives (what the direct run's first frame
+    /// is), when the probe decoded one: a file cut mid-GOP starts with
+    /// pictures that cannot be decoded, and open GOPs lead with pictures that
+    /// are dropped, so the stream's first timestamp is not it.
+    pub first_picture: Option<FirstPicture>,
+    /// Presentation times of the stream's first packets, in decode order, in
+    /// `-ss` coordinates (see [`Probe::ffprobe_args`] for how many).
+    pub packet_times: Vec<f64>,
+    /// The stream's metadata tags, which ffmpeg copies to the output stream.
+    pub tags: Vec<(String, String)>,
+    /// Degrees of the stream's display matrix, when it has one.
+    pub rotation: Option<f64>,
+}
+
+/// The first decoded picture of a video stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FirstPicture {
+    /// In `-ss` coordinates.
+    pub time: f64,
+    pub interlaced: bool,
+    pub top_field_first: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,19 +190,34 @@ impl StreamKind {
 }
 
 impl Probe {
-    /// ffprobe arguments whose JSON answer [`Probe::from_json`] reads.
+    /// ffprobe arguments whose JSON answer [`Probe::from_json`] reads: the
+    /// format and streams, and the first [`PROBE_PACKETS`] packets with the
+    /// pictures they decode to (a few milliseconds more than the header alone).
     pub fn ffprobe_args(input: &str) -> Vec<String> {
+        Probe::ffprobe_args_reading(input, PROBE_PACKETS)
+    }
+
+    /// [`Probe::ffprobe_args`] reading `packets` packets.
+    pub fn ffprobe_args_reading(input: &str, packets: u32) -> Vec<String> {
         [
             "-v",
             "error",
             "-of",
             "json",
+            "-read_intervals",
+            &format!("%+#{packets}"),
             "-show_entries",
-            "format=start_time,duration,format_name:stream=index,codec_type,start_time,r_frame_rate,avg_frame_rate,channels:stream_disposition=attached_pic",
+            "format=start_time,duration,format_name:stream=index,codec_type,start_time,r_frame_rate,avg_frame_rate,channels:stream_disposition=attached_pic:stream_tags:stream_side_data_list:packet=stream_index,pts_time:frame=stream_index,best_effort_timestamp_time,interlaced_frame,top_field_first",
             input,
         ]
         .map(str::to_owned)
         .to_vec()
+    }
+
+    /// Whether the probe found the first picture of every video stream; when
+    /// not (a long run of undecodable pictures), probe again reading more.
+    pub fn pictures_found(&self) -> bool {
+        self.streams.iter().filter(|s| s.kind == StreamKind::Video && !s.attached_pic).all(|s| s.first_picture.is_some())
     }
 
     /// ffprobe arguments that print the first video packet from `seek` on (which
@@ -174,6 +251,26 @@ impl Probe {
             #[serde(default)]
             streams: Vec<Stream>,
             format: Option<Format>,
+            #[serde(default)]
+            packets_and_frames: Vec<Entry>,
+            #[serde(default)]
+            packets: Vec<Entry>,
+            #[serde(default)]
+            frames: Vec<Entry>,
+        }
+        #[derive(Deserialize)]
+        struct Entry {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            stream_index: Option<u32>,
+            pts_time: Option<String>,
+            best_effort_timestamp_time: Option<String>,
+            interlaced_frame: Option<u8>,
+            top_field_first: Option<u8>,
+        }
+        #[derive(Deserialize)]
+        struct SideData {
+            rotation: Option<f64>,
         }
         #[derive(Deserialize)]
         struct Format {
@@ -190,6 +287,10 @@ impl Probe {
             avg_frame_rate: Option<String>,
             channels: Option<u32>,
             disposition: Option<Disposition>,
+            #[serde(default)]
+            tags: std::collections::BTreeMap<String, serde_json::Value>,
+            #[serde(default)]
+            side_data_list: Vec<SideData>,
         }
         #[derive(Deserialize)]
         struct Disposition {
@@ -200,10 +301,31 @@ impl Probe {
         let num = |s: &Option<String>| s.as_deref().and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
         let format = doc.format.ok_or_else(|| NotSplit::Probe("no format section".into()))?;
         let start = num(&format.start_time).unwrap_or(0.0);
+        // Packets and frames, in the order ffprobe read and decoded them
+        // (`packets_and_frames` when both are shown).
+        let entries: Vec<Entry> = doc.packets_and_frames.into_iter().chain(doc.packets).chain(doc.frames).collect();
         let streams = doc
             .streams
             .into_iter()
             .map(|s| {
+                let index = s.index;
+                let mine = entries.iter().filter(|e| e.stream_index == Some(index));
+                let is_frame = |e: &&Entry| e.kind.as_deref() == Some("frame") || e.best_effort_timestamp_time.is_some();
+                let first_picture = mine.clone().filter(is_frame).find_map(|e| {
+                    Some(FirstPicture {
+                        time: num(&e.best_effort_timestamp_time)? - start,
+                        interlaced: e.interlaced_frame.unwrap_or(0) != 0,
+                        top_field_first: e.top_field_first.unwrap_or(0) != 0,
+                    })
+                });
+                let packet_times =
+                    mine.filter(|e| !is_frame(e)).filter_map(|e| num(&e.pts_time)).map(|t| t - start).collect();
+                let tags = s
+                    .tags
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                    .collect();
+                let rotation = s.side_data_list.iter().find_map(|d| d.rotation);
                 let kind = match s.codec_type.as_deref() {
                     Some("video") => StreamKind::Video,
                     Some("audio") => StreamKind::Audio,
@@ -224,6 +346,10 @@ impl Probe {
                     frame_duration: cfr,
                     attached_pic: s.disposition.is_some_and(|d| d.attached_pic != 0),
                     channels: s.channels.unwrap_or(0),
+                    first_picture,
+                    packet_times,
+                    tags,
+                    rotation,
                 }
             })
             .collect();
@@ -237,6 +363,19 @@ impl Probe {
             timestamp_step: ms.then_some(0.001),
             format_name: format.format_name,
         })
+    }
+}
+
+#[cfg(test)]
+impl Probe {
+    /// For answers written by hand without packets and frames: each video
+    /// stream's first picture at its start time, progressive.
+    pub(crate) fn assume_first_pictures(mut self) -> Probe {
+        for s in self.streams.iter_mut().filter(|s| s.kind == StreamKind::Video) {
+            let time = s.start_time.unwrap_or(0.0);
+            s.first_picture.get_or_insert(FirstPicture { time, interlaced: false, top_field_first: false });
+        }
+        self
     }
 }
 
@@ -934,6 +1073,7 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     if !codec_seen {
         return Err(NotSplit::Streams("no video encoder is named".into()));
     }
+    chunk_codec(&video_opts)?;
     if let Some(k) = keyframes_verbatim {
         video_opts.extend(["-force_key_frames:v:0".to_owned(), k]);
     }
@@ -942,7 +1082,7 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         return plan_live(cl, probe, shape, piece, video_opts, filter, keyframe_period, vstream, fin_out, &outs, vidx);
     }
 
-    // Timing.
+    // Timing: where direct ffmpeg puts the frames (`timeline`).
     let duration = probe.duration.ok_or(NotSplit::NoDuration)?;
     let seek = input.last_value("ss").map(str::to_owned);
     let seek_t = match &seek {
@@ -950,48 +1090,52 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         None => None,
     };
     let noaccurate = input.opts_named("accurate_seek").last().is_some_and(|o| !o.is_on());
-    let vstart = vstream.start_time.unwrap_or(0.0).max(0.0);
-    let fd = vstream.frame_duration;
+    let copyts = cl.global_flag("copyts");
+    let fps_mode = output
+        .opts
+        .iter()
+        .chain(&cl.globals)
+        .filter(|o| matches!(o.name(), "vsync" | "fps_mode"))
+        .filter_map(|o| o.value.as_deref())
+        .last();
+    let model = timeline::Job {
+        copyts,
+        start_at_zero: cl.global_flag("start_at_zero"),
+        seek: seek_t,
+        noaccurate,
+        sync: timeline::Job::sync(constant_rate_muxer(shape), fps_mode, copyts, probe.streams.len()),
+    };
+    let fd = timeline::frame_duration(vstream)?;
+    timeline::rate_options(output.last_value("r"), fps_mode, filter.as_deref(), fd)?;
+    let picture = vstream
+        .first_picture
+        .ok_or_else(|| NotSplit::Timeline("no picture of the video decoded in the probe's packets".into()))?;
+    if input.opts_named("autorotate").last().is_some_and(|o| !o.is_on()) && vstream.rotation.is_some_and(|r| r != 0.0)
+    {
+        return Err(NotSplit::Streams("the video's rotation is kept (-noautorotate) and a copy would lose it".into()));
+    }
+    let vstart = picture.time;
     let first_frame = match (seek_t, noaccurate) {
         (None, _) => vstart,
         (Some(_), true) => probe
             .keyframe_before_seek
             .ok_or_else(|| NotSplit::Streams("where -noaccurate_seek starts is unknown".into()))?,
-        (Some(ss), false) => match fd {
-            Some(fd) if ss > vstart => {
-                let mut k = ((ss - vstart) / fd - 1e-6).ceil();
-                // The seek compares stored timestamps: a frame a fraction of a
-                // millisecond before -ss, stored rounded, is at -ss and kept
-                // (found by `bench soak`: -ss 78 on 24000/1001 Matroska).
-                let stored = |t: f64| probe.timestamp_step.map_or(t, |step| (t / step).round() * step);
-                if k >= 1.0 && stored(vstart + (k - 1.0) * fd) >= ss - 1e-9 {
-                    k -= 1.0;
-                }
-                vstart + k * fd
+        (Some(ss), false) if ss > vstart => {
+            let mut k = ((ss - vstart) / fd - 1e-6).ceil();
+            // The seek compares stored timestamps: a frame a fraction of a
+            // millisecond before -ss, stored rounded, is at -ss and kept
+            // (found by `bench soak`: -ss 78 on 24000/1001 Matroska).
+            let stored = |t: f64| probe.timestamp_step.map_or(t, |step| (t / step).round() * step);
+            if k >= 1.0 && stored(vstart + (k - 1.0) * fd) >= ss - 1e-9 {
+                k -= 1.0;
             }
-            _ => ss.max(vstart),
-        },
+            vstart + k * fd
+        }
+        (Some(_), false) => vstart,
     };
-    // ffmpeg's automatic frame-rate mode is constant for muxers without
-    // variable-rate support (mp4, mov, and hls) unless -copyts, and then fills
-    // a gap of half a frame or more between the output's start and a first
-    // frame that comes later by repeating it (its vsync rounds the gap plus one
-    // frame to a frame count). The finisher copies the video and cannot repeat
-    // frames, so such a job is not split (found by tests/badinput.rs: an mkv
-    // whose AAC audio starts its video at 21 ms gave direct 97 frames, split 96).
-    let lead = first_frame - seek_t.unwrap_or(0.0);
-    let lead = match fd {
-        Some(fd) if lead / fd < 0.5 - 1e-3 => 0.0,
-        _ => lead,
-    };
-    let copyts = cl.global_flag("copyts");
-    let explicit_rate = output.opts.iter().chain(&cl.globals).any(|o| matches!(o.name(), "vsync" | "fps_mode" | "r"));
-    if lead > 1e-4 && !copyts && !explicit_rate && probe.streams.len() > 1 && constant_rate_muxer(shape) {
-        return Err(NotSplit::Shape(format!(
-            "the output repeats the first frame to fill the {:.0} ms before it (constant frame rate)",
-            lead * 1000.0
-        )));
-    }
+    let placement = timeline::place(vstream, &model, first_frame)?;
+    let field_order = timeline::field_order(&placement.first_picture, filter.as_deref());
+    let fd = Some(fd);
     let (period, start_number) = match shape {
         OutputShape::Hls { start_number, .. } => {
             let grid = Grid::of(cl, 0, shape).ok_or_else(|| {
@@ -1027,9 +1171,18 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         pts_offset: probe.start_time,
     };
 
+    // What the direct run's encoder gives the video stream and a copy does
+    // not: the first frame's field order and the input stream's tags.
+    fin_out.push(Opt::new("field_order:v:0", Some(field_order)));
+    for (key, value) in stream_tags(cl, output, vstream)? {
+        fin_out.push(Opt::new("metadata:s:v:0", Some(format!("{key}={value}"))));
+    }
+    let offset = placement.video_offset.filter(|x| x.abs() > 1e-9).map(|x| secs(x));
+    let joined: Vec<&str> = offset.as_deref().map(|x| vec!["-itsoffset", x]).unwrap_or_default();
+
     let audio = audio_offload(cl, shape, &outs, &probe.streams, &fin_out);
     let explicit_maps = maps.is_empty();
-    let finisher = finisher_args(cl, &fin_out, &input.url.raw, explicit_maps.then_some(&outs), vidx, None, &[])?;
+    let finisher = finisher_args(cl, &fin_out, &input.url.raw, explicit_maps.then_some(&outs), vidx, None, &joined)?;
     let (audio, finisher_audio_copy) = match audio {
         Some(a) => {
             let fin = finisher_args(
@@ -1039,7 +1192,7 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
                 explicit_maps.then_some(&outs),
                 vidx,
                 Some(a.index),
-                &[],
+                &joined,
             )?;
             (Some(a.part), Some(fin))
         }
@@ -1051,6 +1204,41 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         finisher,
         finisher_audio_copy,
     })
+}
+
+/// Encoders whose streams the chunks' MPEG-TS carries unchanged; other codecs
+/// would need another chunk container, so their jobs are not split.
+fn chunk_codec(video_opts: &[String]) -> Result<(), NotSplit> {
+    let encoder = video_opts.windows(2).filter(|w| w[0] == "-codec:v:0").map(|w| w[1].as_str()).last().unwrap_or("");
+    let carried = ["libx264", "libx264rgb", "libopenh264", "libx265", "mpeg2video", "mpeg1video", "mpeg4", "libxvid"]
+        .contains(&encoder)
+        || ["h264_", "hevc_", "mpeg2_"].iter().any(|p| encoder.starts_with(p));
+    if carried {
+        Ok(())
+    } else {
+        Err(NotSplit::ChunkCodec(format!("{encoder} output does not travel in MPEG-TS chunks")))
+    }
+}
+
+/// The video stream's tags as the direct run copies them to its output
+/// stream (all but `encoder`, which the encoder sets): none after
+/// `-map_metadata -1`.
+fn stream_tags(
+    cl: &CommandLine,
+    output: &crate::ffmpeg::cmdline::Output,
+    vstream: &ProbeStream,
+) -> Result<Vec<(String, String)>, NotSplit> {
+    let tags: Vec<(String, String)> =
+        vstream.tags.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("encoder")).cloned().collect();
+    let map_metadata: Vec<&Opt> = output.opts_named("map_metadata").chain(cl.globals.iter().filter(|o| o.name() == "map_metadata")).collect();
+    if map_metadata.iter().any(|o| o.value.as_deref().is_some_and(|v| v.starts_with("-1"))) || tags.is_empty() {
+        return Ok(Vec::new());
+    }
+    let per_stream = |o: &&Opt| o.spec().is_some_and(|s| s.starts_with('s'));
+    if map_metadata.iter().any(per_stream) || output.opts_named("metadata").any(|o| per_stream(&o)) {
+        return Err(NotSplit::Option("per-stream metadata options on a video whose tags the output copies".into()));
+    }
+    Ok(tags)
 }
 
 /// The rest of [`split_live`], once the options are sorted.
@@ -1275,6 +1463,11 @@ fn audio_offload(
     let mut aac = None;
     for o in &fin_out.opts {
         let name = o.name();
+        // Muxer-side settings of an output stream, whichever input it copies.
+        if matches!(name, "metadata" | "field_order") {
+            fin.opts.push(o.clone());
+            continue;
+        }
         let cov = match covers(o) {
             None => None,
             Some(Some(c)) => Some(c),

@@ -8,7 +8,7 @@ fn probe() -> Probe {
         {"index":0,"codec_type":"video","r_frame_rate":"24000/1001","avg_frame_rate":"24000/1001","start_time":"0.005000","disposition":{"attached_pic":0}},
         {"index":1,"codec_type":"audio","r_frame_rate":"0/0","avg_frame_rate":"0/0","channels":6,"start_time":"0.000000","disposition":{"attached_pic":0}}],
         "format":{"start_time":"0.000000","duration":"24.000000"}}"#;
-    Probe::from_json(json).unwrap()
+    Probe::from_json(json).unwrap().assume_first_pictures()
 }
 
 fn jellyfin(extra_input: &[&str], seg: &str) -> Vec<String> {
@@ -135,8 +135,14 @@ fn seeks_start_where_ffmpeg_does() {
 
     // Without accurate seek ffmpeg starts at the keyframe before; the shim asks
     // ffprobe where that is.
-    let mut args = jellyfin(&["-noaccurate_seek", "-ss", "9"], "3");
-    args.retain(|a| a != "-copyts");
+    let mut plain = jellyfin(&["-noaccurate_seek", "-ss", "9"], "3");
+    plain.retain(|a| a != "-copyts");
+    // Without -copyts the frames before -ss get negative times, which the
+    // timeline model does not follow.
+    let mut p = probe();
+    p.parse_keyframe("8.005000\n");
+    assert!(matches!(plan_of(&plain, &p), Err(NotSplit::Timeline(_))));
+    let args = jellyfin(&["-noaccurate_seek", "-ss", "9"], "3");
     assert!(matches!(plan_of(&args, &probe()), Err(NotSplit::Streams(_))));
     let mut p = probe();
     p.parse_keyframe("8.005000\n");
@@ -154,7 +160,8 @@ fn plain_command_lines_split_with_implicit_streams() {
     let f = s.finisher.join(" ");
     assert_eq!(
         f,
-        "-i in.mkv -f mpegts -thread_queue_size 1024 -i /dev/fd/3 -c:v copy -crf 20 -c:a aac -map 1:0 -map 0:1 out.mp4"
+        "-i in.mkv -f mpegts -thread_queue_size 1024 -i /dev/fd/3 -c:v copy -crf 20 -c:a aac \
+         -field_order:v:0 progressive -map 1:0 -map 0:1 out.mp4"
     );
     let a = s.plan.recipe.args(&Chunk { index: 1, start: 2.005, end: 4.005, first_segment: 1 }, false, false);
     let a = a.join(" ");
@@ -261,7 +268,7 @@ fn a_job_whose_direct_run_repeats_the_first_frame_is_not_split() {
         {"index":0,"codec_type":"video","r_frame_rate":"24000/1001","avg_frame_rate":"24000/1001","start_time":"0.021000"},
         {"index":1,"codec_type":"audio","channels":2,"start_time":"0.000000"}],
         "format":{"start_time":"0.000000","duration":"24.000000"}}"#;
-    let late = Probe::from_json(json).unwrap();
+    let late = Probe::from_json(json).unwrap().assume_first_pictures();
     let mp4 = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         a.extend("-i /media/in.mkv -c:v libx264 -c:a aac /tmp/out.mp4".split(' ').map(str::to_owned));
@@ -317,10 +324,13 @@ fn a_chunk_must_hold_the_frames_between_its_cuts() {
     }
     // Up to the last cut: every frame counted once.
     assert_eq!(total, ((last_end - 0.005) / fd).ceil() as u64);
-    // A chain that may drop or add frames leaves the count open.
-    let yadif: Vec<String> =
-        jellyfin(&[], "3").iter().map(|a| a.replace("format=yuv420p", "yadif=1,format=yuv420p")).collect();
-    let s = plan_of(&yadif, &probe()).unwrap();
+    // A chain that may drop or add frames leaves the count open; one that
+    // makes a frame of each field is not split.
+    let chain = |f: &str| -> Vec<String> {
+        jellyfin(&[], "3").iter().map(|a| a.replace("format=yuv420p", &format!("{f},format=yuv420p"))).collect()
+    };
+    assert!(matches!(plan_of(&chain("yadif=1"), &probe()), Err(NotSplit::RateChange(_))));
+    let s = plan_of(&chain("yadif=0"), &probe()).unwrap();
     let c = Chunk { index: 1, start: 3.005, end: 6.005, first_segment: 1 };
     assert_eq!(s.plan.recipe.frames(&c, false, false), None);
 }
@@ -339,9 +349,9 @@ fn a_seek_keeps_the_frame_matroska_stores_at_it() {
     };
     let fd = 1001.0 / 24000.0;
     let args = jellyfin(&["-ss", "00:01:18.000"], "3");
-    let mkv = plan_of(&args, &Probe::from_json(&json("matroska,webm")).unwrap()).unwrap();
+    let mkv = plan_of(&args, &Probe::from_json(&json("matroska,webm")).unwrap().assume_first_pictures()).unwrap();
     assert!((mkv.plan.start - (0.005 + 1870.0 * fd)).abs() < 1e-9, "{}", mkv.plan.start);
-    let mp4 = plan_of(&args, &Probe::from_json(&json("mov,mp4,m4a,3gp,3g2,mj2")).unwrap()).unwrap();
+    let mp4 = plan_of(&args, &Probe::from_json(&json("mov,mp4,m4a,3gp,3g2,mj2")).unwrap().assume_first_pictures()).unwrap();
     assert!((mp4.plan.start - (0.005 + 1871.0 * fd)).abs() < 1e-9, "{}", mp4.plan.start);
 }
 
@@ -352,7 +362,7 @@ fn live_probe() -> Probe {
         {"index":0,"codec_type":"video","r_frame_rate":"25/1","avg_frame_rate":"25/1","start_time":"1.400000","disposition":{"attached_pic":0}},
         {"index":1,"codec_type":"audio","r_frame_rate":"0/0","avg_frame_rate":"0/0","channels":2,"start_time":"1.390000","disposition":{"attached_pic":0}}],
         "format":{"start_time":"1.390000","format_name":"mpegts"}}"#;
-    Probe::from_json(json).unwrap()
+    Probe::from_json(json).unwrap().assume_first_pictures()
 }
 
 /// Jellyfin's Live TV HLS: an http input with the tuner's options, `-re`, an
@@ -431,4 +441,55 @@ fn live_streams_that_cannot_be_split_say_why() {
     // A file is not live; a stream is not split as a file.
     assert!(split_live(&CommandLine::parse(&jellyfin(&[], "3")).unwrap(), &probe, 1.0).is_err());
     assert!(split(&CommandLine::parse(&jellyfin_live()).unwrap(), &probe).is_err());
+}
+
+#[test]
+fn the_probe_reads_the_first_picture_and_the_packet_times() {
+    // A recording cut mid-GOP: three pictures before the first I-frame cannot
+    // be decoded, and its two leading B-frames are dropped.
+    let json = r#"{"packets_and_frames":[
+        {"type":"packet","stream_index":0,"pts_time":"10003.200000"},
+        {"type":"packet","stream_index":1,"pts_time":"10003.060933"},
+        {"type":"packet","stream_index":0,"pts_time":"10003.120000"},
+        {"type":"packet","stream_index":0,"pts_time":"10003.160000"},
+        {"type":"packet","stream_index":0,"pts_time":"10003.320000"},
+        {"type":"packet","stream_index":0,"pts_time":"10003.240000"},
+        {"type":"packet","stream_index":0,"pts_time":"10003.280000"},
+        {"type":"frame","stream_index":1,"best_effort_timestamp_time":"10003.060933"},
+        {"type":"frame","stream_index":0,"best_effort_timestamp_time":"10003.320000","interlaced_frame":1,"top_field_first":1}],
+      "streams":[
+        {"index":0,"codec_type":"video","r_frame_rate":"25/1","avg_frame_rate":"25/1","start_time":"10003.200000",
+         "tags":{"language":"fra","title":"Le film"}},
+        {"index":1,"codec_type":"audio","channels":2,"start_time":"10003.060933"}],
+      "format":{"start_time":"10003.060933","duration":"8.000000","format_name":"mpegts"}}"#;
+    let p = Probe::from_json(json).unwrap();
+    let v = &p.streams[0];
+    let first = v.first_picture.unwrap();
+    assert!((first.time - 0.259067).abs() < 1e-6, "{first:?}");
+    assert!(first.interlaced && first.top_field_first);
+    assert_eq!(v.packet_times.len(), 6);
+    assert!(p.pictures_found());
+    // Matroska output without -copyts: the video is placed on its frame tick
+    // (260 ms late, 6.48 frames: at 6 frames) with its field order and tags.
+    let args: Vec<String> = "-i in.ts -c:v libx264 -c:a aac out.mkv".split(' ').map(str::to_owned).collect();
+    let s = plan_of(&args, &p).unwrap();
+    let f = s.finisher.join(" ");
+    assert!(f.contains("-itsoffset 0.240000 -f mpegts"), "{f}");
+    assert!(f.contains("-field_order:v:0 tb"), "{f}");
+    assert!(f.contains("-metadata:s:v:0 language=fra -metadata:s:v:0 title=Le film"), "{f}");
+    assert!((s.plan.grid.origin - 0.259067).abs() < 1e-6);
+    // Jellyfin drops every tag: so does the finisher.
+    let args: Vec<String> =
+        "-i in.ts -map_metadata -1 -c:v libx264 -c:a aac out.mkv".split(' ').map(str::to_owned).collect();
+    assert!(!plan_of(&args, &p).unwrap().finisher.iter().any(|a| a.starts_with("-metadata")));
+}
+
+#[test]
+fn codecs_that_mpegts_chunks_cannot_carry_are_not_split() {
+    for (codec, out) in [("libsvtav1", "out.mkv"), ("libvpx-vp9", "out.webm"), ("prores_ks", "out.mov")] {
+        let args: Vec<String> = format!("-i in.mkv -c:v {codec} -c:a copy {out}").split(' ').map(str::to_owned).collect();
+        assert!(matches!(plan_of(&args, &probe()), Err(NotSplit::ChunkCodec(_))), "{codec}");
+    }
+    let args: Vec<String> = "-i in.mkv -vf scale=480:-2 -r 30 -c:v libx264 out.mkv".split(' ').map(str::to_owned).collect();
+    assert!(matches!(plan_of(&args, &probe()), Err(NotSplit::RateChange(_))));
 }
