@@ -217,7 +217,10 @@ impl Probe {
     /// Whether the probe found the first picture of every video stream; when
     /// not (a long run of undecodable pictures), probe again reading more.
     pub fn pictures_found(&self) -> bool {
-        self.streams.iter().filter(|s| s.kind == StreamKind::Video && !s.attached_pic).all(|s| s.first_picture.is_some())
+        self.streams
+            .iter()
+            .filter(|s| s.kind == StreamKind::Video && !s.attached_pic)
+            .all(|s| s.first_picture.is_some())
     }
 
     /// ffprobe arguments that print the first video packet from `seek` on (which
@@ -310,7 +313,8 @@ impl Probe {
             .map(|s| {
                 let index = s.index;
                 let mine = entries.iter().filter(|e| e.stream_index == Some(index));
-                let is_frame = |e: &&Entry| e.kind.as_deref() == Some("frame") || e.best_effort_timestamp_time.is_some();
+                let is_frame =
+                    |e: &&Entry| e.kind.as_deref() == Some("frame") || e.best_effort_timestamp_time.is_some();
                 let first_picture = mine.clone().filter(is_frame).find_map(|e| {
                     Some(FirstPicture {
                         time: num(&e.best_effort_timestamp_time)? - start,
@@ -1110,8 +1114,7 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     let picture = vstream
         .first_picture
         .ok_or_else(|| NotSplit::Timeline("no picture of the video decoded in the probe's packets".into()))?;
-    if input.opts_named("autorotate").last().is_some_and(|o| !o.is_on()) && vstream.rotation.is_some_and(|r| r != 0.0)
-    {
+    if input.opts_named("autorotate").last().is_some_and(|o| !o.is_on()) && vstream.rotation.is_some_and(|r| r != 0.0) {
         return Err(NotSplit::Streams("the video's rotation is kept (-noautorotate) and a copy would lose it".into()));
     }
     let vstart = picture.time;
@@ -1230,7 +1233,8 @@ fn stream_tags(
 ) -> Result<Vec<(String, String)>, NotSplit> {
     let tags: Vec<(String, String)> =
         vstream.tags.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("encoder")).cloned().collect();
-    let map_metadata: Vec<&Opt> = output.opts_named("map_metadata").chain(cl.globals.iter().filter(|o| o.name() == "map_metadata")).collect();
+    let map_metadata: Vec<&Opt> =
+        output.opts_named("map_metadata").chain(cl.globals.iter().filter(|o| o.name() == "map_metadata")).collect();
     if map_metadata.iter().any(|o| o.value.as_deref().is_some_and(|v| v.starts_with("-1"))) || tags.is_empty() {
         return Ok(Vec::new());
     }

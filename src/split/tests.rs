@@ -351,7 +351,8 @@ fn a_seek_keeps_the_frame_matroska_stores_at_it() {
     let args = jellyfin(&["-ss", "00:01:18.000"], "3");
     let mkv = plan_of(&args, &Probe::from_json(&json("matroska,webm")).unwrap().assume_first_pictures()).unwrap();
     assert!((mkv.plan.start - (0.005 + 1870.0 * fd)).abs() < 1e-9, "{}", mkv.plan.start);
-    let mp4 = plan_of(&args, &Probe::from_json(&json("mov,mp4,m4a,3gp,3g2,mj2")).unwrap().assume_first_pictures()).unwrap();
+    let mp4 =
+        plan_of(&args, &Probe::from_json(&json("mov,mp4,m4a,3gp,3g2,mj2")).unwrap().assume_first_pictures()).unwrap();
     assert!((mp4.plan.start - (0.005 + 1871.0 * fd)).abs() < 1e-9, "{}", mp4.plan.start);
 }
 
@@ -487,9 +488,11 @@ fn the_probe_reads_the_first_picture_and_the_packet_times() {
 #[test]
 fn codecs_that_mpegts_chunks_cannot_carry_are_not_split() {
     for (codec, out) in [("libsvtav1", "out.mkv"), ("libvpx-vp9", "out.webm"), ("prores_ks", "out.mov")] {
-        let args: Vec<String> = format!("-i in.mkv -c:v {codec} -c:a copy {out}").split(' ').map(str::to_owned).collect();
+        let args: Vec<String> =
+            format!("-i in.mkv -c:v {codec} -c:a copy {out}").split(' ').map(str::to_owned).collect();
         assert!(matches!(plan_of(&args, &probe()), Err(NotSplit::ChunkCodec(_))), "{codec}");
     }
-    let args: Vec<String> = "-i in.mkv -vf scale=480:-2 -r 30 -c:v libx264 out.mkv".split(' ').map(str::to_owned).collect();
+    let args: Vec<String> =
+        "-i in.mkv -vf scale=480:-2 -r 30 -c:v libx264 out.mkv".split(' ').map(str::to_owned).collect();
     assert!(matches!(plan_of(&args, &probe()), Err(NotSplit::RateChange(_))));
 }
