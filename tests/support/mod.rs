@@ -16,6 +16,7 @@ pub fn corpus_path() -> PathBuf {
 pub mod cluster;
 pub mod jellyfin;
 pub mod live;
+pub mod media;
 
 /// Debian's Chromium, which the browser tests drive headless.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
