@@ -123,7 +123,7 @@ pub fn jobs(a: ListArgs) -> anyhow::Result<ExitCode> {
                 row
             })
             .collect();
-        print!("{}", table(&["JOB", "MODE", "STATE", "NODE", "DURATION", "EXIT", "ARGS"], rows));
+        print!("{}", table(&["JOB", "MODE", "STATE", "NODE", "DURATION", "EXIT", "REASON", "ARGS"], rows));
     }
     Ok(ExitCode::SUCCESS)
 }

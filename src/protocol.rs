@@ -208,6 +208,11 @@ pub enum ShimMsg {
     ReadFailed { req: u32, error: String },
     /// The shim received a signal; forward it to ffmpeg.
     Signal { signal: JobSignal },
+    /// The shim runs the accepted job locally after all (it failed on the
+    /// cluster before anything was visible): why, as a `fallback.*` code. Sent
+    /// just before the shim closes; a controller that predates it logs an
+    /// unreadable message and carries on.
+    FellBack { reason: Why },
 }
 
 /// Controller → shim.
@@ -361,6 +366,43 @@ pub struct JobRequest {
     /// shim, which joins them with a local finisher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<crate::split::SplitPlan>,
+    /// A job the classifier would split that goes whole instead: why
+    /// (`nosplit.*`, see [`crate::split::NotSplit::code`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_split: Option<Why>,
+    /// This run resumes a job the cluster lost after it had published output:
+    /// why it was lost (`resumed.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Why>,
+}
+
+/// A reason with a stable code, beyond the offload reason of [`JobRequest`]:
+/// why a job that could have been split runs whole (`nosplit.*`), why a run
+/// resumes a lost job (`resumed.*`), why the shim ran an accepted job locally
+/// after all (`fallback.*`). The code is for counting and matching, the detail
+/// for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Why {
+    pub code: String,
+    pub detail: String,
+}
+
+impl Why {
+    pub fn new(code: impl Into<String>, detail: impl Into<String>) -> Why {
+        Why { code: code.into(), detail: detail.into() }
+    }
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+impl From<&crate::split::NotSplit> for Why {
+    fn from(e: &crate::split::NotSplit) -> Why {
+        Why::new(e.code(), e.to_string())
+    }
 }
 
 /// One file the shim can serve.
@@ -547,6 +589,39 @@ mod tests {
         };
         let s = serde_json::to_string(&o).unwrap();
         assert_eq!(serde_json::from_str::<NodeMsg>(&s).unwrap(), o);
+    }
+
+    #[test]
+    fn reasons_are_optional_on_the_wire() {
+        let mut r = JobRequest {
+            args: vec!["-i".into(), "a".into()],
+            cwd: "/".into(),
+            files: Vec::new(),
+            needs: Needs::default(),
+            reason: "split.progressive".into(),
+            split: None,
+            not_split: None,
+            resumed: None,
+        };
+        // A request without them reads and writes as before they existed.
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(!s.contains("not_split") && !s.contains("resumed"), "{s}");
+        assert_eq!(serde_json::from_str::<JobRequest>(&s).unwrap(), r);
+        r.not_split = Some(Why::new("nosplit.option", "option -t is not supported when splitting"));
+        r.resumed = Some(Why::new("resumed.controller_gone", "the controller closed the connection"));
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.contains(r#""not_split":{"code":"nosplit.option","detail":"option -t is not supported"#), "{s}");
+        assert_eq!(serde_json::from_str::<JobRequest>(&s).unwrap(), r);
+        assert_eq!(r.not_split.unwrap().to_string(), "nosplit.option: option -t is not supported when splitting");
+        let m = ShimMsg::FellBack { reason: Why::new("fallback.exit", "ffmpeg exited with code 1 on the node") };
+        let s = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"fell_back","reason":{"code":"fallback.exit","detail":"ffmpeg exited with code 1 on the node"}}"#
+        );
+        assert_eq!(serde_json::from_str::<ShimMsg>(&s).unwrap(), m);
+        let e = crate::split::NotSplit::Map("0".into());
+        assert_eq!(Why::from(&e), Why::new("nosplit.map", "stream selection \"0\" is not understood"));
     }
 
     #[test]

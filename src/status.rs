@@ -44,7 +44,7 @@ fn text(doc: &Status) -> String {
         let _ = writeln!(s, "no jobs yet");
     } else {
         let rows = doc.jobs.iter().map(job_row).collect();
-        s.push_str(&table(&["JOB", "STATE", "NODE", "DURATION", "EXIT", "ARGS"], rows));
+        s.push_str(&table(&["JOB", "STATE", "NODE", "DURATION", "EXIT", "REASON", "ARGS"], rows));
     }
     s
 }
@@ -71,6 +71,9 @@ pub(crate) fn job_row(j: &JobStatus) -> Vec<String> {
     if let Some(e) = &j.error {
         args = format!("{args}  [{e}]");
     }
+    for (what, w) in j.why.each() {
+        args = format!("{args}  [{what}: {}]", w.detail);
+    }
     let node = match (j.mode, j.chunks_done, j.chunks_planned) {
         (JobMode::Split, Some(done), Some(planned)) => {
             let on = j.nodes.as_deref().filter(|n| !n.is_empty()).map(|n| format!(" on {}", n.join(",")));
@@ -78,7 +81,14 @@ pub(crate) fn job_row(j: &JobStatus) -> Vec<String> {
         }
         _ => j.node.clone().unwrap_or_else(|| "-".into()),
     };
-    vec![j.id.to_string(), j.state.to_string(), node, duration(j.duration_ms), exit, args]
+    vec![j.id.to_string(), j.state.to_string(), node, duration(j.duration_ms), exit, reason(j), args]
+}
+
+/// The job's most telling reason code: why it was not split, resumed or fell
+/// back when it was, else the shim's reason for offloading it.
+fn reason(j: &JobStatus) -> String {
+    let codes: Vec<&str> = j.why.each().map(|(_, w)| w.code.as_str()).collect();
+    if codes.is_empty() { j.reason.clone() } else { codes.join(",") }
 }
 
 /// Columns padded to their widest cell; the last one is left ragged.
@@ -123,7 +133,8 @@ pub(crate) fn duration(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ffcluster::controller::status::{JobState, NodeState};
+    use ffcluster::controller::status::{JobState, NodeState, Reasons};
+    use ffcluster::protocol::Why;
 
     #[test]
     fn summary() {
@@ -155,6 +166,7 @@ mod tests {
                     node: None,
                     args: "-i /media/b.mkv".into(),
                     reason: "split.hls".into(),
+                    why: Reasons::default(),
                     started_unix_ms: 0,
                     duration_ms: 4_000,
                     exit_code: None,
@@ -174,6 +186,10 @@ mod tests {
                     node: Some("gpu-box".into()),
                     args: "-i /media/a.mkv ".repeat(10),
                     reason: "split.hls".into(),
+                    why: Reasons {
+                        not_split: Some(Why::new("nosplit.too_short", "the input is too short to split (3.0 s)")),
+                        ..Reasons::default()
+                    },
                     started_unix_ms: 0,
                     duration_ms: 63_000,
                     exit_code: None,
@@ -191,9 +207,15 @@ mod tests {
         let t = text(&doc);
         assert!(t.starts_with("controller 0.1.0 (protocol 1), up 1h02m\n"), "{t}");
         assert!(t.contains("gpu-box  busy   2/2        412 fps  16    5.1.9-0+deb12u1\n"), "{t}");
-        assert!(t.contains("12   failed   gpu-box                  1m03s     !     -i /media/a.mkv"), "{t}");
-        assert!(t.contains("13   running  split 5/9 chunks on a,b  4.0s      -     -i /media/b.mkv\n"), "{t}");
-        assert!(t.contains("…  [node gpu-box lost]"), "{t}");
+        assert!(
+            t.contains("12   failed   gpu-box                  1m03s     !     nosplit.too_short  -i /media/a.mkv"),
+            "{t}"
+        );
+        assert!(
+            t.contains("13   running  split 5/9 chunks on a,b  4.0s      -     split.hls          -i /media/b.mkv\n"),
+            "{t}"
+        );
+        assert!(t.contains("…  [node gpu-box lost]  [not split: the input is too short to split (3.0 s)]\n"), "{t}");
         assert_eq!(duration(1500), "1.5s");
     }
 }

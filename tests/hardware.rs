@@ -81,7 +81,7 @@ fn a_job_naming_a_translated_encoder_runs_only_on_the_node_that_declares_it() {
         assert!(log.matches("runs on node qsv").count() == round + 1, "not run on the qsv node: {log}");
         assert!(!log.contains("runs on node plain") && !log.contains("local fallback"), "{log}");
         // A hardware job is never split: the finisher would open the device here.
-        assert!(log.contains("not split (needs encoder h264_qsv)"), "{log}");
+        assert!(log.contains("not split (nosplit.hardware: needs encoder h264_qsv)"), "{log}");
         assert_eq!(decode_frames(&out_file), 72, "3 s at 24 fps, decodable");
         let probe = run_ok(
             Command::new(real("ffprobe"))

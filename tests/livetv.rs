@@ -659,7 +659,7 @@ fn live_tv_that_cannot_be_split_runs_whole_on_the_same_connection() {
     assert!(jobs.iter().all(|j| j["mode"] == "whole" && j["reason"] == "split.live"), "{jobs:#?}");
     assert_eq!(source.clients_served(), 1, "the probe's connection is the job's");
     let log = std::fs::read_to_string(c.dir.path().join("shim.log")).unwrap();
-    assert!(log.contains("not split (a live input is split only with -copyts"), "{log}");
+    assert!(log.contains("not split (nosplit.shape: a live input is split only with -copyts"), "{log}");
 }
 
 /// Live TV to fMP4 segments (Jellyfin's HLS for clients that take them),

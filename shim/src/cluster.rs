@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ffcluster::ffmpeg::CommandLine;
 use ffcluster::ffmpeg::decision::Verdict;
 use ffcluster::protocol::{
-    Frame, FrameKind, JobId, JobRequest, JobSignal, OutputEvent, SHIM_PATH, ShimMsg, ToShim, ws_url,
+    Frame, FrameKind, JobId, JobRequest, JobSignal, OutputEvent, SHIM_PATH, ShimMsg, ToShim, Why, ws_url,
 };
 use ffcluster::tls::Trust;
 use futures_util::{SinkExt, StreamExt};
@@ -48,44 +48,66 @@ const STDERR_HOLD_BYTES: usize = 1 << 20;
 pub enum Outcome {
     /// The job ran on the cluster; exit with this code.
     Exit(u8),
-    /// Run it locally instead; nothing of the attempt is visible.
-    Fallback(String),
+    /// Run it locally instead; nothing of the attempt is visible. Why, as a
+    /// `fallback.<cause>` code ([`fallback`]).
+    Fallback(Why),
     /// The cluster lost the job after some of its output was published: the
-    /// caller resumes it ([`crate::resume`]) or exits 1 with this message.
-    Lost(String),
+    /// caller resumes it ([`crate::resume`]), the new run telling the
+    /// controller this `resumed.<cause>` code, or exits 1 with its detail.
+    Lost(Why),
 }
 
-pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log) -> Outcome {
-    run_with(args, verdict, cfg, log, None)
+/// The fallback for a `cause` (`unreachable`, `rejected`, `exit`, … README,
+/// "Why a job was not split"): code `fallback.<cause>`.
+pub(crate) fn fallback(cause: Why) -> Outcome {
+    Outcome::Fallback(Why::new(format!("fallback.{}", cause.code), cause.detail))
+}
+
+/// A lost job with output published, for `cause`: code `resumed.<cause>`,
+/// which the resumed run carries.
+pub(crate) fn lost(cause: Why, detail: String) -> Outcome {
+    Outcome::Lost(Why::new(format!("resumed.{}", cause.code), detail))
+}
+
+/// `not_split`: why a job the classifier would split goes whole.
+pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log, not_split: Option<Why>) -> Outcome {
+    run_with(args, verdict, cfg, log, None, not_split)
 }
 
 /// [`run`] with the job's offers already prepared (`Some`): a live stream the
 /// shim opened to split it goes to the node on the same connection.
-pub fn run_with(args: &[String], verdict: &Verdict, cfg: &Config, log: &Log, offers: Option<Offers>) -> Outcome {
+pub fn run_with(
+    args: &[String],
+    verdict: &Verdict,
+    cfg: &Config,
+    log: &Log,
+    offers: Option<Offers>,
+    not_split: Option<Why>,
+) -> Outcome {
     let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
-        return Outcome::Fallback("no controller or token configured".into());
+        return fallback(Why::new("unconfigured", "no controller or token configured"));
     };
     let cl = match CommandLine::parse(args) {
         Ok(cl) => cl,
-        Err(e) => return Outcome::Fallback(e.to_string()),
+        Err(e) => return fallback(Why::new("bad_args", e.to_string())),
     };
     let cwd = match std::env::current_dir() {
         Ok(d) => d,
-        Err(e) => return Outcome::Fallback(format!("no working directory: {e}")),
+        Err(e) => return fallback(Why::new("no_cwd", format!("no working directory: {e}"))),
     };
     let offers = match offers.map_or_else(|| Offers::prepare(&cl, &cwd, cfg.relay_inputs), Ok) {
         Ok(o) => o,
-        Err(why) => return Outcome::Fallback(why),
+        Err(why) => return fallback(Why::new("inputs", why)),
     };
     for o in offers.offers.iter().filter(|o| o.stream) {
         log.line(format_args!("cluster: {} is read here and relayed to the node", o.reference));
     }
-    let request = job_request(args, &cwd, &offers, verdict, None);
+    let request = job_request(args, &cwd, &offers, verdict, None, not_split);
     // ffmpeg reads keys from stdin unless told not to; so does its stand-in.
     let read_stdin = !cl.global_flag("nostdin");
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
-        Err(e) => return Outcome::Fallback(format!("cannot start the cluster client: {e}")),
+        Err(e) => return fallback(Why::new("shim", format!("cannot start the cluster client: {e}"))),
     };
     runtime.block_on(Session::new(offers, log).run(controller, token, &cfg.trust, request, read_stdin))
 }
@@ -133,7 +155,7 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         let Placed { mut tx, mut rx, job, node, .. } = match submit(controller, token, trust, request).await {
             Ok(placed) => placed,
-            Err(why) => return Outcome::Fallback(why),
+            Err(why) => return fallback(why),
         };
         self.log.line(format_args!("cluster: job {job} runs on node {node}"));
 
@@ -145,7 +167,7 @@ impl<'a> Session<'a> {
         }
         let (Ok(mut sigterm), Ok(mut sigint)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
         else {
-            return Outcome::Fallback("cannot install signal handlers".into());
+            return fell_back(&mut tx, Why::new("shim", "cannot install signal handlers")).await;
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut stdin_open = read_stdin;
@@ -157,10 +179,14 @@ impl<'a> Session<'a> {
                         Some(Ok(Message::Binary(b))) => self.on_frame(&b),
                         Some(Ok(Message::Text(t))) => match serde_json::from_str::<ToShim>(&t) {
                             Ok(m) => self.on_message(m, &mut tx).await,
-                            Err(e) => Step::Lost(format!("bad message from controller: {e}")),
+                            Err(e) => Step::Lost(Why::new("protocol", format!("bad message from controller: {e}"))),
                         },
-                        Some(Ok(Message::Close(_))) | None => Step::Lost("the controller closed the connection".into()),
-                        Some(Err(e)) => Step::Lost(format!("connection to the controller failed: {e}")),
+                        Some(Ok(Message::Close(_))) | None => {
+                            Step::Lost(Why::new("controller_gone", "the controller closed the connection"))
+                        }
+                        Some(Err(e)) => {
+                            Step::Lost(Why::new("controller_gone", format!("connection to the controller failed: {e}")))
+                        }
                         Some(Ok(_)) => Step::Continue,
                     };
                     match step {
@@ -172,7 +198,7 @@ impl<'a> Session<'a> {
                 Some((reply, served)) = self.stream_answers.1.recv() => {
                     self.bytes_served += served;
                     if let Err(e) = tx.send(reply).await {
-                        break self.lost(format!("connection to the controller failed: {e}"));
+                        break self.lost(Why::new("controller_gone", format!("connection to the controller failed: {e}")));
                     }
                 }
                 bytes = keys.recv(), if stdin_open => {
@@ -182,7 +208,7 @@ impl<'a> Session<'a> {
                     self.stop_requested |= bytes.contains(&b'q');
                     let frame = Frame::new(FrameKind::Stdin, 0, 0, 0, &bytes).encode();
                     if let Err(e) = tx.send(Message::Binary(frame.into())).await {
-                        break self.lost(format!("connection to the controller failed: {e}"));
+                        break self.lost(Why::new("controller_gone", format!("connection to the controller failed: {e}")));
                     }
                 }
                 _ = sigterm.recv() => {
@@ -200,6 +226,9 @@ impl<'a> Session<'a> {
                 }
             }
         };
+        if let Outcome::Fallback(why) = &outcome {
+            tell_fallback(&mut tx, why).await;
+        }
         let _ = tokio::time::timeout(Duration::from_millis(200), tx.close()).await;
         self.log.line(format_args!(
             "cluster: job {job} on {node}: {outcome:?} after {:.2} s; {} files published, {} input bytes served",
@@ -213,7 +242,7 @@ impl<'a> Session<'a> {
     fn on_frame(&mut self, bytes: &[u8]) -> Step {
         let frame = match Frame::decode(bytes) {
             Ok(f) => f,
-            Err(e) => return Step::Lost(format!("bad frame from controller: {e}")),
+            Err(e) => return Step::Lost(Why::new("protocol", format!("bad frame from controller: {e}"))),
         };
         match frame.kind {
             FrameKind::Stderr => {
@@ -227,7 +256,7 @@ impl<'a> Session<'a> {
                     }
                     Step::Continue
                 }
-                Err(e) => Step::Lost(format!("cannot write output: {e}")),
+                Err(e) => Step::Lost(Why::new("output", format!("cannot write output: {e}"))),
             },
             FrameKind::Stdin | FrameKind::ReadData => Step::Continue,
         }
@@ -244,7 +273,9 @@ impl<'a> Session<'a> {
                 self.bytes_served += served;
                 match tx.send(reply).await {
                     Ok(()) => Step::Continue,
-                    Err(e) => Step::Lost(format!("connection to the controller failed: {e}")),
+                    Err(e) => {
+                        Step::Lost(Why::new("controller_gone", format!("connection to the controller failed: {e}")))
+                    }
                 }
             }
             ToShim::Output { event } => {
@@ -259,18 +290,19 @@ impl<'a> Session<'a> {
                         }
                         Step::Continue
                     }
-                    Err(e) => Step::Lost(format!("cannot write output: {e}")),
+                    Err(e) => Step::Lost(Why::new("output", format!("cannot write output: {e}"))),
                 }
             }
             ToShim::Exited { exit } => {
                 self.publisher.abandon();
                 if !exit.success() && !self.stop_requested && !self.publisher.visible && !self.stderr.released {
-                    return Step::Lost(format!("ffmpeg exited with code {} on the node", exit.shim_code()));
+                    let why = format!("ffmpeg exited with code {} on the node", exit.shim_code());
+                    return Step::Lost(Why::new("exit", why));
                 }
                 self.stderr.release();
                 Step::Exit(exit.shim_code())
             }
-            ToShim::Failed { reason } => Step::Lost(reason),
+            ToShim::Failed { reason } => Step::Lost(Why::new("job_failed", reason)),
             ToShim::Accepted { .. }
             | ToShim::Rejected { .. }
             | ToShim::ChunkStarted { .. }
@@ -279,27 +311,46 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The cluster lost the job: fall back if nothing is visible yet, else resume
-    /// or fail (a stopping job just fails: Jellyfin wanted it to end).
-    fn lost(&mut self, why: String) -> Outcome {
+    /// The cluster lost the job, for `cause`: fall back if nothing is visible
+    /// yet, else resume or fail (a stopping job just fails: Jellyfin wanted it
+    /// to end).
+    fn lost(&mut self, cause: Why) -> Outcome {
         self.publisher.abandon();
         if !self.publisher.visible && !self.stderr.released {
-            return Outcome::Fallback(why);
+            return fallback(cause);
         }
         self.stderr.release();
-        let why = format!("the job was lost on the cluster: {why}");
+        let why = format!("the job was lost on the cluster: {}", cause.detail);
         if self.stop_requested {
             let _ = writeln!(std::io::stderr().lock(), "ffcluster: {why}");
             return Outcome::Exit(1);
         }
-        Outcome::Lost(why)
+        lost(cause, why)
     }
 }
 
 enum Step {
     Continue,
     Exit(u8),
-    Lost(String),
+    /// The cluster lost the job; the cause (README, "Why a job was not split").
+    Lost(Why),
+}
+
+/// Tells the controller that the shim runs its accepted job locally after all
+/// ([`ShimMsg::FellBack`]), so that its status, log and metrics say why.
+pub(crate) async fn tell_fallback(tx: &mut futures_util::stream::SplitSink<Ws, Message>, why: &Why) {
+    let msg = text(&ShimMsg::FellBack { reason: why.clone() });
+    let _ = tokio::time::timeout(Duration::from_millis(200), tx.send(msg)).await;
+}
+
+/// The fallback for `cause` after the controller accepted the job: told to
+/// the controller first.
+pub(crate) async fn fell_back(tx: &mut futures_util::stream::SplitSink<Ws, Message>, cause: Why) -> Outcome {
+    let outcome = fallback(cause);
+    if let Outcome::Fallback(why) = &outcome {
+        tell_fallback(tx, why).await;
+    }
+    outcome
 }
 
 /// The socket's two halves once the controller has placed a job, and how.
@@ -314,44 +365,44 @@ pub(crate) struct Placed {
 }
 
 /// Connects, submits `request` and waits until the controller places it: the
-/// socket, the job's id and where it runs. An error means nothing has happened
-/// yet, so the caller can still fall back.
-pub(crate) async fn submit(
-    controller: &str,
-    token: &str,
-    trust: &Trust,
-    request: JobRequest,
-) -> Result<Placed, String> {
+/// socket, the job's id and where it runs. An error (a cause: `unreachable`,
+/// `rejected`, `protocol`) means nothing has happened yet, so the caller can
+/// still fall back.
+pub(crate) async fn submit(controller: &str, token: &str, trust: &Trust, request: JobRequest) -> Result<Placed, Why> {
     let ws = connect(controller, token, trust)
         .await
-        .map_err(|e| format!("cannot reach the controller at {controller}: {e}"))?;
+        .map_err(|e| Why::new("unreachable", format!("cannot reach the controller at {controller}: {e}")))?;
     let (mut tx, mut rx) = ws.split();
     tx.send(text(&ShimMsg::Submit { request: Box::new(request) }))
         .await
-        .map_err(|e| format!("controller closed the connection: {e}"))?;
+        .map_err(|e| Why::new("unreachable", format!("controller closed the connection: {e}")))?;
     let (job, node, audio) = accepted(&mut rx).await?;
     Ok(Placed { tx, rx, job, node, audio })
 }
 
 /// Waits for the controller to place the submitted job: its id and where it runs.
-async fn accepted(rx: &mut futures_util::stream::SplitStream<Ws>) -> Result<(JobId, String, bool), String> {
+async fn accepted(rx: &mut futures_util::stream::SplitStream<Ws>) -> Result<(JobId, String, bool), Why> {
     let placed = tokio::time::timeout(ACCEPT_TIMEOUT, async {
         while let Some(msg) = rx.next().await {
             match msg {
                 Ok(Message::Text(t)) => match serde_json::from_str::<ToShim>(&t) {
                     Ok(ToShim::Accepted { job, node, audio }) => return Ok((job, node, audio)),
-                    Ok(ToShim::Rejected { reason }) => return Err(format!("the cluster declined: {reason}")),
-                    Ok(other) => return Err(format!("unexpected message before acceptance: {other:?}")),
-                    Err(e) => return Err(format!("bad message from controller: {e}")),
+                    Ok(ToShim::Rejected { reason }) => {
+                        return Err(Why::new("rejected", format!("the cluster declined: {reason}")));
+                    }
+                    Ok(other) => {
+                        return Err(Why::new("protocol", format!("unexpected message before acceptance: {other:?}")));
+                    }
+                    Err(e) => return Err(Why::new("protocol", format!("bad message from controller: {e}"))),
                 },
                 Ok(Message::Close(_)) | Err(_) => break,
                 Ok(_) => {}
             }
         }
-        Err("controller closed the connection".to_owned())
+        Err(Why::new("unreachable", "controller closed the connection"))
     })
     .await;
-    placed.unwrap_or_else(|_| Err("the controller did not place the job in time".into()))
+    placed.unwrap_or_else(|_| Err(Why::new("unreachable", "the controller did not place the job in time")))
 }
 
 /// The answer to the controller's read of an offered file, and the bytes it carries.
@@ -367,6 +418,7 @@ pub(crate) fn job_request(
     offers: &Offers,
     verdict: &Verdict,
     split: Option<ffcluster::split::SplitPlan>,
+    not_split: Option<Why>,
 ) -> JobRequest {
     JobRequest {
         args: args.to_vec(),
@@ -375,6 +427,9 @@ pub(crate) fn job_request(
         needs: verdict.needs.clone(),
         reason: verdict.reason.as_str().to_owned(),
         split,
+        not_split,
+        // A resumed run says why the run before it was lost.
+        resumed: crate::resume::why(),
     }
 }
 

@@ -34,6 +34,7 @@ use std::process::ExitCode;
 
 use ffcluster::ffmpeg::cmdline::shell_join;
 use ffcluster::ffmpeg::{self, Program};
+use ffcluster::protocol::Why;
 
 use crate::config::Config;
 use crate::log::Log;
@@ -101,74 +102,75 @@ fn main() -> ExitCode {
     }
     if let (Route::Cluster, Some(a), Some(v)) = (&route, &utf8, &verdict) {
         let hardware = ffcluster::hardware::hardware_needs(&v.needs);
+        // Why a job the classifier would split goes whole; the controller shows it.
+        let mut not_split = None;
         if !hardware.is_empty() && v.decision == ffmpeg::Decision::Split {
             // The finisher would open the job's devices on this host.
-            log.line(format_args!("split: not split (needs {}); the whole job goes to one node", hardware.join(", ")));
-        } else if v.decision == ffmpeg::Decision::Split && cfg.mode != config::Mode::Whole {
+            not_split = Some(Why::new("nosplit.hardware", format!("needs {}", hardware.join(", "))));
+        } else if v.decision == ffmpeg::Decision::Split && cfg.mode == config::Mode::Whole {
+            not_split = Some(Why::new("nosplit.mode", "mode is whole (FFCLUSTER_MODE or mode in shim.toml)"));
+        } else if v.decision == ffmpeg::Decision::Split {
             match try_split(a, v, &cfg, &me, &log) {
-                Some(cluster::Outcome::Exit(code)) => return ExitCode::from(code),
-                Some(cluster::Outcome::Lost(why)) => return resume_or_fail(&argv0, a, &why, &log),
-                Some(cluster::Outcome::Fallback(why)) => {
-                    log.line(format_args!("local fallback: {why}"));
+                Ok(cluster::Outcome::Exit(code)) => return ExitCode::from(code),
+                Ok(cluster::Outcome::Lost(why)) => return resume_or_fail(&argv0, a, &why, &log),
+                Ok(cluster::Outcome::Fallback(why)) => {
+                    log.line(format_args!("local fallback: {} ({})", why.detail, why.code));
                     return exec_local(program, &argv0, &args, &cfg, &me, &log);
                 }
-                None => {}
+                Err(why) => not_split = Some(why),
             }
         }
-        match cluster::run(a, v, &cfg, &log) {
+        if let Some(why) = &not_split {
+            log.line(format_args!("split: not split ({why}); the whole job goes to one node"));
+        }
+        match cluster::run(a, v, &cfg, &log, not_split) {
             cluster::Outcome::Exit(code) => return ExitCode::from(code),
             cluster::Outcome::Lost(why) => return resume_or_fail(&argv0, a, &why, &log),
-            cluster::Outcome::Fallback(why) => log.line(format_args!("local fallback: {why}")),
+            cluster::Outcome::Fallback(why) => log.line(format_args!("local fallback: {} ({})", why.detail, why.code)),
         }
     }
     exec_local(program, &argv0, &args, &cfg, &me, &log)
 }
 
 /// After the cluster lost a job with output already published: carries on from
-/// the newest segment in a new run of the shim, or fails as before.
-fn resume_or_fail(argv0: &OsString, args: &[String], why: &str, log: &Log) -> ExitCode {
+/// the newest segment in a new run of the shim (which tells the controller
+/// `why`), or fails as before.
+fn resume_or_fail(argv0: &OsString, args: &[String], why: &Why, log: &Log) -> ExitCode {
     let cwd = std::env::current_dir().unwrap_or_default();
+    let detail = &why.detail;
     let failed = match resume::plan(args, &cwd) {
         Ok((resumed, n)) => {
-            log.line(format_args!("{why}; resuming at segment {n}: {}", shell_join(&resumed)));
-            eprintln!("ffcluster: {why}; resuming at segment {n}");
-            let err = resume::exec(argv0, &resumed);
+            log.line(format_args!("{detail}; resuming at segment {n} ({}): {}", why.code, shell_join(&resumed)));
+            eprintln!("ffcluster: {detail}; resuming at segment {n}");
+            let err = resume::exec(argv0, &resumed, &Why::new(&why.code, format!("{detail}; resumed at segment {n}")));
             format!("cannot resume: {err}")
         }
         Err(e) => format!("not resumed: {e}"),
     };
-    log.line(format_args!("{why}; {failed}"));
-    eprintln!("ffcluster: {why}");
+    log.line(format_args!("{detail}; {failed}"));
+    eprintln!("ffcluster: {detail}");
     ExitCode::from(1)
 }
 
-/// Splits the job across nodes. `None`: it cannot be split, offload it whole.
+/// Splits the job across nodes. `Err`: it cannot be split, offload it whole,
+/// and why (a `nosplit.*` code and its detail).
 fn try_split(
     args: &[String],
     verdict: &ffmpeg::decision::Verdict,
     cfg: &Config,
     me: &real::SelfLocation,
     log: &Log,
-) -> Option<cluster::Outcome> {
+) -> Result<cluster::Outcome, Why> {
     let found = real::find(Program::Ffmpeg, cfg, me).and_then(|f| Ok((f, real::find(Program::Ffprobe, cfg, me)?)));
-    let (ffmpeg, ffprobe) = match found {
-        Ok(p) => p,
-        Err(e) => {
-            log.line(format_args!("split: {e}; the whole job goes to one node"));
-            return None;
-        }
-    };
+    let (ffmpeg, ffprobe) = found.map_err(|e| Why::new("nosplit.no_binary", e.to_string()))?;
     let attempt = if verdict.reason == ffmpeg::decision::Reason::SplitLive {
         split::run_live(args, verdict, cfg, &ffmpeg, &ffprobe, log)
     } else {
         split::run(args, verdict, cfg, &ffmpeg, &ffprobe, log)
     };
     match attempt {
-        split::Attempt::Done(outcome) => Some(outcome),
-        split::Attempt::Whole(why) => {
-            log.line(format_args!("split: not split ({why}); the whole job goes to one node"));
-            None
-        }
+        split::Attempt::Done(outcome) => Ok(outcome),
+        split::Attempt::Whole(why) => Err(why),
     }
 }
 

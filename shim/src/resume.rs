@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use ffcluster::ffmpeg::CommandLine;
+use ffcluster::protocol::Why;
 use ffcluster::resume::Segments;
 
 /// How many times one job may be resumed; each resume starts at a later or the
@@ -16,6 +17,19 @@ use ffcluster::resume::Segments;
 const MAX_RESUMES: u32 = 3;
 /// Set on the resumed run: how many resumes came before it.
 const RESUMES_ENV: &str = "FFCLUSTER_RESUMED";
+/// Set on the resumed run: why the run before it was lost, `CODE: detail`
+/// (`resumed.*`), which it tells the controller.
+const WHY_ENV: &str = "FFCLUSTER_RESUMED_WHY";
+
+/// Why this run resumes a lost job, when it does.
+pub fn why() -> Option<Why> {
+    parse_why(&std::env::var(WHY_ENV).ok()?)
+}
+
+fn parse_why(v: &str) -> Option<Why> {
+    let (code, detail) = v.split_once(": ").unwrap_or((v, ""));
+    (!code.is_empty()).then(|| Why::new(code, detail))
+}
 
 /// How many resumes came before this run.
 fn resumes_done() -> u32 {
@@ -51,12 +65,13 @@ pub fn plan(args: &[String], cwd: &Path) -> Result<(Vec<String>, u64), String> {
 }
 
 /// Replaces this process with the shim on `args` (same program name, same
-/// standard streams, so Jellyfin's `q` and kill reach the new run).
+/// standard streams, so Jellyfin's `q` and kill reach the new run), which
+/// tells the controller `why`.
 ///
 /// `execve` itself, not `Command::exec`: that one first resets SIGPIPE to its
 /// default in this process, while threads feeding the dead finisher may still
 /// write to its pipes, and one such write would kill the shim.
-pub fn exec(argv0: &OsString, args: &[String]) -> std::io::Error {
+pub fn exec(argv0: &OsString, args: &[String], why: &Why) -> std::io::Error {
     let done = resumes_done();
     let exe = match std::env::current_exe() {
         Ok(p) => p,
@@ -70,10 +85,12 @@ pub fn exec(argv0: &OsString, args: &[String]) -> std::io::Error {
             argv.push(cstr(a.as_bytes())?);
         }
         let mut env = Vec::new();
-        for (k, v) in std::env::vars_os().filter(|(k, _)| k != RESUMES_ENV) {
+        for (k, v) in std::env::vars_os().filter(|(k, _)| k != RESUMES_ENV && k != WHY_ENV) {
             env.push(cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
         }
         env.push(cstr(format!("{RESUMES_ENV}={}", done + 1).as_bytes())?);
+        // A NUL in the detail would make the variable unrepresentable.
+        env.push(cstr(format!("{WHY_ENV}={why}").replace('\0', " ").as_bytes())?);
         Ok((path, argv, env))
     };
     match build() {
@@ -81,5 +98,18 @@ pub fn exec(argv0: &OsString, args: &[String]) -> std::io::Error {
             Err(e) => e.into(),
         },
         Err(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_travels_in_one_variable() {
+        let why = Why::new("resumed.controller_gone", "the controller closed the connection: 1: 2");
+        assert_eq!(parse_why(&why.to_string()), Some(why));
+        assert_eq!(parse_why("resumed.chunk"), Some(Why::new("resumed.chunk", "")));
+        assert_eq!(parse_why(""), None);
     }
 }

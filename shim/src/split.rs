@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use ffcluster::ffmpeg::CommandLine;
 use ffcluster::ffmpeg::decision::Verdict;
-use ffcluster::protocol::{AUDIO_CHUNK, Frame, FrameKind, JobId, JobRequest, ToShim};
+use ffcluster::protocol::{AUDIO_CHUNK, Frame, FrameKind, JobId, JobRequest, ToShim, Why};
 use ffcluster::split::assemble::Assembler;
 use ffcluster::split::{FINISHER_AUDIO_FD, FINISHER_LIVE_FD, FINISHER_VIDEO_FD, Probe, Split};
 use ffcluster::tls::Trust;
@@ -35,7 +35,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cluster::{self, Outcome, Ws};
+use crate::cluster::{self, Outcome, Ws, fallback};
 use crate::config::Config;
 use crate::log::Log;
 use crate::offer::Offers;
@@ -49,8 +49,9 @@ const STOP_GRACE: Duration = Duration::from_millis(300);
 /// What became of a split attempt.
 pub enum Attempt {
     Done(Outcome),
-    /// The job cannot be split; offload it whole instead (the reason is logged).
-    Whole(String),
+    /// The job cannot be split; offload it whole instead (the reason is logged
+    /// and goes with the job: a `nosplit.*` code and its detail).
+    Whole(Why),
 }
 
 pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffprobe: &Path, log: &Log) -> Attempt {
@@ -61,11 +62,11 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffpr
     let started = Instant::now();
     let probe = match probe(&cl, ffprobe) {
         Ok(p) => p,
-        Err(why) => return Attempt::Whole(why),
+        Err(why) => return Attempt::Whole(Why::new("nosplit.probe", why)),
     };
     let split = match ffcluster::split::split(&cl, &probe) {
         Ok(s) => s,
-        Err(e) => return Attempt::Whole(e.to_string()),
+        Err(e) => return Attempt::Whole(Why::from(&e)),
     };
     log.line(format_args!(
         "split: {:.1} s from {:.3} s on a {} s grid; probed in {} ms",
@@ -76,16 +77,16 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffpr
     ));
     let cwd = match std::env::current_dir() {
         Ok(d) => d,
-        Err(e) => return Attempt::Done(Outcome::Fallback(format!("no working directory: {e}"))),
+        Err(e) => return Attempt::Done(fallback(Why::new("no_cwd", format!("no working directory: {e}")))),
     };
     let offers = match Offers::prepare(&cl, &cwd, cfg.relay_inputs) {
         Ok(o) => o,
-        Err(why) => return Attempt::Done(Outcome::Fallback(why)),
+        Err(why) => return Attempt::Done(fallback(Why::new("inputs", why))),
     };
-    let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()));
+    let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()), None);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
-        Err(e) => return Attempt::Done(Outcome::Fallback(format!("cannot start the cluster client: {e}"))),
+        Err(e) => return Attempt::Done(fallback(Why::new("shim", format!("cannot start the cluster client: {e}")))),
     };
     let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split, live: None };
     Attempt::Done(runtime.block_on(session.run(controller, token, &cfg.trust, request)))
@@ -94,11 +95,11 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffpr
 /// What every split needs: a cluster to talk to and one input and output.
 fn prologue<'c>(args: &[String], cfg: &'c Config) -> Result<(&'c str, &'c str, CommandLine), Attempt> {
     let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
-        return Err(Attempt::Done(Outcome::Fallback("no controller or token configured".into())));
+        return Err(Attempt::Done(fallback(Why::new("unconfigured", "no controller or token configured"))));
     };
-    let cl = CommandLine::parse(args).map_err(|e| Attempt::Done(Outcome::Fallback(e.to_string())))?;
+    let cl = CommandLine::parse(args).map_err(|e| Attempt::Done(fallback(Why::new("bad_args", e.to_string()))))?;
     if cl.inputs.len() != 1 || cl.outputs.len() != 1 {
-        return Err(Attempt::Whole("splitting needs exactly one input and one output".into()));
+        return Err(Attempt::Whole(Why::new("nosplit.shape", "splitting needs exactly one input and one output")));
     }
     Ok((controller, token, cl))
 }
@@ -113,30 +114,32 @@ pub fn run_live(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path,
     };
     let input = &cl.inputs[0].url.raw;
     if !crate::origin::relayed(input, cfg.relay_inputs, &crate::origin::own_addresses) {
-        return Attempt::Whole(format!("the live input is not relayed (relay_inputs = {:?})", cfg.relay_inputs));
+        let why = format!("the live input is not relayed (relay_inputs = {:?})", cfg.relay_inputs);
+        return Attempt::Whole(Why::new("nosplit.live_not_relayed", why));
     }
     let cwd = match std::env::current_dir() {
         Ok(d) => d,
-        Err(e) => return Attempt::Done(Outcome::Fallback(format!("no working directory: {e}"))),
+        Err(e) => return Attempt::Done(fallback(Why::new("no_cwd", format!("no working directory: {e}")))),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
-        Err(e) => return Attempt::Done(Outcome::Fallback(format!("cannot start the cluster client: {e}"))),
+        Err(e) => return Attempt::Done(fallback(Why::new("shim", format!("cannot start the cluster client: {e}")))),
     };
     // Opens the origin, which is then read once for the probe, the nodes and
     // the finisher.
     let offers = match Offers::prepare(&cl, &cwd, cfg.relay_inputs) {
         Ok(o) => o,
-        Err(why) => return Attempt::Done(Outcome::Fallback(why)),
+        Err(why) => return Attempt::Done(fallback(Why::new("inputs", why))),
     };
     let Some((stream, origin)) =
         offers.offers.iter().find(|o| o.stream).and_then(|o| Some((o.id, offers.stream(o.id)?)))
     else {
-        return Attempt::Whole("the live input is not relayed".into());
+        return Attempt::Whole(Why::new("nosplit.live_not_relayed", "the live input is not relayed"));
     };
     let started = Instant::now();
     let probed = runtime.block_on(probe_live(&cl, ffprobe, &origin));
-    let split = probed.and_then(|p| ffcluster::split::split_live(&cl, &p, cfg.live_piece).map_err(|e| e.to_string()));
+    let probed = probed.map_err(|why| Why::new("nosplit.probe", why));
+    let split = probed.and_then(|p| ffcluster::split::split_live(&cl, &p, cfg.live_piece).map_err(|e| Why::from(&e)));
     let mut split = match split {
         Ok(s) => s,
         Err(why) => {
@@ -144,7 +147,7 @@ pub fn run_live(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path,
             // probe consumed none of it.
             log.line(format_args!("split: not split ({why}); the whole job goes to one node"));
             drop(runtime);
-            return Attempt::Done(cluster::run_with(args, verdict, cfg, log, Some(offers)));
+            return Attempt::Done(cluster::run_with(args, verdict, cfg, log, Some(offers), Some(why)));
         }
     };
     let piece = split.plan.live.as_ref().map_or(0.0, |l| l.piece);
@@ -156,7 +159,7 @@ pub fn run_live(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path,
         split.plan.grid.period,
         started.elapsed().as_millis()
     ));
-    let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()));
+    let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()), None);
     let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split, live: Some(origin) };
     Attempt::Done(runtime.block_on(session.run(controller, token, &cfg.trust, request)))
 }
@@ -237,12 +240,12 @@ fn probe(cl: &CommandLine, ffprobe: &Path) -> Result<Probe, String> {
     let noaccurate = input.opts_named("accurate_seek").last().is_some_and(|o| !o.is_on());
     if let (true, Some(ss)) = (noaccurate, input.last_value("ss")) {
         probe.parse_keyframe(&run_ffprobe(ffprobe, &Probe::keyframe_args(&input.url.raw, ss))?);
-    if !probe.pictures_found() {
-        // A long run of pictures that cannot be decoded (a recording cut
-        // mid-GOP with long GOPs): read further for the first one.
-        let more = Probe::ffprobe_args_reading(&input.url.raw, ffcluster::split::PROBE_PACKETS_MORE);
-        probe = Probe::from_json(&run_ffprobe(ffprobe, &more)?).map_err(|e| e.to_string())?;
-    }
+        if !probe.pictures_found() {
+            // A long run of pictures that cannot be decoded (a recording cut
+            // mid-GOP with long GOPs): read further for the first one.
+            let more = Probe::ffprobe_args_reading(&input.url.raw, ffcluster::split::PROBE_PACKETS_MORE);
+            probe = Probe::from_json(&run_ffprobe(ffprobe, &more)?).map_err(|e| e.to_string())?;
+        }
     }
     Ok(probe)
 }
@@ -272,7 +275,9 @@ struct Session<'a> {
 /// Why the loop ended.
 enum End {
     Finished(ExitStatus),
-    Lost(String),
+    /// The cluster lost the job; the cause (`controller_gone`, `job_failed`,
+    /// `chunk`, …: README, "Why a job was not split").
+    Lost(Why),
 }
 
 impl Session<'_> {
@@ -280,19 +285,23 @@ impl Session<'_> {
         let cluster::Placed { mut tx, mut rx, job, audio, .. } =
             match cluster::submit(controller, token, trust, request).await {
                 Ok(placed) => placed,
-                Err(why) => return Outcome::Fallback(why),
+                Err(why) => return fallback(why),
             };
         let started = Instant::now();
         let args = match (audio, &self.split.finisher_audio_copy) {
             (false, _) => &self.split.finisher,
             (true, Some(args)) => args,
             // Dropping the socket cancels the job; nothing has been written yet.
-            (true, None) => return Outcome::Fallback("the controller sent audio this job does not have".into()),
+            (true, None) => {
+                let why = Why::new("protocol", "the controller sent audio this job does not have");
+                return cluster::fell_back(&mut tx, why).await;
+            }
         };
         let (finisher, video, audio, stream) = match spawn_finisher(&self.ffmpeg, args, audio, self.live.is_some()) {
             Ok(f) => f,
             Err(e) => {
-                return Outcome::Fallback(format!("cannot start the finisher {}: {e}", self.ffmpeg.display()));
+                let why = format!("cannot start the finisher {}: {e}", self.ffmpeg.display());
+                return cluster::fell_back(&mut tx, Why::new("finisher", why)).await;
             }
         };
         let audio_from = if audio.is_some() { "a node" } else { "the finisher" };
@@ -311,16 +320,16 @@ impl Session<'_> {
         let mut lost = None;
         let code = match end {
             End::Finished(status) => exit_code(status),
-            End::Lost(why) => {
+            End::Lost(cause) => {
                 run.kill();
                 let _ = run.exited.recv().await;
-                self.log.line(format_args!("split: job {job} lost: {why}"));
-                let why = format!("the split job was lost on the cluster: {why}");
+                self.log.line(format_args!("split: job {job} lost: {cause}"));
+                let why = format!("the split job was lost on the cluster: {}", cause.detail);
                 // A stopping job just fails: Jellyfin wanted it to end.
                 if run.close_video_at.is_some() {
                     let _ = writeln!(std::io::stderr().lock(), "ffcluster: {why}");
                 } else {
-                    lost = Some(why);
+                    lost = Some(cluster::lost(cause, why));
                 }
                 1
             }
@@ -343,7 +352,7 @@ impl Session<'_> {
             cpu(nix::sys::resource::UsageWho::RUSAGE_SELF),
             cpu(nix::sys::resource::UsageWho::RUSAGE_CHILDREN),
         ));
-        lost.map_or(Outcome::Exit(code), Outcome::Lost)
+        lost.unwrap_or(Outcome::Exit(code))
     }
 }
 
@@ -669,7 +678,7 @@ impl Running {
     ) -> End {
         let (Ok(mut sigterm), Ok(mut sigint)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
         else {
-            return End::Lost("cannot install signal handlers".into());
+            return End::Lost(Why::new("shim", "cannot install signal handlers"));
         };
         let mut socket_open = true;
         loop {
@@ -678,7 +687,7 @@ impl Running {
                 status = self.exited.recv() => {
                     return match status {
                         Some(s) => End::Finished(s),
-                        None => End::Lost("lost track of the finisher".into()),
+                        None => End::Lost(Why::new("shim", "lost track of the finisher")),
                     };
                 }
                 msg = rx.next(), if socket_open => {
@@ -686,12 +695,12 @@ impl Running {
                         Some(Ok(Message::Binary(b))) => self.on_frame(&b),
                         Some(Ok(Message::Text(t))) => match serde_json::from_str::<ToShim>(&t) {
                             Ok(m) => self.on_message(m, tx, offers, log).await,
-                            Err(e) => Err(format!("bad message from controller: {e}")),
+                            Err(e) => Err(Why::new("protocol", format!("bad message from controller: {e}"))),
                         },
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                             socket_open = false;
                             if self.complete() { Ok(()) } else {
-                                Err("the controller closed the connection".into())
+                                Err(Why::new("controller_gone", "the controller closed the connection"))
                             }
                         }
                         Some(Ok(_)) => Ok(()),
@@ -704,7 +713,7 @@ impl Running {
                 Some((reply, served)) = self.stream_answers.1.recv() => {
                     self.bytes_served += served;
                     if let Err(e) = tx.send(reply).await {
-                        return End::Lost(format!("connection to the controller failed: {e}"));
+                        return End::Lost(Why::new("controller_gone", format!("connection to the controller failed: {e}")));
                     }
                 }
                 Some(()) = self.stops.recv() => self.stop_requested(),
@@ -760,15 +769,16 @@ impl Running {
         }
     }
 
-    fn on_frame(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let frame = Frame::decode(bytes).map_err(|e| format!("bad frame from controller: {e}"))?;
+    fn on_frame(&mut self, bytes: &[u8]) -> Result<(), Why> {
+        let frame =
+            Frame::decode(bytes).map_err(|e| Why::new("protocol", format!("bad frame from controller: {e}")))?;
         match frame.kind {
             FrameKind::Output if frame.id == AUDIO_CHUNK => match &mut self.audio {
-                Some(a) => a.data(frame.job, frame.offset, frame.payload),
-                None => Err("audio arrived for a job whose finisher encodes its own".into()),
+                Some(a) => a.data(frame.job, frame.offset, frame.payload).map_err(unjoinable),
+                None => Err(Why::new("protocol", "audio arrived for a job whose finisher encodes its own")),
             },
             FrameKind::Output => {
-                self.assembler.data(frame.id, frame.job, frame.offset, frame.payload).map_err(|e| e.to_string())
+                self.assembler.data(frame.id, frame.job, frame.offset, frame.payload).map_err(unjoinable)
             }
             _ => Ok(()),
         }
@@ -780,7 +790,7 @@ impl Running {
         tx: &mut futures_util::stream::SplitSink<Ws, Message>,
         offers: &Offers,
         log: &Log,
-    ) -> Result<(), String> {
+    ) -> Result<(), Why> {
         match m {
             ToShim::ChunkStarted { chunk: AUDIO_CHUNK, attempt, node, .. } => match &mut self.audio {
                 Some(a) => {
@@ -793,10 +803,10 @@ impl Running {
                     a.started(attempt);
                     Ok(())
                 }
-                None => Err("audio started for a job whose finisher encodes its own".into()),
+                None => Err(Why::new("protocol", "audio started for a job whose finisher encodes its own")),
             },
             ToShim::ChunkDone { chunk: AUDIO_CHUNK, attempt, size } => {
-                self.audio.as_mut().map_or(Ok(()), |a| a.finished(attempt, size))
+                self.audio.as_mut().map_or(Ok(()), |a| a.finished(attempt, size)).map_err(unjoinable)
             }
             ToShim::ChunkFailed { chunk: AUDIO_CHUNK, attempt, .. } => {
                 if let Some(a) = &mut self.audio {
@@ -808,12 +818,8 @@ impl Running {
                 self.assembler.started(chunk, attempt, last);
                 Ok(())
             }
-            ToShim::ChunkDone { chunk, attempt, size } => {
-                self.assembler.done(chunk, attempt, size).map_err(|e| e.to_string())
-            }
-            ToShim::ChunkFailed { chunk, attempt, .. } => {
-                self.assembler.failed(chunk, attempt).map_err(|e| e.to_string())
-            }
+            ToShim::ChunkDone { chunk, attempt, size } => self.assembler.done(chunk, attempt, size).map_err(unjoinable),
+            ToShim::ChunkFailed { chunk, attempt, .. } => self.assembler.failed(chunk, attempt).map_err(unjoinable),
             ToShim::Read { req, file, offset, len } => {
                 if let Some(origin) = offers.stream(file) {
                     cluster::answer_stream_read(origin, req, offset, len, self.stream_answers.0.clone());
@@ -821,12 +827,20 @@ impl Running {
                 }
                 let (reply, served) = cluster::answer_read(offers, req, file, offset, len);
                 self.bytes_served += served;
-                tx.send(reply).await.map_err(|e| format!("connection to the controller failed: {e}"))
+                tx.send(reply)
+                    .await
+                    .map_err(|e| Why::new("controller_gone", format!("connection to the controller failed: {e}")))
             }
-            ToShim::Failed { reason } => Err(reason),
+            ToShim::Failed { reason } => Err(Why::new("job_failed", reason)),
             ToShim::Accepted { .. } | ToShim::Rejected { .. } | ToShim::Output { .. } | ToShim::Exited { .. } => Ok(()),
         }
     }
+}
+
+/// A chunk or the audio track cannot be joined (an attempt died between two
+/// keyframes, two encodes differ): the cause `chunk`.
+fn unjoinable(e: impl std::fmt::Display) -> Why {
+    Why::new("chunk", e.to_string())
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -30,7 +30,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::Shared;
-use super::status::{JobMode, JobState};
+use super::status::{JobMode, JobState, Reasons};
 use crate::ffmpeg::cmdline::shell_join;
 use crate::protocol::JobId;
 
@@ -108,13 +108,27 @@ impl JobLogs {
     }
 
     /// A job was accepted: its log starts with the command line, as ffmpeg's
-    /// report does.
-    pub(crate) fn opened(&self, job: JobId, mode: JobMode, args: &[String], reason: &str, at: Instant, unix_ms: u64) {
+    /// report does, then why it runs as it does (a job that could have been
+    /// split: why it was not; a resumed run: why the one before was lost).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn opened(
+        &self,
+        job: JobId,
+        mode: JobMode,
+        args: &[String],
+        reason: &str,
+        why: &Reasons,
+        at: Instant,
+        unix_ms: u64,
+    ) {
         let mut lines = Lines::new(LOG_CAP, HEAD_CAP);
         lines.push(format!("ffcluster {mode} job {job} started on {}", utc(unix_ms)));
         lines.push("Command line:".into());
         lines.push(format!("ffmpeg {}", shell_join(args)));
         lines.push(format!("{} the shim's reason: {reason}", prefix(job)));
+        for (what, w) in why.each() {
+            lines.push(format!("{} {what}: {w}", prefix(job)));
+        }
         let log = JobLog { id: job, started: at, lines, attempts: BTreeMap::new(), state: JobState::Running };
         self.inner().logs.insert(job, log);
     }
@@ -488,7 +502,11 @@ mod tests {
     fn a_whole_job_reads_like_ffmpeg() {
         let t0 = Instant::now();
         let logs = JobLogs::default();
-        logs.opened(12, JobMode::Whole, &args(), "whole.hls", t0, 1_717_243_200_000);
+        let why = Reasons {
+            not_split: Some(crate::protocol::Why::new("nosplit.map", "stream selection \"0\" is not understood")),
+            ..Reasons::default()
+        };
+        logs.opened(12, JobMode::Whole, &args(), "split.hls", &why, t0, 1_717_243_200_000);
         logs.note(12, t0 + Duration::from_millis(5), "placed on node2");
         logs.stderr(12, b"Input #0, matroska,webm, from 'in put.mkv':\n  Duration: 00:00");
         logs.stderr(12, b":12.00\nStream mapping:\n");
@@ -502,7 +520,8 @@ mod tests {
         let want = "ffcluster whole job 12 started on 2024-06-01 at 12:00:00 UTC\n\
                     Command line:\n\
                     ffmpeg -i 'in put.mkv' -c:v libx264 out.ts\n\
-                    [ffcluster @ job 12] the shim's reason: whole.hls\n\
+                    [ffcluster @ job 12] the shim's reason: split.hls\n\
+                    [ffcluster @ job 12] not split: nosplit.map: stream selection \"0\" is not understood\n\
                     [ffcluster @ job 12] +0.005s placed on node2\n\
                     Input #0, matroska,webm, from 'in put.mkv':\n  Duration: 00:00:12.00\n\
                     Stream mapping:\n\
@@ -524,7 +543,11 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         let logs = JobLogs::default();
-        logs.opened(7, JobMode::Split, &args(), "split.hls", t0, 0);
+        let why = Reasons {
+            resumed: Some(crate::protocol::Why::new("resumed.controller_gone", "the controller closed the connection")),
+            ..Reasons::default()
+        };
+        logs.opened(7, JobMode::Split, &args(), "split.hls", &why, t0, 0);
         logs.attempt_started(7, 8, "chunk 0 (0.000-3.000 s)", "a", false, at(1));
         logs.attempt_started(7, 9, "chunk 1 (3.000-6.000 s)", "b", false, at(2));
         logs.attempt_stderr(7, 8, b"Output #0, mpegts, to 'pipe:1':\nframe=   72 fps=0.0 q=-1.0 Lsize=1kB\n");
@@ -542,6 +565,8 @@ mod tests {
         let text = logs.read(7, None).unwrap().text;
         for want in [
             "ffcluster split job 7 started on 1970-01-01 at 00:00:00 UTC\n",
+            "[ffcluster @ job 7] the shim's reason: split.hls\n\
+             [ffcluster @ job 7] resumed: resumed.controller_gone: the controller closed the connection\n",
             "[ffcluster @ job 7] +0.001s chunk 0 (0.000-3.000 s) on a: started (attempt 8)\n",
             "[ffcluster @ job 7] +0.900s chunk 0 (0.000-3.000 s) on a (attempt 8): done after 0.899 s\n\
              [ffcluster @ job 7] chunk 0 (0.000-3.000 s) on a (attempt 8): ffmpeg's stderr, 2 lines:\n\
@@ -561,7 +586,7 @@ mod tests {
         let t0 = Instant::now();
         let logs = JobLogs::default();
         for job in 1..=(LOGS_KEPT as u64 + 5) {
-            logs.opened(job, JobMode::Whole, &args(), "r", t0, 0);
+            logs.opened(job, JobMode::Whole, &args(), "r", &Reasons::default(), t0, 0);
             for i in 0..20_000 {
                 logs.stderr(job, format!("[hls @ 0x1] Opening 'seg{i}.ts' for writing\n").as_bytes());
             }

@@ -5,11 +5,13 @@
 //! as things happen; gauges (nodes, running jobs) are read from the status
 //! document when scraped, so they can never drift from what `status` shows.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::status::{ChunkState, JobMode, JobState, NodeState, Status};
+use super::status::{ChunkState, JobMode, JobState, NodeState, Reasons, Status};
 
 /// Upper bounds (seconds) of the time-to-first-output histograms: from a fast
 /// local cluster (a fraction of a second) to one that makes Jellyfin's player
@@ -59,6 +61,33 @@ fn mode_index(m: JobMode) -> usize {
     match m {
         JobMode::Whole => 0,
         JobMode::Split => 1,
+    }
+}
+
+/// Counters by a reason code the shim sends (`nosplit.*`, `resumed.*`,
+/// `fallback.*`). The codes come from the wire, so a code that is not a plain
+/// dotted name, and any code past the first [`CODES_KEPT`], count as `other`:
+/// a shim cannot grow the exposition without bound.
+#[derive(Debug, Default)]
+pub(crate) struct ByCode(Mutex<BTreeMap<String, u64>>);
+
+/// Distinct codes one [`ByCode`] keeps apart.
+const CODES_KEPT: usize = 64;
+
+impl ByCode {
+    fn add(&self, code: &str) {
+        let plain = !code.is_empty()
+            && code.len() <= 64
+            && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if plain && (m.contains_key(code) || m.len() < CODES_KEPT) { code } else { "other" };
+        *m.entry(key.to_owned()).or_default() += 1;
+    }
+
+    fn write(&self, out: &mut String, name: &str) {
+        for (code, n) in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", escape(code));
+        }
     }
 }
 
@@ -112,12 +141,32 @@ pub(crate) struct Metrics {
     first_output: Histogram,
     /// Split jobs: submission to the first chunk finished.
     first_chunk: Histogram,
+    /// Accepted jobs the classifier would split that run whole, by why.
+    not_split: ByCode,
+    /// Accepted runs that resume a lost job, by why it was lost.
+    resumed: ByCode,
+    /// Accepted jobs the shim ran locally after all, by why.
+    fallback: ByCode,
 }
 
 impl Metrics {
     pub(crate) fn job_ended(&self, mode: JobMode, result: JobResult) {
         let r = JobResult::ALL.iter().position(|x| *x == result).unwrap_or(0);
         self.jobs[mode_index(mode)][r].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A job was accepted: counts why it was not split, or why it resumes.
+    pub(crate) fn accepted(&self, why: &Reasons) {
+        if let Some(w) = &why.not_split {
+            self.not_split.add(&w.code);
+        }
+        if let Some(w) = &why.resumed {
+            self.resumed.add(&w.code);
+        }
+    }
+
+    pub(crate) fn fell_back(&self, code: &str) {
+        self.fallback.add(code);
     }
 
     pub(crate) fn rejected(&self, mode: JobMode) {
@@ -192,6 +241,27 @@ impl Metrics {
             let _ =
                 writeln!(o, "ffcluster_jobs_rejected_total{{mode=\"{m}\"}} {}", load(&self.rejected[mode_index(m)]));
         }
+        help(
+            &mut o,
+            "ffcluster_jobs_not_split_total",
+            "counter",
+            "Accepted jobs the shim would split that run whole, by reason code (nosplit.*).",
+        );
+        self.not_split.write(&mut o, "ffcluster_jobs_not_split_total");
+        help(
+            &mut o,
+            "ffcluster_jobs_resumed_total",
+            "counter",
+            "Accepted runs that resume a job the cluster lost, by reason code (resumed.*).",
+        );
+        self.resumed.write(&mut o, "ffcluster_jobs_resumed_total");
+        help(
+            &mut o,
+            "ffcluster_jobs_fallback_total",
+            "counter",
+            "Accepted jobs the shim ran locally after all, by reason code (fallback.*).",
+        );
+        self.fallback.write(&mut o, "ffcluster_jobs_fallback_total");
 
         help(&mut o, "ffcluster_chunk_attempts_total", "counter", "Ended chunk attempts of split jobs, by result.");
         for (i, s) in CHUNK_ENDS.iter().enumerate() {
@@ -293,6 +363,14 @@ mod tests {
         m.first_output(&seen, Duration::from_millis(700));
         m.first_output(&seen, Duration::from_secs(100));
         m.first_chunk(Duration::from_secs(100));
+        let not_split =
+            |code: &str| Reasons { not_split: Some(crate::protocol::Why::new(code, "detail")), ..Reasons::default() };
+        m.accepted(&not_split("nosplit.map"));
+        m.accepted(&not_split("nosplit.map"));
+        m.accepted(&not_split("nosplit.too_short"));
+        m.accepted(&not_split("Bad\"code"));
+        m.accepted(&Reasons::default());
+        m.fell_back("fallback.exit");
         let status = Status {
             version: "0.1.0".into(),
             protocol: 1,
@@ -337,6 +415,12 @@ mod tests {
         assert_eq!(value(&t, "ffcluster_node_draining{node=\"a \\\"quoted\\\" box\"}"), "1");
         assert_eq!(value(&t, "ffcluster_node_speed{node=\"a \\\"quoted\\\" box\"}"), "250.5");
         assert_eq!(value(&t, "ffcluster_uptime_seconds"), "1.5");
+        assert_eq!(value(&t, "ffcluster_jobs_not_split_total{reason=\"nosplit.map\"}"), "2");
+        assert_eq!(value(&t, "ffcluster_jobs_not_split_total{reason=\"nosplit.too_short\"}"), "1");
+        assert_eq!(value(&t, "ffcluster_jobs_not_split_total{reason=\"other\"}"), "1");
+        assert_eq!(value(&t, "ffcluster_jobs_fallback_total{reason=\"fallback.exit\"}"), "1");
+        assert!(t.contains("# TYPE ffcluster_jobs_resumed_total counter\n"), "{t}");
+        assert!(!t.contains("ffcluster_jobs_resumed_total{"), "nothing resumed yet: {t}");
         // Every sample line belongs to a declared family.
         let families: Vec<&str> = t.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
         for l in t.lines().filter(|l| !l.starts_with('#')) {

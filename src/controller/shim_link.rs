@@ -292,7 +292,7 @@ impl Link {
             tokio::select! {
                 () = shutdown.fired() => return End::Shutdown,
                 msg = stream.next() => match msg {
-                    Some(Ok(Message::Text(text))) => self.on_text(&text),
+                    Some(Ok(Message::Text(text))) => self.on_text(&text, shared),
                     Some(Ok(Message::Binary(bytes))) => self.on_binary(bytes).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => return End::Gone,
@@ -308,9 +308,9 @@ impl Link {
                         return End::Gone;
                     }
                     // The job is over and the close is sent; give the shim a
-                    // moment to answer it, then hang up.
+                    // moment to answer it (it may say it falls back), then hang up.
                     tokio::select! {
-                        _ = tokio::time::timeout(CLOSE_GRACE, drain(stream)) => {}
+                        _ = tokio::time::timeout(CLOSE_GRACE, self.drain(stream, shared)) => {}
                         () = shutdown.fired() => {}
                     }
                     return End::Gone;
@@ -319,8 +319,9 @@ impl Link {
         }
     }
 
-    fn on_text(&self, text: &str) {
+    fn on_text(&self, text: &str, shared: &Shared) {
         match serde_json::from_str::<ShimMsg>(text) {
+            Ok(ShimMsg::FellBack { reason }) => shared.registry().fell_back(self.job, reason, Instant::now()),
             Ok(ShimMsg::Signal { signal }) => match &self.node {
                 Some(node) => {
                     debug!(job = self.job, ?signal, "forwarding signal");
@@ -358,8 +359,13 @@ impl Link {
             }
         }
     }
-}
 
-async fn drain(stream: &mut SplitStream<WebSocket>) {
-    while let Some(Ok(_)) = stream.next().await {}
+    /// Reads what the shim still sends after the job ended, until it closes.
+    async fn drain(&self, stream: &mut SplitStream<WebSocket>, shared: &Shared) {
+        while let Some(Ok(msg)) = stream.next().await {
+            if let Message::Text(text) = msg {
+                self.on_text(&text, shared);
+            }
+        }
+    }
 }

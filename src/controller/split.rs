@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use super::outbox::Reserved;
 use super::scheduler::NoPlacement;
 use super::shim_link::ShimConn;
+use super::status::Reasons;
 use crate::ffmpeg::decision::Needs;
 use crate::plan::{Chunk, Planner, Sizing};
 use crate::protocol::{
@@ -227,6 +228,9 @@ pub(crate) struct SplitJob {
     needs: Needs,
     pub(crate) args: Vec<String>,
     pub(crate) reason: String,
+    /// Why it runs as it does beyond `reason` (a resumed job's cause; the
+    /// shim's fallback, once it says so).
+    pub(crate) why: Reasons,
     cwd: String,
     pub(crate) files: Vec<FileOffer>,
     pub(crate) access: String,
@@ -289,6 +293,7 @@ impl SplitJob {
             needs: request.needs,
             args: request.args,
             reason: request.reason,
+            why: Reasons { not_split: request.not_split, resumed: request.resumed, fallback: None },
             cwd: request.cwd,
             files: request.files,
             access,
@@ -1232,6 +1237,8 @@ pub(crate) mod tests {
             needs: Needs { encoders: ["libx264".to_owned()].into(), ..Default::default() },
             reason: "split.hls".into(),
             split: Some(plan),
+            not_split: None,
+            resumed: None,
         }
     }
 

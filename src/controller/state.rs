@@ -26,10 +26,10 @@ use super::split::{
     AUDIO, AttemptEnd, Fate, NodeView, Pace, Progress, SplitJob, SplitRefused, Taker, WorkKind, check_plan, ewma, pick,
     relative_speed, throughputs,
 };
-use super::status::{ChunkRecord, ChunkState, JobMode, JobState, JobStatus, NodeState, NodeStatus, Status};
+use super::status::{ChunkRecord, ChunkState, JobMode, JobState, JobStatus, NodeState, NodeStatus, Reasons, Status};
 use crate::ffmpeg::cmdline::shell_join;
 use crate::protocol::{
-    Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, PROTOCOL_VERSION, RemoteExit, ToNode, ToShim,
+    Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, PROTOCOL_VERSION, RemoteExit, ToNode, ToShim, Why,
 };
 use crate::split::live::Piece;
 
@@ -114,6 +114,7 @@ struct RunningJob {
     node_name: String,
     args: Vec<String>,
     reason: String,
+    why: Reasons,
     files: Vec<FileOffer>,
     access: String,
     started_unix_ms: u64,
@@ -128,6 +129,7 @@ struct FinishedJob {
     node_name: Option<String>,
     args: String,
     reason: String,
+    why: Reasons,
     started_unix_ms: u64,
     duration: Duration,
     state: JobState,
@@ -324,7 +326,9 @@ impl Registry {
             light: false,
         };
         node.outbox.json(ToNode::Run { job, spec: spec.clone() });
-        self.logs.opened(job, JobMode::Whole, &request.args, &request.reason, now, now_unix_ms);
+        let why = Reasons { not_split: request.not_split, resumed: request.resumed, fallback: None };
+        self.logs.opened(job, JobMode::Whole, &request.args, &request.reason, &why, now, now_unix_ms);
+        self.metrics.accepted(&why);
         self.logs.note(job, now, &format!("whole job placed on {node_name}"));
         self.running.insert(
             job,
@@ -333,6 +337,7 @@ impl Registry {
                 node_name: node_name.clone(),
                 args: request.args,
                 reason: request.reason,
+                why,
                 files: request.files,
                 access: spec.access,
                 started_unix_ms: now_unix_ms,
@@ -396,6 +401,7 @@ impl Registry {
             node_name: Some(run.node_name),
             args: shell_join(&run.args).to_string(),
             reason: run.reason,
+            why: run.why,
             started_unix_ms: run.started_unix_ms,
             duration: now.saturating_duration_since(run.started),
             state,
@@ -415,6 +421,27 @@ impl Registry {
         for old in self.finished.iter_mut().filter(|j| !j.chunks.is_empty()).skip(CHUNK_HISTORY_JOBS) {
             old.chunks = Vec::new();
         }
+    }
+
+    /// The shim of `job` says it runs the job locally after all: recorded on
+    /// the job, running or finished, once.
+    pub(crate) fn fell_back(&mut self, job: JobId, why: Why, now: Instant) {
+        let slot = if let Some(j) = self.running.get_mut(&job) {
+            &mut j.why.fallback
+        } else if let Some(j) = self.splits.get_mut(&job) {
+            &mut j.why.fallback
+        } else if let Some(j) = self.finished.iter_mut().find(|j| j.id == job) {
+            &mut j.why.fallback
+        } else {
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
+        info!(job, "the shim runs the job locally instead: {why}");
+        self.logs.note(job, now, &format!("fell back: the shim runs the job locally instead: {why}"));
+        self.metrics.fell_back(&why.code);
+        *slot = Some(why);
     }
 
     /// Accepts a split job if any connected node could run it, busy or not
@@ -439,7 +466,8 @@ impl Registry {
         let split = SplitJob::new(job, request, access, shim, eligible, now, now_unix_ms)?;
         self.next_job += 1;
         split.shim.out.json(ToShim::Accepted { job, node: "split".into(), audio: split.remote_audio() });
-        self.logs.opened(job, JobMode::Split, &split.args, &split.reason, now, now_unix_ms);
+        self.logs.opened(job, JobMode::Split, &split.args, &split.reason, &split.why, now, now_unix_ms);
+        self.metrics.accepted(&split.why);
         self.logs.note(job, now, &format!("split job accepted: {eligible} capable nodes connected"));
         self.splits.insert(job, split);
         self.dispatch(now);
@@ -709,6 +737,7 @@ impl Registry {
             node_name: None,
             args: shell_join(&split.args).to_string(),
             reason: split.reason,
+            why: split.why,
             started_unix_ms: split.started_unix_ms,
             duration: now.saturating_duration_since(split.started),
             state,
@@ -993,6 +1022,7 @@ impl Registry {
             node: Some(j.node_name.clone()),
             args: shell_join(&j.args).to_string(),
             reason: j.reason.clone(),
+            why: j.why.clone(),
             started_unix_ms: j.started_unix_ms,
             duration_ms: millis(now.saturating_duration_since(j.started)),
             exit_code: None,
@@ -1006,6 +1036,7 @@ impl Registry {
             node: None,
             args: shell_join(&j.args).to_string(),
             reason: j.reason.clone(),
+            why: j.why.clone(),
             started_unix_ms: j.started_unix_ms,
             duration_ms: millis(now.saturating_duration_since(j.started)),
             exit_code: None,
@@ -1020,6 +1051,7 @@ impl Registry {
             node: j.node_name.clone(),
             args: j.args.clone(),
             reason: j.reason.clone(),
+            why: j.why.clone(),
             started_unix_ms: j.started_unix_ms,
             duration_ms: millis(j.duration),
             exit_code: j.exit_code,
@@ -1049,6 +1081,7 @@ fn split_fields(p: Option<Progress>) -> JobStatus {
         node: None,
         args: String::new(),
         reason: String::new(),
+        why: Reasons::default(),
         started_unix_ms: 0,
         duration_ms: 0,
         exit_code: None,
@@ -1111,6 +1144,8 @@ mod tests {
             needs: Needs::default(),
             reason: "whole.multiple_inputs".into(),
             split: None,
+            not_split: None,
+            resumed: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Capabilities, JobId};
+use crate::protocol::{Capabilities, JobId, Why};
 
 /// `GET /api/v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +74,9 @@ pub struct JobStatus {
     pub args: String,
     /// The shim's reason code for offloading.
     pub reason: String,
+    /// Why it did not run as that reason says: not split, resumed, fell back.
+    #[serde(flatten)]
+    pub why: Reasons,
     pub started_unix_ms: u64,
     /// Run time so far for a running job, total otherwise.
     pub duration_ms: u64,
@@ -106,6 +109,31 @@ pub struct JobStatus {
     /// `CHUNK_HISTORY_JOBS` in the registry): a long film has hundreds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkRecord>,
+}
+
+/// Why a job ran the way it did beyond the shim's offload reason, each a
+/// stable code and its detail (README, "Why a job was not split").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reasons {
+    /// The classifier would split it, but it ran whole (`nosplit.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_split: Option<Why>,
+    /// It resumes a job the cluster lost after publishing output (`resumed.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Why>,
+    /// It failed on the cluster before anything was visible, and the shim ran
+    /// it locally instead (`fallback.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Why>,
+}
+
+impl Reasons {
+    /// Each present reason with what it means: `("not split", why)`, …
+    pub fn each(&self) -> impl Iterator<Item = (&'static str, &Why)> {
+        [("not split", &self.not_split), ("resumed", &self.resumed), ("fell back", &self.fallback)]
+            .into_iter()
+            .filter_map(|(what, w)| Some((what, w.as_ref()?)))
+    }
 }
 
 /// One attempt of one chunk of a split job: which node encoded which part of
@@ -237,6 +265,7 @@ mod tests {
             node: Some("n".into()),
             args: "-i a b".into(),
             reason: "split.hls".into(),
+            why: Reasons::default(),
             started_unix_ms: 1,
             duration_ms: 2,
             exit_code: None,
@@ -253,7 +282,23 @@ mod tests {
         assert_eq!(v["mode"], "whole");
         assert_eq!(v["state"], "cancelled");
         assert!(v.get("chunks_done").is_none(), "split fields are left out of whole jobs: {v}");
+        assert!(v.get("not_split").is_none() && v.get("resumed").is_none() && v.get("fallback").is_none(), "{v}");
         assert_eq!(serde_json::from_value::<JobStatus>(v).unwrap(), j);
+        let whole = JobStatus {
+            why: Reasons {
+                not_split: Some(Why::new("nosplit.option", "option -t is not supported when splitting")),
+                resumed: None,
+                fallback: Some(Why::new("fallback.exit", "ffmpeg exited with code 1 on the node")),
+            },
+            ..j.clone()
+        };
+        let v = serde_json::to_value(&whole).unwrap();
+        assert_eq!(v["not_split"]["code"], "nosplit.option");
+        assert_eq!(v["fallback"]["detail"], "ffmpeg exited with code 1 on the node");
+        assert!(v.get("resumed").is_none(), "{v}");
+        assert_eq!(serde_json::from_value::<JobStatus>(v).unwrap(), whole);
+        let listed: Vec<(&str, &str)> = whole.why.each().map(|(what, w)| (what, w.code.as_str())).collect();
+        assert_eq!(listed, [("not split", "nosplit.option"), ("fell back", "fallback.exit")]);
         let split = JobStatus {
             mode: JobMode::Split,
             node: None,

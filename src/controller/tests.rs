@@ -138,6 +138,8 @@ fn request(encoders: &[&str], files: Vec<FileOffer>) -> JobRequest {
         needs: Needs { encoders: encoders.iter().map(|e| e.to_string()).collect(), ..Default::default() },
         reason: "whole.multiple_outputs".into(),
         split: None,
+        not_split: None,
+        resumed: None,
     }
 }
 
@@ -576,6 +578,8 @@ fn split_request() -> (JobRequest, SplitPlan) {
         needs: Needs { encoders: ["libx264".to_owned()].into(), ..Default::default() },
         reason: "split.hls".into(),
         split: Some(plan.clone()),
+        not_split: None,
+        resumed: None,
     };
     (request, plan)
 }

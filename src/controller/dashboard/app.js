@@ -166,6 +166,20 @@
       ' ' + done + '/' + planned + ' chunks' + on + (j.reissued ? ' · ' + j.reissued + ' re-issued' : ''));
   }
 
+  // Why a job ran as it did beyond the shim's offload reason: [what, {code, detail}].
+  function reasons(j) {
+    return [['not split', j.not_split], ['resumed', j.resumed], ['fell back', j.fallback]].filter(([, w]) => w);
+  }
+
+  // The most telling reason code (the shim's offload reason when nothing else
+  // happened), with the details on hover.
+  function reasonCell(j) {
+    const whys = reasons(j);
+    if (!whys.length) return el('td', { class: 'reason' }, el('code', {}, j.reason));
+    return el('td', { class: 'reason', title: 'offload reason: ' + j.reason },
+      ...whys.map(([what, w]) => el('code', { class: 'why', 'data-why': w.code, title: what + ': ' + w.detail }, w.code)));
+  }
+
   function renderJobs(doc) {
     const running = doc.jobs.filter((j) => j.state === 'running').length;
     $('job-count').textContent = running + ' running, ' + (doc.jobs.length - running) + ' recent';
@@ -180,7 +194,9 @@
         el('td', {}, clock(j.started_unix_ms)),
         el('td', {}, secs(j.duration_ms)),
         el('td', {}, exit),
-        el('td', { class: 'args', title: j.args }, args, j.error ? el('span', { class: 'error' }, ' ' + j.error) : null),
+        reasonCell(j),
+        el('td', { class: 'args', title: j.args }, args, j.error ? el('span', { class: 'error' }, ' ' + j.error) : null,
+          ...reasons(j).map(([what, w]) => el('span', { class: 'why-detail' }, ' ' + what + ': ' + w.detail))),
         el('td', {}, logButton(j)));
       if (j.mode === 'split') {
         tr.classList.add('clickable');
@@ -188,7 +204,7 @@
       }
       return tr;
     });
-    $('jobs').tBodies[0].replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { colspan: 9, class: 'muted' }, 'No jobs yet.'))]));
+    $('jobs').tBodies[0].replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { colspan: 10, class: 'muted' }, 'No jobs yet.'))]));
   }
 
   // ---- the job log (GET api/v1/jobs/{id}/log, text that reads like ffmpeg's)
