@@ -193,6 +193,13 @@ fn dashboard_metrics_and_chunk_records_after_a_split_job() {
     for id in [split_id, whole_id] {
         assert!(dom.contains(&format!("data-log=\"{id}\"")), "no log button for job {id}: {dom}");
     }
+    // Why the whole job was not split (it ran with `FFCLUSTER_MODE=whole`):
+    // its code in the reason column, the detail under the command line.
+    let not_split = &c.status()["jobs"][0]["not_split"];
+    assert_eq!(not_split["code"], "nosplit.mode", "{not_split}");
+    assert!(dom.contains("<code class=\"why\" data-why=\"nosplit.mode\""), "no reason code: {dom}");
+    let detail = format!("not split: {}", not_split["detail"].as_str().unwrap());
+    assert!(dom.contains(&detail), "no {detail:?}: {dom}");
     let drawn = bars(&dom);
     let won: BTreeSet<(u32, String)> =
         drawn.iter().filter(|b| b.2 == "done").map(|(chunk, node, _)| (*chunk, node.clone())).collect();

@@ -134,6 +134,126 @@ fn whole_and_split_jobs_leave_logs_that_read_like_ffmpeg() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no log for job 999999"), "{missing:?}");
 }
 
+/// Polls the status document until the newest job satisfies `done`.
+fn wait_newest(c: &Cluster, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let j = newest_job(c);
+        if done(&j) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "{what}: {j}\n{}", c.all_logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of one series (full name with labels) in a scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A job the shim would split but cannot says why in every place an admin
+/// looks: the status document, `ffcluster jobs`, `ffcluster status`, the
+/// job's log and `/metrics`; so do a job that failed on its node before any
+/// output and that the shim then ran locally, and a run resuming a lost job.
+#[test]
+fn why_a_job_was_not_split_or_fell_back_is_shown_everywhere() {
+    let c = Cluster::start(2);
+    let clip = c.work.join("clip.mp4");
+    make_clip(&clip, 8, "320x240", &[]);
+    let input = clip.display().to_string();
+
+    // `-t` is a time limit the split planner refuses: the job goes whole.
+    let args = ["-i", &input, "-t", "4", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-y", "short.mp4"];
+    let out = c.shim().env("FFCLUSTER_MODE", "split").args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.all_logs());
+    let (code, detail) = ("nosplit.option", "option -t is not supported when splitting");
+    let shim_log = c.log("shim.log");
+    let logged = format!("split: not split ({code}: {detail}); the whole job goes to one node");
+    assert!(shim_log.contains(&logged), "{shim_log}");
+
+    let job = newest_job(&c);
+    assert_eq!((job["mode"].as_str(), job["state"].as_str()), (Some("whole"), Some("done")), "{job}");
+    assert_eq!(job["reason"], "split.progressive", "{job}");
+    assert_eq!(job["not_split"], serde_json::json!({"code": code, "detail": detail}), "{job}");
+    assert!(job.get("fallback").is_none() && job.get("resumed").is_none(), "{job}");
+    let id = job["id"].as_u64().unwrap().to_string();
+
+    for cmd in ["jobs", "status"] {
+        let table = c.admin_ok(&[cmd]);
+        eprintln!("ffcluster {cmd}:\n{table}");
+        assert!(table.contains("  REASON  "), "{table}");
+        let row = table.lines().find(|l| l.starts_with(&format!("{id} "))).unwrap_or_else(|| panic!("{table}"));
+        assert!(row.contains(&format!("  {code}  ")), "{row}");
+        assert!(row.ends_with(&format!("  [not split: {detail}]")), "{row}");
+    }
+    let log = c.admin_ok(&["log", &id]);
+    let line = format!("[ffcluster @ job {id}] not split: {code}: {detail}\n");
+    assert!(log.contains(&line), "{line:?} is not in the log:\n{log}");
+    let metrics = c.metrics();
+    assert_eq!(
+        sample(&metrics, &format!("ffcluster_jobs_not_split_total{{reason=\"{code}\"}}")),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // A whole job (`FFCLUSTER_MODE=whole`, which is a reason not to split too)
+    // whose ffmpeg fails on the node before any output: the shim runs it
+    // locally, and tells the controller so.
+    let bad = ["-i", &input, "-c:v", "libx264", "-vf", "scale=nosuchoption=1", "-y", "bad.mp4"];
+    let out = c.shim().args(bad).stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "the local run fails as the remote one did");
+    let job = wait_newest(&c, "no fallback recorded", |j| !j["fallback"].is_null());
+    assert_eq!(job["not_split"]["code"], "nosplit.mode", "{job}");
+    assert_eq!(job["fallback"]["code"], "fallback.exit", "{job}");
+    let detail = job["fallback"]["detail"].as_str().unwrap();
+    assert!(detail.starts_with("ffmpeg exited with code ") && detail.ends_with(" on the node"), "{job}");
+    let id = job["id"].as_u64().unwrap().to_string();
+    let jobs = c.admin_ok(&["jobs"]);
+    let row = jobs.lines().find(|l| l.starts_with(&format!("{id} "))).unwrap_or_else(|| panic!("{jobs}"));
+    assert!(row.contains("  nosplit.mode,fallback.exit  "), "{row}");
+    assert!(row.ends_with(&format!("  [fell back: {detail}]")), "{row}");
+    let log = c.admin_ok(&["log", &id]);
+    eprintln!("{log}");
+    let line = format!("s fell back: the shim runs the job locally instead: fallback.exit: {detail}\n");
+    assert!(log.contains(&format!("[ffcluster @ job {id}] not split: nosplit.mode: ")), "{log}");
+    assert!(log.contains(&line), "{line:?} is not in the log:\n{log}");
+    let metrics = c.metrics();
+    for series in [
+        "ffcluster_jobs_fallback_total{reason=\"fallback.exit\"}",
+        "ffcluster_jobs_not_split_total{reason=\"nosplit.mode\"}",
+        "ffcluster_jobs_not_split_total{reason=\"nosplit.option\"}",
+    ] {
+        assert_eq!(sample(&metrics, series), Some(1.0), "{series} in\n{metrics}");
+    }
+    assert!(c.log("shim.log").contains("local fallback: ffmpeg exited with code "), "{}", c.log("shim.log"));
+
+    // A run that resumes a lost job, as the shim starts it (`resume::exec`):
+    // it tells the controller why the run before it was lost.
+    let why = "the job was lost on the cluster: the controller closed the connection; resumed at segment 3";
+    let out = c
+        .shim()
+        .env("FFCLUSTER_RESUMED", "1")
+        .env("FFCLUSTER_RESUMED_WHY", format!("resumed.controller_gone: {why}"))
+        .args(["-i", &input, "-c:v", "libx264", "-preset", "ultrafast", "-an", "-y", "resumed.mp4"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.all_logs());
+    let job = newest_job(&c);
+    assert_eq!(job["resumed"], serde_json::json!({"code": "resumed.controller_gone", "detail": why}), "{job}");
+    let id = job["id"].as_u64().unwrap().to_string();
+    let log = c.admin_ok(&["log", &id]);
+    let line = format!("[ffcluster @ job {id}] resumed: resumed.controller_gone: {why}\n");
+    assert!(log.contains(&line), "{line:?} is not in the log:\n{log}");
+    let row = c.admin_ok(&["jobs"]).lines().find(|l| l.starts_with(&format!("{id} "))).unwrap().to_owned();
+    assert!(row.contains("  nosplit.mode,resumed.controller_gone  "), "{row}");
+    let metrics = c.metrics();
+    let series = "ffcluster_jobs_resumed_total{reason=\"resumed.controller_gone\"}";
+    assert_eq!(sample(&metrics, series), Some(1.0), "{metrics}");
+    eprintln!("{}", metrics.lines().filter(|l| l.contains("reason=")).collect::<Vec<_>>().join("\n"));
+}
+
 #[test]
 fn bench_cluster_measures_the_running_cluster() {
     let c = Cluster::start(2);
