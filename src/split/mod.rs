@@ -150,9 +150,20 @@ pub struct ProbeStream {
     /// pictures that cannot be decoded, and open GOPs lead with pictures that
     /// are dropped, so the stream's first timestamp is not it.
     pub first_picture: Option<FirstPicture>,
-    /// Presentation times of the stream's first packets, in decode order, in
-    /// `-ss` coordinates (see [`Probe::ffprobe_args`] for how many).
-    pub packet_times: Vec<f64>,
+    /// Times of the pictures the probe decoded, in display order, in `-ss`
+    /// coordinates: every picture up to [`ProbeStream::read_up_to`] (see
+    /// [`Probe::ffprobe_args`] for how many packets it reads).
+    pub frame_times: Vec<f64>,
+    /// The decoding time of the last packet the probe read: every picture
+    /// shown at or before it was read (decode order never runs ahead of
+    /// display order), so the frame times up to it have no gaps the probe made.
+    pub read_up_to: Option<f64>,
+    /// The base frame rate as ffprobe writes it (`24000/1001`): the direct
+    /// run's encoder counts time in its inverse.
+    pub base_rate: Option<String>,
+    /// `disposition` flags set on the stream (`default`, `forced`…), which
+    /// ffmpeg copies to the output stream.
+    pub disposition: Vec<String>,
     /// The stream's metadata tags, which ffmpeg copies to the output stream.
     pub tags: Vec<(String, String)>,
     /// Degrees of the stream's display matrix, when it has one.
@@ -207,7 +218,7 @@ impl Probe {
             "-read_intervals",
             &format!("%+#{packets}"),
             "-show_entries",
-            "format=start_time,duration,format_name:stream=index,codec_type,start_time,r_frame_rate,avg_frame_rate,channels:stream_disposition=attached_pic:stream_tags:stream_side_data_list:packet=stream_index,pts_time:frame=stream_index,best_effort_timestamp_time,interlaced_frame,top_field_first",
+            "format=start_time,duration,format_name:stream=index,codec_type,start_time,r_frame_rate,avg_frame_rate,channels:stream_disposition:stream_tags:stream_side_data_list:packet=stream_index,pts_time,dts_time:frame=stream_index,best_effort_timestamp_time,interlaced_frame,top_field_first",
             input,
         ]
         .map(str::to_owned)
@@ -267,6 +278,7 @@ impl Probe {
             kind: Option<String>,
             stream_index: Option<u32>,
             pts_time: Option<String>,
+            dts_time: Option<String>,
             best_effort_timestamp_time: Option<String>,
             interlaced_frame: Option<u8>,
             top_field_first: Option<u8>,
@@ -299,6 +311,8 @@ impl Probe {
         struct Disposition {
             #[serde(default)]
             attached_pic: u8,
+            #[serde(flatten)]
+            others: std::collections::BTreeMap<String, serde_json::Value>,
         }
         let doc: Doc = serde_json::from_str(text).map_err(|e| NotSplit::Probe(e.to_string()))?;
         let num = |s: &Option<String>| s.as_deref().and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
@@ -322,8 +336,30 @@ impl Probe {
                         top_field_first: e.top_field_first.unwrap_or(0) != 0,
                     })
                 });
-                let packet_times =
-                    mine.filter(|e| !is_frame(e)).filter_map(|e| num(&e.pts_time)).map(|t| t - start).collect();
+                let frame_times = mine
+                    .clone()
+                    .filter(is_frame)
+                    .filter_map(|e| num(&e.best_effort_timestamp_time))
+                    .map(|t| t - start)
+                    .collect();
+                let read_up_to = mine
+                    .filter(|e| !is_frame(e))
+                    .filter_map(|e| num(&e.dts_time).or_else(|| num(&e.pts_time)))
+                    .map(|t| t - start)
+                    .reduce(f64::max);
+                let disposition: Vec<String> = s
+                    .disposition
+                    .as_ref()
+                    .map(|d| {
+                        d.others
+                            .iter()
+                            .filter(|(k, v)| {
+                                v.as_u64() == Some(1) && !matches!(k.as_str(), "attached_pic" | "timed_thumbnails")
+                            })
+                            .map(|(k, _)| k.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let tags = s
                     .tags
                     .iter()
@@ -348,10 +384,13 @@ impl Probe {
                     kind,
                     start_time: num(&s.start_time).map(|t| t - start),
                     frame_duration: cfr,
+                    base_rate: s.r_frame_rate.clone(),
                     attached_pic: s.disposition.is_some_and(|d| d.attached_pic != 0),
                     channels: s.channels.unwrap_or(0),
                     first_picture,
-                    packet_times,
+                    frame_times,
+                    read_up_to,
+                    disposition,
                     tags,
                     rotation,
                 }
@@ -1099,9 +1138,9 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         .opts
         .iter()
         .chain(&cl.globals)
+        .rev()
         .filter(|o| matches!(o.name(), "vsync" | "fps_mode"))
-        .filter_map(|o| o.value.as_deref())
-        .last();
+        .find_map(|o| o.value.as_deref());
     let model = timeline::Job {
         copyts,
         start_at_zero: cl.global_flag("start_at_zero"),
@@ -1177,10 +1216,37 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     // What the direct run's encoder gives the video stream and a copy does
     // not: the first frame's field order and the input stream's tags.
     fin_out.push(Opt::new("field_order:v:0", Some(field_order)));
+    if !vstream.disposition.is_empty() && output.opts_named("disposition").next().is_none() {
+        // A disposition given by hand stops ffmpeg marking the first of several
+        // streams of a kind default when none is: only where that rule is idle.
+        let idle = [StreamKind::Audio, StreamKind::Subtitle, StreamKind::Data].iter().all(|kind| {
+            let of_kind: Vec<&ProbeStream> = outs
+                .iter()
+                .filter(|o| o.kind == *kind)
+                .filter_map(|o| probe.streams.iter().find(|s| s.index == o.index))
+                .collect();
+            of_kind.len() < 2 || of_kind.iter().any(|s| s.disposition.iter().any(|d| d == "default"))
+        });
+        if !idle {
+            return Err(NotSplit::Streams(
+                "the video's disposition would stop ffmpeg choosing a default stream".into(),
+            ));
+        }
+        fin_out.push(Opt::new("disposition:v:0", Some(vstream.disposition.join("+"))));
+    }
     for (key, value) in stream_tags(cl, output, vstream)? {
         fin_out.push(Opt::new("metadata:s:v:0", Some(format!("{key}={value}"))));
     }
-    let offset = placement.video_offset.filter(|x| x.abs() > 1e-9).map(|x| secs(x));
+    if let (OutputShape::Progressive { format } | OutputShape::Stream { format }, Some(scale)) =
+        (shape, vstream.base_rate.as_deref().and_then(track_timescale))
+    {
+        // The mp4 muxer times a track in its stream's time base, the encoder's
+        // 1/rate in the direct run and 1/90000 in a copy from MPEG-TS.
+        if constant_rate_muxer(shape) && format != "ismv" && output.last_value("video_track_timescale").is_none() {
+            fin_out.push(Opt::new("video_track_timescale", Some(scale.to_string())));
+        }
+    }
+    let offset = placement.video_offset.filter(|x| x.abs() > 1e-9).map(secs);
     let joined: Vec<&str> = offset.as_deref().map(|x| vec!["-itsoffset", x]).unwrap_or_default();
 
     let audio = audio_offload(cl, shape, &outs, &probe.streams, &fin_out);
@@ -1209,10 +1275,29 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     })
 }
 
+/// The mp4 muxer's timescale for a video encoded at `rate` (`num/den`): the
+/// denominator of the encoder's time base, doubled until it reaches 10000.
+fn track_timescale(rate: &str) -> Option<u64> {
+    let (n, d) = rate.split_once('/').unwrap_or((rate, "1"));
+    let (n, d): (u64, u64) = (n.parse().ok()?, d.parse().ok()?);
+    if n == 0 || d == 0 {
+        return None;
+    }
+    let (mut a, mut b) = (n, d);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    let mut scale = n / a;
+    while scale < 10000 {
+        scale *= 2;
+    }
+    Some(scale)
+}
+
 /// Encoders whose streams the chunks' MPEG-TS carries unchanged; other codecs
 /// would need another chunk container, so their jobs are not split.
 fn chunk_codec(video_opts: &[String]) -> Result<(), NotSplit> {
-    let encoder = video_opts.windows(2).filter(|w| w[0] == "-codec:v:0").map(|w| w[1].as_str()).last().unwrap_or("");
+    let encoder = video_opts.windows(2).rfind(|w| w[0] == "-codec:v:0").map_or("", |w| w[1].as_str());
     let carried = ["libx264", "libx264rgb", "libopenh264", "libx265", "mpeg2video", "mpeg1video", "mpeg4", "libxvid"]
         .contains(&encoder)
         || ["h264_", "hevc_", "mpeg2_"].iter().any(|p| encoder.starts_with(p));

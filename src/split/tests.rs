@@ -161,7 +161,7 @@ fn plain_command_lines_split_with_implicit_streams() {
     assert_eq!(
         f,
         "-i in.mkv -f mpegts -thread_queue_size 1024 -i /dev/fd/3 -c:v copy -crf 20 -c:a aac \
-         -field_order:v:0 progressive -map 1:0 -map 0:1 out.mp4"
+         -field_order:v:0 progressive -video_track_timescale 24000 -map 1:0 -map 0:1 out.mp4"
     );
     let a = s.plan.recipe.args(&Chunk { index: 1, start: 2.005, end: 4.005, first_segment: 1 }, false, false);
     let a = a.join(" ");
@@ -468,7 +468,8 @@ fn the_probe_reads_the_first_picture_and_the_packet_times() {
     let first = v.first_picture.unwrap();
     assert!((first.time - 0.259067).abs() < 1e-6, "{first:?}");
     assert!(first.interlaced && first.top_field_first);
-    assert_eq!(v.packet_times.len(), 6);
+    assert_eq!(v.frame_times.len(), 1);
+    assert!((v.read_up_to.unwrap() - 0.259067).abs() < 1e-6);
     assert!(p.pictures_found());
     // Matroska output without -copyts: the video is placed on its frame tick
     // (260 ms late, 6.48 frames: at 6 frames) with its field order and tags.
@@ -483,6 +484,16 @@ fn the_probe_reads_the_first_picture_and_the_packet_times() {
     let args: Vec<String> =
         "-i in.ts -map_metadata -1 -c:v libx264 -c:a aac out.mkv".split(' ').map(str::to_owned).collect();
     assert!(!plan_of(&args, &p).unwrap().finisher.iter().any(|a| a.starts_with("-metadata")));
+}
+
+#[test]
+fn an_mp4_times_its_video_track_as_the_direct_encoder_does() {
+    assert_eq!(track_timescale("25/1"), Some(12800));
+    assert_eq!(track_timescale("24000/1001"), Some(24000));
+    assert_eq!(track_timescale("50/2"), Some(12800));
+    let args: Vec<String> = "-i in.mkv -c:v libx264 -c:a aac -copyts out.mp4".split(' ').map(str::to_owned).collect();
+    let s = plan_of(&args, &probe()).unwrap();
+    assert!(s.finisher.join(" ").contains("-video_track_timescale 24000"), "{:?}", s.finisher);
 }
 
 #[test]

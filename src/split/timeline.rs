@@ -88,12 +88,15 @@ pub struct Placement {
 const ROUNDING: f64 = 0.0015;
 
 /// Seconds per frame of a stream whose frames are on a constant grid, from
-/// the rates ffprobe reports and the first packets' times.
+/// the rates ffprobe reports and the times of the pictures the probe decoded
+/// (up to where it read: past that, pictures shown earlier than later ones
+/// may not have been read yet).
 pub fn frame_duration(stream: &ProbeStream) -> Result<f64, NotSplit> {
     let fd = stream.frame_duration.ok_or_else(|| {
         NotSplit::VariableRate("the video's frame rate is variable (its average rate is not its base rate)".into())
     })?;
-    let mut times = stream.packet_times.clone();
+    let mut times: Vec<f64> =
+        stream.frame_times.iter().copied().filter(|t| stream.read_up_to.is_none_or(|r| *t <= r + 1e-6)).collect();
     times.sort_by(f64::total_cmp);
     for w in times.windows(2) {
         let d = w[1] - w[0];
@@ -281,7 +284,10 @@ mod tests {
             attached_pic: false,
             channels: 0,
             first_picture: Some(FirstPicture { time: first, interlaced: false, top_field_first: false }),
-            packet_times: times.to_vec(),
+            frame_times: times.to_vec(),
+            read_up_to: None,
+            base_rate: None,
+            disposition: Vec::new(),
             tags: Vec::new(),
             rotation: None,
         }
@@ -340,6 +346,10 @@ mod tests {
         let mut gap = even.clone();
         gap.remove(10);
         assert!(matches!(frame_duration(&stream(fd, 0.0, &gap)), Err(NotSplit::VariableRate(_))));
+        // Pictures past where the probe read may be missing their neighbours.
+        let mut cut = stream(fd, 0.0, &gap);
+        cut.read_up_to = Some(gap[9] + 1e-3);
+        assert!(frame_duration(&cut).is_ok());
         let mut vfr = stream(fd, 0.0, &even);
         vfr.frame_duration = None;
         assert!(matches!(frame_duration(&vfr), Err(NotSplit::VariableRate(_))));
