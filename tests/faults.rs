@@ -319,9 +319,9 @@ fn controller_restarted_mid_job(split_it: bool) {
 /// or disk would: cut short on a packet boundary (`truncate`: only the frame
 /// count shows it) or with bytes overwritten mid-stream (`corrupt`). The
 /// controller's verification fails each such attempt, the node is quarantined,
-/// the chunk runs again on the good node (a streamed head chunk that broke
-/// mid-interval makes the shim resume from its newest segment), and every
-/// segment is the direct run's.
+/// the chunk runs again on the good node (which goes on where the finisher's
+/// stream of a broken attempt stopped, at a keyframe: nothing is resumed), and
+/// every segment is the direct run's.
 fn broken_chunks(mode: &str) {
     let mut c = Cluster::bare();
     c.start_controller();
@@ -376,6 +376,7 @@ fn broken_chunks(mode: &str) {
     let broken = status["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "broken").unwrap().clone();
     assert_eq!(broken["state"], "quarantined", "{broken}");
     let resumed = err.contains("resuming at segment");
+    assert!(!resumed, "{err}");
     let gone = wait_no_ffmpeg(&c, Duration::from_secs(5));
     eprintln!(
         "{mode}: {} attempt(s) caught ({}); resumed: {resumed}; job {wall:?}; nothing left {gone:?} after",
@@ -462,4 +463,403 @@ fn a_full_scratch_disk_publishes_nothing_truncated() {
     }
     let gone = wait_no_ffmpeg(&c, Duration::from_secs(5));
     eprintln!("full scratch: {:?} in {wall:?}; nothing running {gone:?} after; stderr:\n{err}", out.status);
+}
+
+/// What a run of the HLS job left that a player or Jellyfin could tell apart:
+/// the file names, the playlist, every packet's stream, timestamps and flags
+/// (ffprobe over the playlist), and the decoded audio samples. Decoding the
+/// playlist must give no error.
+#[derive(Debug, PartialEq)]
+struct Trace {
+    names: Vec<String>,
+    playlist: String,
+    packets: Vec<String>,
+    audio_samples: u64,
+}
+
+impl Trace {
+    fn of(dir: &Path) -> Trace {
+        let list = playlist(dir);
+        decode_frames(&list);
+        let out = run_ok(
+            Command::new(real("ffprobe"))
+                .args(["-v", "error", "-show_entries", "packet=stream_index,pts,dts,duration,flags"])
+                .args(["-of", "csv=p=0"])
+                .arg(&list),
+        );
+        let packets = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+        let audio = run_ok(
+            Command::new(real("ffmpeg"))
+                .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
+                .arg(&list)
+                .args(["-map", "0:a:0", "-f", "s16le", "-ac", "1", "-"]),
+        );
+        assert!(audio.stderr.is_empty(), "audio decode errors: {}", String::from_utf8_lossy(&audio.stderr));
+        Trace {
+            names: names(dir),
+            playlist: std::fs::read_to_string(&list).unwrap(),
+            packets,
+            audio_samples: audio.stdout.len() as u64 / 2,
+        }
+    }
+
+    /// Panics with the first difference from `want`.
+    fn assert_eq(&self, want: &Trace, what: &str) {
+        assert_eq!(self.names, want.names, "{what}: file names");
+        assert_eq!(self.playlist, want.playlist, "{what}: playlist");
+        assert_eq!(self.audio_samples, want.audio_samples, "{what}: audio samples");
+        assert_eq!(self.packets.len(), want.packets.len(), "{what}: packet count");
+        if let Some(i) = (0..want.packets.len()).find(|&i| self.packets[i] != want.packets[i]) {
+            panic!("{what}: packet {i} is {} where the direct run has {}", self.packets[i], want.packets[i]);
+        }
+    }
+}
+
+/// splitmix64, for reproducible fault schedules.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The MPEG-TS packets that start a video PES: (pts, dts, keyframe) of each
+/// frame of a stream, from ffprobe.
+fn frame_stamps(file: &Path) -> Vec<String> {
+    let out = run_ok(
+        Command::new(real("ffprobe"))
+            .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts,dts,flags"])
+            .args(["-of", "csv=p=0"])
+            .arg(file),
+    );
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// The assembler on real encodes: two encodes of one chunk at different
+/// qualities (different bytes, the same frames and keyframes, where two
+/// nodes' encodes differ at most in their bytes), the one being streamed cut off at random bytes (a node
+/// killed), frozen and overtaken, or beaten by the other: the joined stream has
+/// every frame of a clean encode once, with its timestamps and keyframe flags,
+/// and decodes without an error.
+#[test]
+fn a_chunk_handed_over_mid_stream_on_real_encodes_keeps_every_frame() {
+    use ffcluster::split::assemble::Assembler;
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mkv");
+    make_clip(&clip, 12, "640x360", &[]);
+    let encode = |crf: &str| {
+        let out = dir.path().join(format!("crf{crf}.ts"));
+        run_ok(
+            Command::new(real("ffmpeg"))
+                .args(["-nostdin", "-v", "error", "-y", "-copyts", "-i"])
+                .arg(&clip)
+                .args(["-map", "0:v", "-c:v", "libx264", "-preset", "veryfast", "-crf", crf])
+                .args(["-x264opts:0", "subme=0:me_range=16:rc_lookahead=10:me=hex:open_gop=0"])
+                .args(["-force_key_frames:0", "expr:gte(t,n_forced*2)", "-sc_threshold:v:0", "0", "-an"])
+                .args(["-f", "mpegts", "-muxdelay", "0", "-muxpreload", "0", "-flush_packets", "1"])
+                .arg(&out),
+        );
+        (std::fs::read(&out).unwrap(), out)
+    };
+    let ((a, a_file), (b, _)) = (encode("23"), encode("30"));
+    let clean = frame_stamps(&a_file);
+    assert!(clean.iter().filter(|l| l.contains('K')).count() >= 6, "{clean:?}");
+    let mut rng = Rng(0xfa11_0000);
+    let mut handovers = 0;
+    for run in 0..18 {
+        let mut asm = Assembler::new();
+        let mut out = Vec::new();
+        let (first, second) = if run % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        asm.started(0, 1, true);
+        // The first attempt streams up to a random byte in random pieces.
+        let cut = rng.below(first.len() as u64) as usize;
+        let mut at = 0;
+        while at < cut {
+            let n = (1 + rng.below(20_000) as usize).min(cut - at);
+            asm.data(0, 1, at as u64, &first[at..at + n]).unwrap();
+            at += n;
+            out.extend(asm.take());
+        }
+        // Then it is killed (its node gone), or frozen while a re-issue
+        // overtakes and finishes it, or it loses a race it was still running.
+        asm.started(0, 2, true);
+        let how = run % 3;
+        if how == 0 {
+            asm.failed(0, 1).unwrap();
+        }
+        let mut at2 = 0;
+        while at2 < second.len() {
+            let n = (1 + rng.below(30_000) as usize).min(second.len() - at2);
+            asm.data(0, 2, at2 as u64, &second[at2..at2 + n]).unwrap();
+            at2 += n;
+            out.extend(asm.take());
+            if how == 2 && at < first.len() {
+                let n = (1 + rng.below(10_000) as usize).min(first.len() - at);
+                asm.data(0, 1, at as u64, &first[at..at + n]).unwrap();
+                at += n;
+                out.extend(asm.take());
+            }
+        }
+        asm.done(0, 2, second.len() as u64).unwrap();
+        asm.failed(0, 1).unwrap();
+        out.extend(asm.take());
+        assert!(asm.complete());
+        handovers += asm.handovers();
+        let joined = dir.path().join(format!("joined{run}.ts"));
+        std::fs::write(&joined, &out).unwrap();
+        assert_eq!(frame_stamps(&joined), clean, "run {run}: cut at {cut} of {}", first.len());
+        decode_frames(&joined);
+    }
+    eprintln!("18 joins of encodes of {} and {} bytes, {handovers} handovers mid-chunk", a.len(), b.len());
+    assert!(handovers >= 9, "{handovers}");
+}
+
+/// What the chaos test does to a node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// SIGKILL of the node agent (its ffmpeg dies with it); a new node starts
+    /// in its place a moment later.
+    Kill,
+    /// The agent and its ffmpegs SIGSTOPped, as a frozen machine; SIGCONT a few
+    /// seconds later.
+    Freeze,
+    /// Only its chunk's ffmpeg SIGSTOPped, as a node busy with something else:
+    /// the chunk runs late, is re-issued, and the re-issue wins.
+    Stall,
+}
+
+/// One of the cluster's three node places: which of `Cluster::nodes` fills it.
+struct Place {
+    node: usize,
+    /// Frozen until then (SIGCONT due), with the processes to wake.
+    frozen: Option<(Instant, Vec<i32>)>,
+    /// Killed; a new node starts at that moment.
+    restart: Option<Instant>,
+}
+
+/// Nodes SIGKILLed, frozen or made busy at 20 seeded pseudo-random moments of
+/// split HLS jobs (Jellyfin's command line, three nodes): each job's output is
+/// the direct run's (the same files, playlist, packet timestamps and audio
+/// samples, no decode error), no job was resumed or lost, and nothing is left
+/// running. `FFCLUSTER_FAULT_SEED` picks another schedule.
+#[test]
+fn failover_at_random_moments_leaves_no_trace() {
+    let seed = std::env::var("FFCLUSTER_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let mut rng = Rng(seed);
+    let mut c = Cluster::start(3);
+    let job = HlsJob::new(&c);
+    let want = Trace::of(&job.direct);
+    let mut places: Vec<Place> = (0..3).map(|node| Place { node, frozen: None, restart: None }).collect();
+    let mut restarts = 0;
+    let (mut faults, mut mid_stream, mut on_chunks, mut handovers) = (0, 0, 0, 0);
+    let mut runs = 0;
+    let started = Instant::now();
+    // The first run is clean: its length sets when the faults fall.
+    let mut span = Duration::from_secs(3);
+    while faults < 20 {
+        let dir = c.work.join(format!("run{runs}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut shim = split_shim(&c)
+            .args(job.args(&dir))
+            .env("FFCLUSTER_LOG", c.dir.path().join(format!("shim{runs}.log")))
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = collect_stderr(&mut shim);
+        let t = Instant::now();
+        // Each fault: when, and whether it waits (up to 3 s) for an attempt
+        // being streamed to hit, so that half of them hit one.
+        let mut moments: Vec<(Duration, bool)> = if runs == 0 {
+            Vec::new()
+        } else {
+            (0..1 + rng.below(3)).map(|_| (span.mul_f64(rng.unit()), rng.below(2) == 0)).collect()
+        };
+        moments.sort_by_key(|m| std::cmp::Reverse(m.0));
+        let mut log = Vec::new();
+        let status = loop {
+            if let Some(s) = shim.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(90), "run {runs} did not end\n{}", c.all_logs());
+            tend(&mut c, &mut places, &mut restarts);
+            if let Some(&(at, wait)) = moments.last()
+                && t.elapsed() >= at
+            {
+                let kind = [Fault::Kill, Fault::Kill, Fault::Freeze, Fault::Stall][rng.below(4) as usize];
+                let streamed_only = wait && t.elapsed() < at + Duration::from_secs(3);
+                if let Some(what) = inject(&c, &mut places, kind, streamed_only, &mut rng) {
+                    moments.pop();
+                    faults += 1;
+                    on_chunks += usize::from(what.on_chunk);
+                    mid_stream += usize::from(what.streamed);
+                    log.push(format!("{:?} at {:?}: {}", kind, t.elapsed(), what.text));
+                } else if !streamed_only {
+                    moments.pop();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let wall = t.elapsed();
+        let err = err.join().unwrap();
+        let shim_log = c.log(&format!("shim{runs}.log"));
+        assert!(status.success(), "run {runs}: {status:?}\n{log:?}\n{err}\n{}", c.all_logs());
+        assert!(!err.contains("ffcluster:"), "run {runs} was resumed or lost: {err}\n{log:?}");
+        assert!(shim_log.contains("split: job") && !shim_log.contains(" lost: "), "run {runs}: {shim_log}");
+        Trace::of(&dir).assert_eq(&want, &format!("run {runs} ({log:?})"));
+        let handed = shim_log
+            .split(" handed over at a keyframe")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        handovers += handed;
+        eprintln!("run {runs}: {wall:?}, {handed} handover(s) mid-chunk; {log:?}");
+        if runs == 0 {
+            span = wall.mul_f64(1.2);
+        }
+        runs += 1;
+        // Every place filled and awake again before the next job.
+        let t = Instant::now();
+        while places.iter().any(|p| p.frozen.is_some() || p.restart.is_some()) {
+            tend(&mut c, &mut places, &mut restarts);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.wait_nodes(3, Duration::from_secs(60));
+        while !c.remote_ffmpegs().is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(30), "ffmpeg left running after run {runs}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Every job is one in the controller's history: none was run again.
+    let jobs = c.status()["jobs"].as_array().map_or(0, Vec::len);
+    assert_eq!(jobs, runs, "a job was run again");
+    let gone = wait_no_ffmpeg(&c, Duration::from_secs(5));
+    eprintln!(
+        "{faults} faults over {} faulty runs in {:?}: {on_chunks} on a node running a chunk, {mid_stream} on the \
+         attempt being streamed; {handovers} handovers mid-chunk; {restarts} nodes restarted; {jobs} jobs in the \
+         history, none resumed or lost; nothing left {gone:?} after",
+        runs - 1,
+        started.elapsed()
+    );
+}
+
+/// What a fault hit.
+struct Hit {
+    text: String,
+    /// The node ran a chunk attempt.
+    on_chunk: bool,
+    /// That attempt was the one the finisher is fed from: the earliest chunk
+    /// not done, with bytes already relayed.
+    streamed: bool,
+}
+
+/// Wakes frozen nodes and starts replacements for killed ones when due.
+fn tend(c: &mut Cluster, places: &mut [Place], restarts: &mut usize) {
+    let now = Instant::now();
+    for p in places.iter_mut() {
+        if let Some((at, pids)) = &p.frozen
+            && now >= *at
+        {
+            for pid in pids {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGCONT);
+            }
+            p.frozen = None;
+        }
+        if p.restart.is_some_and(|at| now >= at) {
+            *restarts += 1;
+            c.add_node(&format!("node-r{restarts}"));
+            p.node = c.nodes.len() - 1;
+            p.restart = None;
+        }
+    }
+}
+
+/// Does `kind` to a node: with two chances in three the one whose attempt is
+/// being streamed (else the one running the earliest chunk not done), else
+/// any; only the first with `streamed_only`. At least one node is left running.
+fn inject(c: &Cluster, places: &mut [Place], kind: Fault, streamed_only: bool, rng: &mut Rng) -> Option<Hit> {
+    let recs = chunks(c);
+    let done: BTreeSet<u64> =
+        recs.iter().filter(|r| r["state"] == "done").filter_map(|r| r["chunk"].as_u64()).collect();
+    let head = (0..).find(|i| !done.contains(i)).unwrap();
+    let failures = |chunk: u64| recs.iter().filter(|r| r["chunk"] == chunk && r["state"] == "failed").count();
+    let running = |name: &str| {
+        recs.iter()
+            .find(|r| r["state"] == "running" && r["node"] == name)
+            .and_then(|r| Some((r["chunk"].as_u64()?, r["bytes"].as_u64().unwrap_or(0))))
+    };
+    let healthy: Vec<usize> =
+        (0..places.len()).filter(|&i| places[i].frozen.is_none() && places[i].restart.is_none()).collect();
+    // A chunk that failed twice would fail the job on a third failure (a
+    // cluster that loses three nodes under one chunk): leave it be.
+    let fair: Vec<usize> = healthy
+        .iter()
+        .copied()
+        .filter(|&i| running(&c.nodes[places[i].node].name).is_none_or(|(chunk, _)| failures(chunk) < 2))
+        .collect();
+    let on_head = |i: &usize, streamed: bool| {
+        running(&c.nodes[places[*i].node].name).is_some_and(|(chunk, bytes)| chunk == head && (bytes > 0 || !streamed))
+    };
+    let streamed: Vec<usize> = fair.iter().copied().filter(|i| on_head(i, true)).collect();
+    let head_ones: Vec<usize> = fair.iter().copied().filter(|i| on_head(i, false)).collect();
+    let pool = match rng.below(3) {
+        _ if streamed_only => streamed,
+        0 => fair,
+        _ if !streamed.is_empty() => streamed,
+        _ if !head_ones.is_empty() => head_ones,
+        _ => fair,
+    };
+    let i = *pool.get(rng.below(pool.len() as u64) as usize)?;
+    // Killing or freezing the last working node would stall the job.
+    let kind = if healthy.len() < 2 && kind != Fault::Stall { Fault::Stall } else { kind };
+    let node = &c.nodes[places[i].node];
+    let at = running(&node.name);
+    let ffmpegs: Vec<i32> = processes()
+        .into_iter()
+        .filter(|p| p.comm == "ffmpeg" && p.ppid == node.pid())
+        .filter(|p| kind != Fault::Stall || p.cmdline().contains("\0-an\0"))
+        .map(|p| p.pid)
+        .collect();
+    match kind {
+        Fault::Kill => {
+            node.signal(Signal::SIGKILL);
+            places[i].restart = Some(Instant::now() + Duration::from_millis(300 + rng.below(1500)));
+        }
+        Fault::Freeze => {
+            node.signal(Signal::SIGSTOP);
+            for pid in &ffmpegs {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGSTOP);
+            }
+            let mut wake = ffmpegs.clone();
+            wake.push(node.pid());
+            places[i].frozen = Some((Instant::now() + Duration::from_millis(3500 + rng.below(2500)), wake));
+        }
+        Fault::Stall => {
+            if ffmpegs.is_empty() {
+                return None;
+            }
+            for pid in &ffmpegs {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGSTOP);
+            }
+            // The node kills it once the re-issue wins; else it goes on then.
+            places[i].frozen = Some((Instant::now() + Duration::from_millis(4000 + rng.below(3000)), ffmpegs.clone()));
+        }
+    }
+    let streamed = at.is_some_and(|(chunk, bytes)| chunk == head && bytes > 0);
+    Some(Hit { text: format!("{} on chunk {at:?} (head {head})", node.name), on_chunk: at.is_some(), streamed })
 }

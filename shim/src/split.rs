@@ -309,7 +309,15 @@ impl Session<'_> {
             "split: job {job} accepted; finisher pid {} started; audio encoded by {audio_from}",
             finisher.pid
         ));
-        let assembler = if self.live.is_some() { Assembler::whole_chunks() } else { Assembler::new() };
+        // The head chunk streams one keyframe interval at a time where every
+        // attempt of a chunk has its keyframes on the same frames (forced on the
+        // grid); otherwise a chunk is written once an attempt finished it. Either
+        // way any attempt may die or lose the race without harm.
+        let assembler = if self.live.is_none() && self.split.plan.recipe.keyframe_period.is_some() {
+            Assembler::new()
+        } else {
+            Assembler::whole_chunks()
+        };
         let mut run = Running::new(finisher, video, audio, assembler);
         if let (Some(origin), Some(fd)) = (&self.live, stream) {
             tokio::spawn(copy_stream(origin.clone(), feeder(fd)));
@@ -342,10 +350,11 @@ impl Session<'_> {
             })
         };
         self.log.line(format_args!(
-            "split: job {job}: exit {code} after {:.2} s; {} chunks, {} video bytes joined, {} audio bytes, \
-             {} input bytes served; CPU: shim {:.2} s, finisher {:.2} s",
+            "split: job {job}: exit {code} after {:.2} s; {} chunks, {} handed over at a keyframe, {} video bytes \
+             joined, {} audio bytes, {} input bytes served; CPU: shim {:.2} s, finisher {:.2} s",
             started.elapsed().as_secs_f64(),
             run.assembler.head(),
+            run.assembler.handovers(),
             run.assembler.written(),
             run.audio.as_ref().map_or(0, |a| a.written),
             run.bytes_served,
@@ -819,7 +828,12 @@ impl Running {
                 Ok(())
             }
             ToShim::ChunkDone { chunk, attempt, size } => self.assembler.done(chunk, attempt, size).map_err(unjoinable),
-            ToShim::ChunkFailed { chunk, attempt, .. } => self.assembler.failed(chunk, attempt).map_err(unjoinable),
+            ToShim::ChunkFailed { chunk, attempt, reason } => {
+                if chunk >= self.assembler.head() {
+                    log.line(format_args!("split: chunk {chunk} attempt {attempt} ended: {reason}"));
+                }
+                self.assembler.failed(chunk, attempt).map_err(unjoinable)
+            }
             ToShim::Read { req, file, offset, len } => {
                 if let Some(origin) = offers.stream(file) {
                     cluster::answer_stream_read(origin, req, offset, len, self.stream_answers.0.clone());
