@@ -161,6 +161,10 @@ pub struct ProbeStream {
     /// The base frame rate as ffprobe writes it (`24000/1001`): the direct
     /// run's encoder counts time in its inverse.
     pub base_rate: Option<String>,
+    /// Whether the stream's first packet is a keyframe (`None` when the
+    /// probe read none): a file cut mid-GOP starts with pictures that cannot
+    /// be decoded, which decoders treat differently from one run to another.
+    pub starts_on_keyframe: Option<bool>,
     /// `disposition` flags set on the stream (`default`, `forced`…), which
     /// ffmpeg copies to the output stream.
     pub disposition: Vec<String>,
@@ -177,6 +181,8 @@ pub struct FirstPicture {
     pub time: f64,
     pub interlaced: bool,
     pub top_field_first: bool,
+    /// `tv` or `pc`, when the picture says.
+    pub color_range: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +224,7 @@ impl Probe {
             "-read_intervals",
             &format!("%+#{packets}"),
             "-show_entries",
-            "format=start_time,duration,format_name:stream=index,codec_type,start_time,r_frame_rate,avg_frame_rate,channels:stream_disposition:stream_tags:stream_side_data_list:packet=stream_index,pts_time,dts_time:frame=stream_index,best_effort_timestamp_time,interlaced_frame,top_field_first",
+            "format=start_time,duration,format_name:stream=index,codec_type,start_time,r_frame_rate,avg_frame_rate,channels:stream_disposition:stream_tags:stream_side_data_list:packet=stream_index,pts_time,dts_time,flags:frame=stream_index,best_effort_timestamp_time,interlaced_frame,top_field_first,color_range",
             input,
         ]
         .map(str::to_owned)
@@ -279,9 +285,11 @@ impl Probe {
             stream_index: Option<u32>,
             pts_time: Option<String>,
             dts_time: Option<String>,
+            flags: Option<String>,
             best_effort_timestamp_time: Option<String>,
             interlaced_frame: Option<u8>,
             top_field_first: Option<u8>,
+            color_range: Option<String>,
         }
         #[derive(Deserialize)]
         struct SideData {
@@ -334,6 +342,11 @@ impl Probe {
                         time: num(&e.best_effort_timestamp_time)? - start,
                         interlaced: e.interlaced_frame.unwrap_or(0) != 0,
                         top_field_first: e.top_field_first.unwrap_or(0) != 0,
+                        color_range: match e.color_range.as_deref() {
+                            Some("tv") => Some("tv"),
+                            Some("pc") => Some("pc"),
+                            _ => None,
+                        },
                     })
                 });
                 let frame_times = mine
@@ -342,6 +355,8 @@ impl Probe {
                     .filter_map(|e| num(&e.best_effort_timestamp_time))
                     .map(|t| t - start)
                     .collect();
+                let starts_on_keyframe =
+                    mine.clone().find(|e| !is_frame(e)).and_then(|e| e.flags.as_deref().map(|f| f.starts_with('K')));
                 let read_up_to = mine
                     .filter(|e| !is_frame(e))
                     .filter_map(|e| num(&e.dts_time).or_else(|| num(&e.pts_time)))
@@ -385,6 +400,7 @@ impl Probe {
                     start_time: num(&s.start_time).map(|t| t - start),
                     frame_duration: cfr,
                     base_rate: s.r_frame_rate.clone(),
+                    starts_on_keyframe,
                     attached_pic: s.disposition.is_some_and(|d| d.attached_pic != 0),
                     channels: s.channels.unwrap_or(0),
                     first_picture,
@@ -416,7 +432,12 @@ impl Probe {
     pub(crate) fn assume_first_pictures(mut self) -> Probe {
         for s in self.streams.iter_mut().filter(|s| s.kind == StreamKind::Video) {
             let time = s.start_time.unwrap_or(0.0);
-            s.first_picture.get_or_insert(FirstPicture { time, interlaced: false, top_field_first: false });
+            s.first_picture.get_or_insert(FirstPicture {
+                time,
+                interlaced: false,
+                top_field_first: false,
+                color_range: None,
+            });
         }
         self
     }
@@ -1156,6 +1177,12 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     if input.opts_named("autorotate").last().is_some_and(|o| !o.is_on()) && vstream.rotation.is_some_and(|r| r != 0.0) {
         return Err(NotSplit::Streams("the video's rotation is kept (-noautorotate) and a copy would lose it".into()));
     }
+    if vstream.starts_on_keyframe == Some(false) {
+        // Found by the exactness corpus: MPEG-2 recordings cut mid-GOP put
+        // direct ffmpeg's keyframes 9 frames from where the first decoded
+        // picture says; not modelled yet.
+        return Err(NotSplit::Timeline("the video starts mid-GOP, on a picture that is not a keyframe".into()));
+    }
     let vstart = picture.time;
     let first_frame = match (seek_t, noaccurate) {
         (None, _) => vstart,
@@ -1177,6 +1204,7 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     };
     let placement = timeline::place(vstream, &model, first_frame)?;
     let field_order = timeline::field_order(&placement.first_picture, filter.as_deref());
+    let color_range = timeline::color_range(&placement.first_picture, filter.as_deref());
     let fd = Some(fd);
     let (period, start_number) = match shape {
         OutputShape::Hls { start_number, .. } => {
@@ -1216,6 +1244,11 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     // What the direct run's encoder gives the video stream and a copy does
     // not: the first frame's field order and the input stream's tags.
     fin_out.push(Opt::new("field_order:v:0", Some(field_order)));
+    if let Some(range) = color_range
+        && output.last_value("color_range").is_none()
+    {
+        fin_out.push(Opt::new("color_range:v:0", Some(range)));
+    }
     if !vstream.disposition.is_empty() && output.opts_named("disposition").next().is_none() {
         // A disposition given by hand stops ffmpeg marking the first of several
         // streams of a kind default when none is: only where that rule is idle.
@@ -1553,7 +1586,7 @@ fn audio_offload(
     for o in &fin_out.opts {
         let name = o.name();
         // Muxer-side settings of an output stream, whichever input it copies.
-        if matches!(name, "metadata" | "field_order") {
+        if matches!(name, "metadata" | "field_order" | "color_range") {
             fin.opts.push(o.clone());
             continue;
         }

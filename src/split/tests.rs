@@ -484,6 +484,11 @@ fn the_probe_reads_the_first_picture_and_the_packet_times() {
     let args: Vec<String> =
         "-i in.ts -map_metadata -1 -c:v libx264 -c:a aac out.mkv".split(' ').map(str::to_owned).collect();
     assert!(!plan_of(&args, &p).unwrap().finisher.iter().any(|a| a.starts_with("-metadata")));
+    // With its packets' flags read, the cut before the first keyframe shows:
+    // not split.
+    let flagged = json.replacen(r#""pts_time":"10003.200000"}"#, r#""pts_time":"10003.200000","flags":"__"}"#, 1);
+    let p = Probe::from_json(&flagged).unwrap();
+    assert!(matches!(plan_of(&args, &p), Err(NotSplit::Timeline(_))));
 }
 
 #[test]

@@ -259,6 +259,20 @@ pub fn rate_options(rate: Option<&str>, fps_mode: Option<&str>, chain: Option<&s
     Ok(())
 }
 
+/// The colour range direct ffmpeg's encoder gets from the first frame, which
+/// the video's bitstream may not carry for a copy to find; `None` when the
+/// picture does not say, or a filter may change it.
+pub fn color_range(first: &FirstPicture, chain: Option<&str>) -> Option<&'static str> {
+    let changes = chain.into_iter().flat_map(filters).any(|(name, args)| {
+        name.starts_with("tonemap")
+            || name.starts_with("scale")
+            || matches!(name, "zscale" | "colorspace" | "colormatrix" | "libplacebo" | "setrange")
+            || (name == "setparams" && args.contains("range"))
+            || (name == "format" && args.contains("yuvj"))
+    });
+    if changes { None } else { first.color_range }
+}
+
 /// The field order direct ffmpeg's encoder gets from the first frame, as the
 /// value of the `field_order` option.
 pub fn field_order(first: &FirstPicture, chain: Option<&str>) -> &'static str {
@@ -283,10 +297,16 @@ mod tests {
             frame_duration: Some(fd),
             attached_pic: false,
             channels: 0,
-            first_picture: Some(FirstPicture { time: first, interlaced: false, top_field_first: false }),
+            first_picture: Some(FirstPicture {
+                time: first,
+                interlaced: false,
+                top_field_first: false,
+                color_range: None,
+            }),
             frame_times: times.to_vec(),
             read_up_to: None,
             base_rate: None,
+            starts_on_keyframe: Some(true),
             disposition: Vec::new(),
             tags: Vec::new(),
             rotation: None,
@@ -371,7 +391,9 @@ mod tests {
 
     #[test]
     fn the_field_order_follows_the_first_frame() {
-        let tff = FirstPicture { time: 0.0, interlaced: true, top_field_first: true };
+        let tff = FirstPicture { time: 0.0, interlaced: true, top_field_first: true, color_range: Some("tv") };
+        assert_eq!(color_range(&tff, Some("yadif=0:-1:0")), Some("tv"));
+        assert_eq!(color_range(&tff, Some("scale=480:-2")), None);
         let bff = FirstPicture { top_field_first: false, ..tff };
         assert_eq!(field_order(&tff, None), "tb");
         assert_eq!(field_order(&bff, Some("scale=320:-2")), "bt");
