@@ -237,15 +237,15 @@ fn probe(cl: &CommandLine, ffprobe: &Path) -> Result<Probe, String> {
     let input = &cl.inputs[0];
     let out = run_ffprobe(ffprobe, &Probe::ffprobe_args(&input.url.raw))?;
     let mut probe = Probe::from_json(&out).map_err(|e| e.to_string())?;
+    if !probe.pictures_found() {
+        // A long run of pictures that cannot be decoded (a recording cut
+        // mid-GOP with long GOPs): read further for the first one.
+        let more = Probe::ffprobe_args_reading(&input.url.raw, ffcluster::split::PROBE_PACKETS_MORE);
+        probe = Probe::from_json(&run_ffprobe(ffprobe, &more)?).map_err(|e| e.to_string())?;
+    }
     let noaccurate = input.opts_named("accurate_seek").last().is_some_and(|o| !o.is_on());
     if let (true, Some(ss)) = (noaccurate, input.last_value("ss")) {
         probe.parse_keyframe(&run_ffprobe(ffprobe, &Probe::keyframe_args(&input.url.raw, ss))?);
-        if !probe.pictures_found() {
-            // A long run of pictures that cannot be decoded (a recording cut
-            // mid-GOP with long GOPs): read further for the first one.
-            let more = Probe::ffprobe_args_reading(&input.url.raw, ffcluster::split::PROBE_PACKETS_MORE);
-            probe = Probe::from_json(&run_ffprobe(ffprobe, &more)?).map_err(|e| e.to_string())?;
-        }
     }
     Ok(probe)
 }
