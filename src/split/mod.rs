@@ -165,6 +165,9 @@ pub struct ProbeStream {
     /// probe read none): a file cut mid-GOP starts with pictures that cannot
     /// be decoded, which decoders treat differently from one run to another.
     pub starts_on_keyframe: Option<bool>,
+    /// The longest time between two keyframes among the packets the probe
+    /// read (`None` with fewer than two).
+    pub keyframe_interval: Option<f64>,
     /// `disposition` flags set on the stream (`default`, `forced`…), which
     /// ffmpeg copies to the output stream.
     pub disposition: Vec<String>,
@@ -357,6 +360,12 @@ impl Probe {
                     .collect();
                 let starts_on_keyframe =
                     mine.clone().find(|e| !is_frame(e)).and_then(|e| e.flags.as_deref().map(|f| f.starts_with('K')));
+                let keys: Vec<f64> = mine
+                    .clone()
+                    .filter(|e| !is_frame(e) && e.flags.as_deref().is_some_and(|f| f.starts_with('K')))
+                    .filter_map(|e| num(&e.pts_time))
+                    .collect();
+                let keyframe_interval = keys.windows(2).map(|w| (w[1] - w[0]).abs()).reduce(f64::max);
                 let read_up_to = mine
                     .filter(|e| !is_frame(e))
                     .filter_map(|e| num(&e.dts_time).or_else(|| num(&e.pts_time)))
@@ -401,6 +410,7 @@ impl Probe {
                     frame_duration: cfr,
                     base_rate: s.r_frame_rate.clone(),
                     starts_on_keyframe,
+                    keyframe_interval,
                     attached_pic: s.disposition.is_some_and(|d| d.attached_pic != 0),
                     channels: s.channels.unwrap_or(0),
                     first_picture,
@@ -535,6 +545,17 @@ pub struct ChunkRecipe {
     /// Added to `-ss` coordinates to get source timestamps (what `trim` sees
     /// under `-copyts`).
     pub pts_offset: f64,
+    /// Seconds a chunk's seek lands before its first frame, which a `trim`
+    /// then reaches exactly: demuxers without a keyframe index (MPEG-TS, PS)
+    /// seek to a packet near the time, not to a keyframe before it, and the
+    /// decoder drops everything up to the next keyframe (found by the
+    /// exactness corpus: `-ss 3.02` on a TS with 2 s GOPs started at 4.08).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub preroll: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl ChunkRecipe {
@@ -608,15 +629,20 @@ impl ChunkRecipe {
     /// The node's command line for `chunk`. `last` chunks read to the end of input.
     pub fn args(&self, chunk: &Chunk, first: bool, last: bool) -> Vec<String> {
         let mut a = self.head();
+        let preroll = !first && self.preroll > 0.0;
         if first {
             self.job_seek(&mut a);
         } else {
-            a.extend(["-ss".into(), secs(self.cut(chunk.start))]);
+            let at = if preroll { (self.cut(chunk.start) - self.preroll).max(0.0) } else { self.cut(chunk.start) };
+            a.extend(["-ss".into(), secs(at)]);
         }
         // The direct run's keyframe n is the first frame with t - t0 >= n·P;
         // this chunk's first frame lies `late` past its grid line.
         let late = if first { 0.0 } else { self.frame_at(chunk.start).map_or(0.0, |f| f - chunk.start) };
-        let trim = (!last).then(|| format!("trim=end={}", secs(self.cut(chunk.end) + self.pts_offset)));
+        let start = preroll.then(|| format!("start={}", secs(self.cut(chunk.start) + self.pts_offset)));
+        let end = (!last).then(|| format!("end={}", secs(self.cut(chunk.end) + self.pts_offset)));
+        let bounds: Vec<String> = start.into_iter().chain(end).collect();
+        let trim = (!bounds.is_empty()).then(|| format!("trim={}", bounds.join(":")));
         self.video(a, &self.input, late, trim)
     }
 }
@@ -1177,11 +1203,10 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     if input.opts_named("autorotate").last().is_some_and(|o| !o.is_on()) && vstream.rotation.is_some_and(|r| r != 0.0) {
         return Err(NotSplit::Streams("the video's rotation is kept (-noautorotate) and a copy would lose it".into()));
     }
-    if vstream.starts_on_keyframe == Some(false) {
-        // Found by the exactness corpus: MPEG-2 recordings cut mid-GOP put
-        // direct ffmpeg's keyframes 9 frames from where the first decoded
-        // picture says; not modelled yet.
-        return Err(NotSplit::Timeline("the video starts mid-GOP, on a picture that is not a keyframe".into()));
+    if noaccurate && seek_t.is_some() && !seeks_by_index(probe) {
+        // Such a demuxer lands near the time, not on a keyframe: where the
+        // direct run's decoding really starts is not modelled.
+        return Err(NotSplit::Timeline("-noaccurate_seek on an input without a keyframe index".into()));
     }
     let vstart = picture.time;
     let first_frame = match (seek_t, noaccurate) {
@@ -1239,6 +1264,7 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         frame_duration: fd,
         first_frame,
         pts_offset: probe.start_time,
+        preroll: preroll(probe),
     };
 
     // What the direct run's encoder gives the video stream and a copy does
@@ -1306,6 +1332,25 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         finisher,
         finisher_audio_copy,
     })
+}
+
+/// Whether the input's demuxer seeks through an index of keyframes (so that
+/// `-ss` starts decoding at the keyframe at or before the time).
+fn seeks_by_index(probe: &Probe) -> bool {
+    probe.format_name.as_deref().is_none_or(|f| {
+        f.split(',').any(|n| matches!(n, "matroska" | "webm" | "mov" | "mp4" | "avi" | "asf" | "nut" | "flv" | "ogg"))
+    })
+}
+
+/// How far before a chunk's first frame its seek goes ([`ChunkRecipe::preroll`]):
+/// none where the demuxer seeks by index; elsewhere twice the longest
+/// keyframe interval the probe saw, and at least 4 s.
+fn preroll(probe: &Probe) -> f64 {
+    if seeks_by_index(probe) {
+        return 0.0;
+    }
+    let gop = probe.streams.iter().filter_map(|s| s.keyframe_interval).fold(0.0_f64, f64::max);
+    (2.0 * gop + 1.0).max(4.0)
 }
 
 /// The mp4 muxer's timescale for a video encoded at `rate` (`num/den`): the
@@ -1412,6 +1457,7 @@ fn plan_live(
         frame_duration: vstream.frame_duration,
         first_frame: 0.0,
         pts_offset: probe.start_time,
+        preroll: 0.0,
     };
     // The finisher reads the stream from a pipe: only demuxer options apply.
     let mut fin_cl = cl.clone();

@@ -484,10 +484,15 @@ fn the_probe_reads_the_first_picture_and_the_packet_times() {
     let args: Vec<String> =
         "-i in.ts -map_metadata -1 -c:v libx264 -c:a aac out.mkv".split(' ').map(str::to_owned).collect();
     assert!(!plan_of(&args, &p).unwrap().finisher.iter().any(|a| a.starts_with("-metadata")));
-    // With its packets' flags read, the cut before the first keyframe shows:
-    // not split.
-    let flagged = json.replacen(r#""pts_time":"10003.200000"}"#, r#""pts_time":"10003.200000","flags":"__"}"#, 1);
-    let p = Probe::from_json(&flagged).unwrap();
+    // MPEG-TS has no keyframe index: a chunk seeks 4 s early and trims to
+    // its first frame on source timestamps.
+    let chunk = Chunk { index: 1, start: 2.259067, end: 4.259067, first_segment: 1 };
+    let a = s.plan.recipe.args(&chunk, false, false).join(" ");
+    assert!(a.contains("-ss 0.000000 -i in.ts"), "{a}");
+    assert!(a.contains("-vf trim=start=10005.300000:end=10007.300000"), "{a}");
+    // ... and its -noaccurate_seek, which lands near a time, is not modelled.
+    let args: Vec<String> =
+        "-noaccurate_seek -ss 3 -i in.ts -c:v libx264 -c:a aac -copyts out.mkv".split(' ').map(str::to_owned).collect();
     assert!(matches!(plan_of(&args, &p), Err(NotSplit::Timeline(_))));
 }
 

@@ -307,6 +307,7 @@ mod tests {
             read_up_to: None,
             base_rate: None,
             starts_on_keyframe: Some(true),
+            keyframe_interval: None,
             disposition: Vec::new(),
             tags: Vec::new(),
             rotation: None,
