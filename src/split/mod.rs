@@ -1305,6 +1305,15 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
             fin_out.push(Opt::new("video_track_timescale", Some(scale.to_string())));
         }
     }
+    // The copied packets carry the direct encoder's durations (HLS times the
+    // last segment by them), unless the finisher already filters the video.
+    let bsf_on_video = fin_out.opts.iter().any(|o| {
+        matches!(o.name(), "bsf" | "vbsf") && o.spec().is_none_or(|s| spec_covers(s, vidx, &outs) != Some(false))
+    });
+    let encoder = recipe.video_opts.windows(2).rfind(|w| w[0] == "-codec:v:0").map_or("", |w| w[1].as_str());
+    if let Some(ticks) = vstream.base_rate.as_deref().and_then(|r| frame_ticks(encoder, r)).filter(|_| !bsf_on_video) {
+        fin_out.push(Opt::new("bsf:v:0", Some(format!("setts=duration={ticks}"))));
+    }
     let offset = placement.video_offset.filter(|x| x.abs() > 1e-9).map(secs);
     let joined: Vec<&str> = offset.as_deref().map(|x| vec!["-itsoffset", x]).unwrap_or_default();
 
@@ -1351,6 +1360,36 @@ fn preroll(probe: &Probe) -> f64 {
     }
     let gop = probe.streams.iter().filter_map(|s| s.keyframe_interval).fold(0.0_f64, f64::max);
     (2.0 * gop + 1.0).max(4.0)
+}
+
+/// How long each video packet of the direct run is where it reaches the muxer,
+/// in 90 kHz ticks: one frame of the encoder's rate (`num/den`, the source's,
+/// which MPEG-1/2 encoders keep only when it is a standard rate and MPEG-4 ones
+/// only below 65536/1), rounded to the nearest tick as `av_rescale_q` does
+/// (ffmpeg 5.1's `write_packet` for a constant rate, libavformat's
+/// `compute_muxer_pkt_fields` for a variable one). A copy from MPEG-TS carries
+/// the demuxer's duration instead, rounded down (`compute_pkt_fields`): 3753
+/// against 3754 at 24000/1001, 1501 against 1502 at 60000/1001. The HLS
+/// muxer adds up packet durations for the last segment's `#EXTINF`.
+fn frame_ticks(encoder: &str, rate: &str) -> Option<u64> {
+    let (n, d) = rate.split_once('/').unwrap_or((rate, "1"));
+    let (n, d): (u64, u64) = (n.parse().ok()?, d.parse().ok()?);
+    if n == 0 || d == 0 {
+        return None;
+    }
+    let (mut a, mut b) = (n, d);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    let (n, d) = (n / a, d / a);
+    const MPEG12: [(u64, u64); 8] =
+        [(24000, 1001), (24, 1), (25, 1), (30000, 1001), (30, 1), (50, 1), (60000, 1001), (60, 1)];
+    let kept = match encoder {
+        "mpeg1video" | "mpeg2video" => MPEG12.contains(&(n, d)),
+        "mpeg4" | "libxvid" => n <= 65535 && d <= 65535,
+        _ => true,
+    };
+    kept.then(|| (90_000 * d + n / 2) / n)
 }
 
 /// The mp4 muxer's timescale for a video encoded at `rate` (`num/den`): the

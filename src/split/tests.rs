@@ -161,7 +161,8 @@ fn plain_command_lines_split_with_implicit_streams() {
     assert_eq!(
         f,
         "-i in.mkv -f mpegts -thread_queue_size 1024 -i /dev/fd/3 -c:v copy -crf 20 -c:a aac \
-         -field_order:v:0 progressive -video_track_timescale 24000 -map 1:0 -map 0:1 out.mp4"
+         -field_order:v:0 progressive -video_track_timescale 24000 -bsf:v:0 setts=duration=3754 -map 1:0 -map 0:1 \
+         out.mp4"
     );
     let a = s.plan.recipe.args(&Chunk { index: 1, start: 2.005, end: 4.005, first_segment: 1 }, false, false);
     let a = a.join(" ");
@@ -516,4 +517,37 @@ fn codecs_that_mpegts_chunks_cannot_carry_are_not_split() {
     let args: Vec<String> =
         "-i in.mkv -vf scale=480:-2 -r 30 -c:v libx264 out.mkv".split(' ').map(str::to_owned).collect();
     assert!(matches!(plan_of(&args, &probe()), Err(NotSplit::RateChange(_))));
+}
+
+#[test]
+fn copied_packets_last_as_long_as_the_direct_encoders() {
+    // One frame in 90 kHz ticks, rounded to nearest as av_rescale_q does (the
+    // MPEG-TS demuxer rounds down: 3753 at 24000/1001, 1501 at 60000/1001).
+    for (rate, ticks) in
+        [("24000/1001", 3754), ("60000/1001", 1502), ("30000/1001", 3003), ("25/1", 3600), ("24", 3750)]
+    {
+        assert_eq!(frame_ticks("libx264", rate), Some(ticks), "{rate}");
+    }
+    // Matroska's millisecond clock gives 59.94 fps video this base rate.
+    assert_eq!(frame_ticks("libx264", "19001/317"), Some(1501));
+    // MPEG-2 encoders snap other rates to a standard one; MPEG-4 reduces big terms.
+    assert_eq!(frame_ticks("mpeg2video", "19001/317"), None);
+    assert_eq!(frame_ticks("mpeg2video", "50/2"), Some(3600));
+    assert_eq!(frame_ticks("mpeg4", "2997003/125000"), None);
+    assert_eq!(frame_ticks("libx264", "0/0"), None);
+
+    let s = plan_of(&jellyfin(&[], "3"), &probe()).unwrap();
+    assert_eq!(pos(&s.finisher, "-bsf:v:0").as_deref(), Some("setts=duration=3754"), "{:?}", s.finisher);
+    let fin = s.finisher_audio_copy.unwrap();
+    assert_eq!(pos(&fin, "-bsf:v:0").as_deref(), Some("setts=duration=3754"), "{fin:?}");
+    // Never on the chunks: they are MPEG-TS, which keeps no durations.
+    let chunk = Chunk { index: 1, start: 3.005, end: 9.005, first_segment: 1 };
+    assert!(!s.plan.recipe.args(&chunk, false, false).iter().any(|a| a.contains("setts")));
+
+    // A bitstream filter of the job's own on the finisher's video is left alone.
+    let args: Vec<String> =
+        "-i in.mkv -c:v libx264 -c:a aac -bsf dump_extra -copyts out.mkv".split(' ').map(str::to_owned).collect();
+    let s = plan_of(&args, &probe()).unwrap();
+    assert_eq!(pos(&s.finisher, "-bsf").as_deref(), Some("dump_extra"), "{:?}", s.finisher);
+    assert!(!s.finisher.iter().any(|a| a.contains("setts")), "{:?}", s.finisher);
 }
