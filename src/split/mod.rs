@@ -1305,13 +1305,19 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
             fin_out.push(Opt::new("video_track_timescale", Some(scale.to_string())));
         }
     }
-    // The copied packets carry the direct encoder's durations (HLS times the
-    // last segment by them), unless the finisher already filters the video.
+    // HLS times the last MPEG-TS segment by its packets' durations: the copied
+    // packets get the direct encoder's, unless the finisher already filters
+    // the video. Both the joined input and the segments count in 90 kHz ticks,
+    // so the filter sees them in those whichever ffmpeg muxes with; other
+    // muxers time the video more coarsely, where the two durations agree.
+    let hls_ts = matches!(shape, OutputShape::Hls { segment_type: crate::ffmpeg::decision::SegmentType::Mpegts, .. });
     let bsf_on_video = fin_out.opts.iter().any(|o| {
         matches!(o.name(), "bsf" | "vbsf") && o.spec().is_none_or(|s| spec_covers(s, vidx, &outs) != Some(false))
     });
     let encoder = recipe.video_opts.windows(2).rfind(|w| w[0] == "-codec:v:0").map_or("", |w| w[1].as_str());
-    if let Some(ticks) = vstream.base_rate.as_deref().and_then(|r| frame_ticks(encoder, r)).filter(|_| !bsf_on_video) {
+    if let Some(ticks) =
+        vstream.base_rate.as_deref().and_then(|r| frame_ticks(encoder, r)).filter(|_| hls_ts && !bsf_on_video)
+    {
         fin_out.push(Opt::new("bsf:v:0", Some(format!("setts=duration={ticks}"))));
     }
     let offset = placement.video_offset.filter(|x| x.abs() > 1e-9).map(secs);

@@ -161,8 +161,7 @@ fn plain_command_lines_split_with_implicit_streams() {
     assert_eq!(
         f,
         "-i in.mkv -f mpegts -thread_queue_size 1024 -i /dev/fd/3 -c:v copy -crf 20 -c:a aac \
-         -field_order:v:0 progressive -video_track_timescale 24000 -bsf:v:0 setts=duration=3754 -map 1:0 -map 0:1 \
-         out.mp4"
+         -field_order:v:0 progressive -video_track_timescale 24000 -map 1:0 -map 0:1 out.mp4"
     );
     let a = s.plan.recipe.args(&Chunk { index: 1, start: 2.005, end: 4.005, first_segment: 1 }, false, false);
     let a = a.join(" ");
@@ -545,9 +544,19 @@ fn copied_packets_last_as_long_as_the_direct_encoders() {
     assert!(!s.plan.recipe.args(&chunk, false, false).iter().any(|a| a.contains("setts")));
 
     // A bitstream filter of the job's own on the finisher's video is left alone.
-    let args: Vec<String> =
-        "-i in.mkv -c:v libx264 -c:a aac -bsf dump_extra -copyts out.mkv".split(' ').map(str::to_owned).collect();
+    let mut args = jellyfin(&[], "3");
+    let at = args.iter().position(|a| a == "-y").unwrap();
+    args.splice(at..at, ["-bsf".to_owned(), "dump_extra".to_owned()]);
     let s = plan_of(&args, &probe()).unwrap();
     assert_eq!(pos(&s.finisher, "-bsf").as_deref(), Some("dump_extra"), "{:?}", s.finisher);
     assert!(!s.finisher.iter().any(|a| a.contains("setts")), "{:?}", s.finisher);
+
+    // fMP4 segments and mp4 files time the video in 1/24000 here, where the
+    // demuxer's 3753 ticks round to the encoder's one frame too.
+    let fmp4: Vec<String> =
+        jellyfin(&[], "3").into_iter().map(|a| if a == "mpegts" { "fmp4".into() } else { a }).collect();
+    let s = plan_of(&fmp4, &probe()).unwrap();
+    assert!(!s.finisher.iter().any(|a| a.contains("setts")), "{:?}", s.finisher);
+    let mp4: Vec<String> = "-i in.mkv -c:v libx264 -c:a aac -copyts out.mp4".split(' ').map(str::to_owned).collect();
+    assert!(!plan_of(&mp4, &probe()).unwrap().finisher.iter().any(|a| a.contains("setts")));
 }
