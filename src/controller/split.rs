@@ -29,7 +29,7 @@ use crate::plan::{Chunk, Planner, Sizing};
 use crate::protocol::{
     AUDIO_CHUNK, Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, RemoteExit, ToShim,
 };
-use crate::split::live::{Piece, TICKS};
+use crate::split::live::{Piece, PieceClock, TICKS};
 use crate::split::mpegts::{Invalid, Verifier};
 use crate::split::{LiveSpan, SplitPlan};
 
@@ -207,6 +207,8 @@ fn piece_name(chunk: usize) -> String {
 #[derive(Debug, Default)]
 struct LiveFeed {
     spans: Vec<LiveSpan>,
+    /// How each piece's node places it on the stream's unwrapped timeline.
+    clocks: Vec<PieceClock>,
     /// Each piece's bytes, until its chunk is done.
     bytes: BTreeMap<usize, Arc<[u8]>>,
     /// When each piece was cut: its chunk's output is due that long after.
@@ -351,6 +353,7 @@ impl SplitJob {
         }
         let i = l.spans.len();
         l.spans.push(LiveSpan { start: piece.start, end: piece.end, origin: piece.origin });
+        l.clocks.push(piece.clock);
         l.bytes.insert(i, Arc::from(piece.bytes.into_boxed_slice()));
         l.cut_at.push(now);
         // More than two segments behind the stream: the nodes together are
@@ -556,7 +559,8 @@ impl SplitJob {
                     size,
                     stream: false,
                 };
-                (self.plan.recipe.live_args(&l.spans[chunk], &offer.reference), None, Some(offer))
+                let args = self.plan.recipe.live_args_on(&l.spans[chunk], &l.clocks[chunk], &offer.reference);
+                (args, None, Some(offer))
             }
             None => {
                 (self.plan.recipe.args(&c.chunk, first, c.last), self.plan.recipe.frames(&c.chunk, first, c.last), None)

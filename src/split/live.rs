@@ -28,11 +28,30 @@
 //!
 //! Assumptions, each what broadcast muxers and ffmpeg's write: one frame per
 //! video PES, each with a PTS (a PES without one is an error: its frame could
-//! not be placed); DTS never decreasing; no 33-bit timestamp wrap within a
-//! stream. A wrap, or any DTS more than [`TIMESTAMP_JITTER`] below the one
-//! before (a tuner's timestamps can start anywhere in their 26.5 hours, and a
-//! channel change can restart them), is an error rather than a silent stall:
-//! no piece could end until the DTS came back.
+//! not be placed); DTS never decreasing. A DTS more than [`TIMESTAMP_JITTER`]
+//! below the one before (a channel change that restarts the clock) is an error
+//! rather than a silent stall: no piece could end until the DTS came back.
+//!
+//! **The 33-bit clock.** A tuner's timestamps start anywhere in their 26.5
+//! hours and wrap to 0. Pieces lie on one unwrapped timeline, the one ffmpeg's
+//! demuxer gives the whole stream (lavf's `correct_ts_overflow`): with `r` the
+//! stream's first video DTS less 60 s, a timestamp below `r` is one wrap on
+//! (plus 2^33). ffmpeg reads a stream that starts within 60 s of a wrap the
+//! other way (a negative timeline, whose video before 0 it drops); such a
+//! stream is not split (see [`super::split_live`]), and here it merely lies
+//! 2^33 later. A forward jump is a gap: the next piece starts after it.
+//!
+//! A node reads a piece on its own, and its demuxer unwraps the piece
+//! relative to the piece's first packet: a piece is placed on the stream's
+//! timeline by its [`PieceClock`] (`-itsoffset` of whole wraps, and whether
+//! the demuxer corrects a wrap inside the piece). A piece whose video crosses
+//! the wrap is read with the correction, which then takes the piece's first
+//! packet as before the wrap (every timestamp from it on moves back by 2^33);
+//! so that this holds whatever PES comes first, no piece's bytes start at a
+//! keyframe in the last [`WRAP_MARGIN`] before a wrap (an earlier one is taken).
+//! A piece on one side of the wrap, close before it, is read without the
+//! correction, which could otherwise take it for one that starts within 60 s
+//! of a wrap.
 //!
 //! Pure: no IO, no clock. Feed it bytes as they arrive, take the pieces.
 
@@ -56,6 +75,19 @@ pub const KEYFRAME_LIMIT: u64 = 64 << 20;
 /// How far a video DTS may fall below the one before it before the stream's
 /// timestamps count as jumping back (a wrap, a restart).
 pub const TIMESTAMP_JITTER: u64 = TICKS;
+/// The period of the 33-bit clock, in ticks.
+pub const WRAP: u64 = 1 << 33;
+/// How far before the stream's first timestamp ffmpeg's demuxer sets its
+/// wrap reference: a timestamp below it is one wrap on.
+const WRAP_REFERENCE: u64 = 60 * TICKS;
+/// No piece's bytes start at a keyframe whose DTS is this close before a wrap:
+/// the piece's first packets (audio may lead or lag the video by a second or
+/// so) must all lie before the wrap.
+pub const WRAP_MARGIN: u64 = 5 * TICKS;
+/// A piece on one side of the wrap whose keyframe's DTS is this close before a
+/// wrap is read without the demuxer's correction (which would move it back by
+/// 2^33 if its first packet were within 60 s of the wrap).
+const WRAP_ZONE: u64 = 2 * WRAP_REFERENCE;
 /// How much of a video PES is read to tell whether it is a keyframe (x264's
 /// first IDR follows a long SEI).
 const ES_SCAN_LIMIT: usize = 64 * 1024;
@@ -76,6 +108,40 @@ pub struct Piece {
     pub end: Option<u64>,
     /// PTS of the stream's first keyframe: the grid origin.
     pub origin: u64,
+    /// How the node's demuxer must read the piece for its timestamps to be
+    /// these (the stream's, unwrapped).
+    pub clock: PieceClock,
+}
+
+/// How a node reads a piece so that its timestamps are the stream's on the
+/// cutter's unwrapped timeline (all of them are the stream's own but for
+/// whole wraps of the 33-bit clock). The default is ffmpeg's: no option.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PieceClock {
+    /// Ticks added to every timestamp the demuxer gives (`-itsoffset`, which
+    /// `-copyts` adds as it is): whole wraps, 0 or [`WRAP`].
+    pub offset: u64,
+    /// `-correct_ts_overflow`: `Some(true)` for a piece whose video crosses
+    /// the wrap (the demuxer moves what comes before it back by 2^33),
+    /// `Some(false)` for one close before a wrap that must be read as it is.
+    pub correct: Option<bool>,
+}
+
+impl PieceClock {
+    /// The node's input options, before `-i`.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(c) = self.correct {
+            a.extend(["-correct_ts_overflow".to_owned(), u8::from(c).to_string()]);
+        }
+        if self.offset > 0 {
+            // In microseconds, as ffmpeg parses it; back in 90 kHz ticks it
+            // rounds to the exact offset (a tick is 11.1 µs).
+            let us = (u128::from(self.offset) * 100 + 4) / 9;
+            a.extend(["-itsoffset".to_owned(), format!("{}.{:06}", us / 1_000_000, us % 1_000_000)]);
+        }
+        a
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -180,11 +246,11 @@ enum PesHeader {
     /// Not a PES start: ffmpeg's demuxer skips it too.
     Invalid,
     NoPts,
-    /// PTS, DTS (the PTS when absent, never above it) and where the
-    /// elementary stream starts.
+    /// PTS, DTS when present (33-bit, as written) and where the elementary
+    /// stream starts.
     Stamped {
         pts: u64,
-        dts: u64,
+        dts: Option<u64>,
         es: usize,
     },
 }
@@ -206,8 +272,7 @@ fn pes_header(d: &[u8]) -> PesHeader {
         0 | 1 => return PesHeader::NoPts,
         _ => return PesHeader::Invalid,
     };
-    // A DTS above the PTS is broken; the PTS is the safe bound (a later cut).
-    PesHeader::Stamped { pts, dts: dts.map_or(pts, |d| d.min(pts)), es }
+    PesHeader::Stamped { pts, dts, es }
 }
 
 /// CRC-32/MPEG-2 of `data`; 0 over a whole PSI section with its CRC.
@@ -243,6 +308,8 @@ fn section(payload: &[u8], table_id: u8) -> Option<&[u8]> {
 struct Key {
     offset: u64,
     pts: u64,
+    /// Unwrapped, like `pts`.
+    dts: u64,
     /// The PAT and PMT packets in force at `offset`.
     tables: Arc<[u8]>,
 }
@@ -255,8 +322,8 @@ struct Pes {
     tables: Arc<[u8]>,
     /// The PES from its start, up to [`ES_SCAN_LIMIT`], until it is decided.
     data: Vec<u8>,
-    /// PTS once the header is read.
-    pts: Option<u64>,
+    /// PTS and DTS (unwrapped) once the header is read.
+    pts: Option<(u64, u64)>,
     /// Where the keyframe search goes on in `data`.
     scan: usize,
     /// Whether it is a keyframe, once known.
@@ -290,6 +357,11 @@ pub struct Cutter {
     pes: Option<Pes>,
     /// The DTS of the latest video PES.
     dts: Option<u64>,
+    /// Raw timestamps below this are one wrap on: the first video DTS less
+    /// [`WRAP_REFERENCE`] (ffmpeg's reference, 0 when that is negative).
+    reference: Option<u64>,
+    /// Where the first video PES with a timestamp past the wrap starts.
+    wrapped_at: Option<u64>,
 
     origin: Option<u64>,
     /// Keyframes from the current piece's start keyframe on, in decode order.
@@ -331,6 +403,8 @@ impl Cutter {
             video_since: None,
             pes: None,
             dts: None,
+            reference: None,
+            wrapped_at: None,
             origin: None,
             keys: VecDeque::new(),
             index: 0,
@@ -535,11 +609,19 @@ impl Cutter {
                 PesHeader::Invalid => return Ok(()),
                 PesHeader::NoPts => return Err(CutError::NoPts { offset: pes.offset }),
                 PesHeader::Stamped { pts, dts, es } => {
+                    let reference = *self.reference.get_or_insert(dts.unwrap_or(pts).saturating_sub(WRAP_REFERENCE));
+                    let unwrap = |t: u64| if t < reference { t + WRAP } else { t };
+                    let pts = unwrap(pts);
+                    // A DTS above the PTS is broken; the PTS is the safe bound (a later cut).
+                    let dts = dts.map_or(pts, |d| unwrap(d).min(pts));
                     if let Some(from) = self.dts.filter(|&d| dts.saturating_add(TIMESTAMP_JITTER) < d) {
                         return Err(CutError::Backwards { offset: pes.offset, from, to: dts });
                     }
+                    if pts >= WRAP && self.wrapped_at.is_none() {
+                        self.wrapped_at = Some(pes.offset);
+                    }
                     self.dts = Some(dts);
-                    pes.pts = Some(pts);
+                    pes.pts = Some((pts, dts));
                     pes.scan = es;
                     self.frame(pes.offset, pts, dts);
                 }
@@ -548,25 +630,25 @@ impl Cutter {
         let codec = self.video.map(|(_, c)| c).expect("video PES of a known stream");
         let key = if pes.rai { Some(true) } else { codec.keyframe(&pes.data, &mut pes.scan) }
             .or((pes.data.len() >= ES_SCAN_LIMIT).then_some(false));
-        if let (Some(key), Some(pts)) = (key, pes.pts) {
+        if let (Some(key), Some((pts, dts))) = (key, pes.pts) {
             pes.key = Some(key);
             pes.data = Vec::new();
             if key {
-                self.keyframe(pes.offset, pts, pes.tables.clone());
+                self.keyframe(pes.offset, pts, dts, pes.tables.clone());
             }
         }
         self.pes = Some(pes);
         Ok(())
     }
 
-    fn keyframe(&mut self, offset: u64, pts: u64, tables: Arc<[u8]>) {
+    fn keyframe(&mut self, offset: u64, pts: u64, dts: u64, tables: Arc<[u8]>) {
         if self.origin.is_none() {
             self.origin = Some(pts);
             self.start = pts;
             self.line = pts.saturating_add(self.piece);
             self.limit = offset;
         }
-        self.keys.push_back(Key { offset, pts, tables });
+        self.keys.push_back(Key { offset, pts, dts, tables });
     }
 
     /// A video PES starts at `offset`: the end rule.
@@ -596,20 +678,42 @@ impl Cutter {
     fn piece_to(&self, to: u64, end: Option<u64>) -> Piece {
         let key = self.start_key().expect("the previous piece's keyframe shows no frame after this piece's start");
         let at = |offset: u64| (offset - self.base) as usize;
+        // Its DTS is the least of the piece's (decode order); PTS are never below it.
+        let wrapped = key.dts >= WRAP;
+        let crosses = !wrapped && self.wrapped_at.is_some_and(|w| w < to);
+        let clock = PieceClock {
+            offset: if wrapped || crosses { WRAP } else { 0 },
+            correct: if crosses {
+                Some(true)
+            } else if !wrapped && key.dts >= WRAP - WRAP_ZONE {
+                Some(false)
+            } else {
+                None
+            },
+        };
         Piece {
             index: self.index,
             bytes: [&key.tables[..], &self.buf[at(key.offset)..at(to)]].concat(),
             start: self.start,
             end,
             origin: self.origin.unwrap_or_default(),
+            clock,
         }
     }
 
     /// The last keyframe, in decode order, that shows a frame at or before the
-    /// current piece's start. While the PES being read is undecided this may be
-    /// an earlier one: [`Cutter::trim`] keeps too much rather than too little.
+    /// current piece's start, passing over those in the last [`WRAP_MARGIN`]
+    /// before a wrap while an earlier one qualifies. While the PES being read
+    /// is undecided this may be an earlier one: [`Cutter::trim`] keeps too
+    /// much rather than too little.
     fn start_key(&self) -> Option<&Key> {
-        self.keys.iter().rev().find(|k| k.offset <= self.limit && k.pts <= self.start)
+        let mut fits = self.keys.iter().rev().filter(|k| k.offset <= self.limit && k.pts <= self.start);
+        let last = fits.next()?;
+        let near_wrap = |k: &Key| k.dts < WRAP && k.dts >= WRAP - WRAP_MARGIN;
+        if !near_wrap(last) {
+            return Some(last);
+        }
+        Some(fits.find(|k| !near_wrap(k)).unwrap_or(last))
     }
 
     /// Drops what no piece to come needs.
@@ -731,6 +835,12 @@ mod tests {
             *cc = (*cc + 1) & 15;
             let p = ts_packet(pid, *cc, start, rai, payload);
             self.bytes.extend(p);
+        }
+
+        /// The PTS (unwrapped, as the frames hold it) of the frame whose PTS
+        /// is written as `raw`.
+        fn unwrapped(&self, raw: u64) -> u64 {
+            self.frames.iter().map(|f| f.pts).find(|p| p % WRAP == raw).expect("a frame of the stream")
         }
 
         fn tables(&mut self) {
@@ -880,7 +990,8 @@ mod tests {
                 None => assert_eq!(piece.end, None, "the last piece is open"),
             }
             // Where the body lies in the stream: its first packet starts a keyframe.
-            let starts = video_starts(body);
+            let starts: Vec<(usize, u64)> =
+                video_starts(body).into_iter().map(|(at, p)| (at, ts.unwrapped(p))).collect();
             let (0, key_pts) = starts[0] else { panic!("piece {j} starts with a video PES") };
             let key = by_pts[&key_pts];
             assert!(key.key, "piece {j} starts with a keyframe");
@@ -923,7 +1034,10 @@ mod tests {
         let (mut start, mut line, mut limit) = (t0, t0 + piece, 0);
         let mut out = Vec::new();
         loop {
-            let key = (0..=limit).rev().find(|&i| frames[i].key && frames[i].pts <= start).unwrap();
+            let fits = |i: &usize| frames[*i].key && frames[*i].pts <= start;
+            let near_wrap = |i: &usize| frames[*i].dts < WRAP && frames[*i].dts >= WRAP - WRAP_MARGIN;
+            let last = (0..=limit).rev().find(fits).unwrap();
+            let key = (0..=limit).rev().filter(fits).find(|i| !near_wrap(i)).unwrap_or(last);
             let from = frames[key].offset;
             let end = frames.iter().map(|f| f.pts).filter(|&p| p >= line).min();
             let Some((end, cut)) = end.and_then(|e| Some((e, frames.iter().position(|f| f.dts >= e)?))) else {
@@ -942,7 +1056,7 @@ mod tests {
             .iter()
             .map(|p| {
                 let body = &p.bytes[2 * PACKET..];
-                let pts = video_starts(body)[0].1;
+                let pts = ts.unwrapped(video_starts(body)[0].1);
                 let from = ts.frames.iter().find(|f| f.pts == pts).unwrap().offset;
                 (p.start, p.end, from, from + body.len())
             })
@@ -1227,17 +1341,17 @@ mod tests {
 
     #[test]
     fn timestamps_that_jump_back_are_an_error() {
-        // A 33-bit wrap: 2^33 - 2 frames' worth, then 0.
-        let top = (1 << 33) - 2 * FRAME;
+        // A clock that restarts 50 s back (not a wrap: it stays above the
+        // wrap reference, 60 s before the stream's first timestamp).
         let mut ts = Ts::new(Codec::H264);
         ts.tables();
-        for i in 0..4 {
-            let t = (top + i * FRAME) % (1 << 33);
+        let top = T + 100 * TICKS;
+        for (i, t) in [top, top + FRAME, top - 50 * TICKS, top - 50 * TICKS + FRAME].into_iter().enumerate() {
             ts.frame(t, t, if i == 0 { Mark::Rai } else { Mark::Not });
         }
         let err = cut_stream(TICKS, [&ts.bytes[..]]).unwrap_err();
         let at = ts.frames[2].offset as u64;
-        assert_eq!(err, CutError::Backwards { offset: at, from: top + FRAME, to: 0 });
+        assert_eq!(err, CutError::Backwards { offset: at, from: top + FRAME, to: top - 50 * TICKS });
         // A DTS a little below the one before is tolerated.
         let mut ts = Ts::new(Codec::H264);
         ts.tables();
@@ -1245,6 +1359,154 @@ mod tests {
             ts.frame(T + t * FRAME, T + t * FRAME, if i == 0 { Mark::Rai } else { Mark::Not });
         }
         assert!(cut_stream(TICKS, [&ts.bytes[..]]).is_ok());
+    }
+
+    /// The raw PTS and DTS (the PTS when none is written) of the video PES
+    /// starts in `bytes`.
+    fn video_stamps(bytes: &[u8]) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for p in bytes.chunks_exact(PACKET) {
+            if mpegts::pid(p) == VIDEO
+                && p[1] & 0x40 != 0
+                && let Some(at) = mpegts::payload_start(p)
+                && let PesHeader::Stamped { pts, dts, .. } = pes_header(&p[at..])
+            {
+                out.push((pts, dts.unwrap_or(pts)));
+            }
+        }
+        out
+    }
+
+    /// A timestamp as a node's demuxer gives it (ffmpeg's `correct_ts_overflow`
+    /// when `correct`): with `first` the DTS of the first packet it returns,
+    /// and `r` that less 60 s, a piece whose first packet is within 60 s of a
+    /// wrap has every timestamp from `r` on moved back by 2^33; any other, every
+    /// timestamp below `r` moved on.
+    fn demuxed(first: u64, correct: bool, t: u64) -> i128 {
+        let (t, r, wrap) = (i128::from(t), i128::from(first) - i128::from(WRAP_REFERENCE), i128::from(WRAP));
+        match (correct, first >= WRAP - WRAP_REFERENCE) {
+            (false, _) => t,
+            (true, true) if t >= r => t - wrap,
+            (true, false) if t < r => t + wrap,
+            _ => t,
+        }
+    }
+
+    /// Each piece's clock puts every timestamp in its bytes where the stream's
+    /// unwrapped timeline has it, and a piece whose video crosses the wrap
+    /// starts [`WRAP_MARGIN`] or more before it (unless the stream starts
+    /// closer). Returns how many pieces cross a wrap.
+    fn check_clocks(ts: &Ts, pieces: &[Piece]) -> usize {
+        // Whether the stream has a keyframe clear of the margin before the wrap.
+        let clear = ts.frames.iter().any(|f| f.key && f.dts < WRAP - WRAP_MARGIN);
+        let mut crossing = 0;
+        for (j, piece) in pieces.iter().enumerate() {
+            let body = &piece.bytes[2 * PACKET..];
+            let stamps = video_stamps(body);
+            // The test streams' other packets carry no PES: the keyframe comes out first.
+            let first = stamps[0].1;
+            let correct = piece.clock.correct != Some(false);
+            for &(pts, dts) in &stamps {
+                let f = ts.frames.iter().find(|f| f.pts % WRAP == pts).unwrap();
+                for (raw, unwrapped) in [(pts, f.pts), (dts, f.dts)] {
+                    let placed = demuxed(first, correct, raw) + i128::from(piece.clock.offset);
+                    assert_eq!(placed, i128::from(unwrapped), "piece {j} ({:?}): timestamp {raw}", piece.clock);
+                }
+            }
+            let key = ts.frames.iter().find(|f| f.pts % WRAP == stamps[0].0).unwrap();
+            if key.dts < WRAP && stamps.iter().any(|&(p, _)| ts.unwrapped(p) >= WRAP) {
+                crossing += 1;
+                assert_eq!(piece.clock, PieceClock { offset: WRAP, correct: Some(true) }, "piece {j}");
+                assert!(WRAP - key.dts >= WRAP_MARGIN || !clear, "piece {j} starts {} before the wrap", WRAP - key.dts);
+            }
+        }
+        crossing
+    }
+
+    #[test]
+    fn a_wrap_of_the_clock_leaves_the_pieces_on_one_timeline() {
+        // 14 s from 7.5 s before the wrap, GOPs of 12 frames, 1 s pieces.
+        let first = WRAP - 7 * TICKS - TICKS / 2;
+        let mut ts = Ts::new(Codec::H264);
+        ts.tables();
+        ts.pictures(&types(350, 12, 0), first, false, |ts, i| {
+            ts.audio();
+            if i % 10 == 9 {
+                ts.tables();
+            }
+        });
+        let pieces = cut(&ts.bytes, TICKS, 1000);
+        let frames = check(&ts, &pieces);
+        assert_eq!(pieces.len(), 14);
+        assert!(frames.iter().all(|f| f.len() == 25));
+        for (j, p) in pieces.iter().enumerate() {
+            assert_eq!(p.start, first + j as u64 * TICKS, "piece {j} on the unwrapped timeline");
+        }
+        assert_eq!(spans(&pieces, &ts), model(&ts, TICKS));
+        assert_eq!(check_clocks(&ts, &pieces), 1);
+        let clocks: Vec<PieceClock> = pieces.iter().map(|p| p.clock).collect();
+        let before = PieceClock { offset: 0, correct: Some(false) };
+        let across = PieceClock { offset: WRAP, correct: Some(true) };
+        let after = PieceClock { offset: WRAP, correct: None };
+        assert_eq!(clocks, [[before; 7].as_slice(), &[across], &[after; 6]].concat());
+        // Piece 7 holds frames 175..200, the wrap between 187 and 188. Its
+        // keyframe (frame 168) is 0.78 s before the wrap, and so are all from
+        // frame 72 on: its bytes start at frame 60, 5.1 s before it, as do
+        // those of the pieces from 3 on whose keyframes are that close.
+        for j in 0..9 {
+            let key = ts.unwrapped(video_starts(&pieces[j].bytes[2 * PACKET..])[0].1);
+            let want = [0, 24, 48, 60, 60, 60, 60, 60, 192][j];
+            assert_eq!(key, first + want * FRAME, "piece {j} starts at frame {}", (key - first) / FRAME);
+        }
+        assert_eq!(across.args(), ["-correct_ts_overflow", "1", "-itsoffset", "95443.717689"]);
+        assert_eq!(before.args(), ["-correct_ts_overflow", "0"]);
+        assert_eq!(after.args(), ["-itsoffset", "95443.717689"]);
+        assert!(PieceClock::default().args().is_empty());
+        // ffmpeg reads the offset in microseconds, then in ticks: exactly 2^33.
+        assert_eq!((95_443_717_689u128 * 9 + 50) / 100, u128::from(WRAP));
+    }
+
+    #[test]
+    fn streams_that_wrap_at_random_points() {
+        let mut r = rng(0x2_0000_0000);
+        let mut crossing = 0;
+        for round in 0..300 {
+            let frames = 20 + r(300) as usize;
+            let gop = 1 + r(60) as usize;
+            let b = r(4) as usize;
+            let pyramid = r(2) == 0;
+            let codec = [Codec::H264, Codec::Hevc, Codec::Mpeg12, Codec::Mpeg4][r(4) as usize];
+            let piece = [FRAME, 2 * FRAME + 1, 7 * FRAME, TICKS, 3 * TICKS][r(5) as usize];
+            // The wrap at a random point of the stream (or just after it), or
+            // the stream about where the zones before a wrap begin.
+            let len = frames as u64 * FRAME;
+            let lead = match r(4) {
+                0 => WRAP_ZONE + r(2 * len) - len,
+                1 => WRAP_REFERENCE + r(2 * len) - len,
+                _ => 1 + r(len + WRAP_MARGIN),
+            };
+            let first = WRAP - lead;
+            let t: String =
+                types(frames, gop, b).chars().map(|c| if c == 'I' && r(3) == 0 { 'i' } else { c }).collect();
+            let mut ts = Ts::new(codec);
+            ts.tables();
+            let mut r2 = rng(round);
+            ts.pictures(&t, first, pyramid, |ts, _| {
+                for _ in 0..r2(3) {
+                    ts.audio();
+                }
+                if r2(8) == 0 {
+                    ts.tables();
+                }
+            });
+            let step = 1 + r(3000) as usize;
+            let pieces = cut(&ts.bytes, piece, step);
+            let what = format!("round {round}: {t} from 2^33 - {lead} piece {piece} {codec:?} pyramid {pyramid}");
+            check(&ts, &pieces);
+            assert_eq!(spans(&pieces, &ts), model(&ts, piece), "{what}");
+            crossing += check_clocks(&ts, &pieces);
+        }
+        assert!(crossing > 100, "{crossing} pieces crossed a wrap");
     }
 
     #[test]

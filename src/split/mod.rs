@@ -660,6 +660,13 @@ impl ChunkRecipe {
     /// exact, no rounding), and the keyframe expression is re-anchored so that
     /// keyframes fall on the segment grid counted from the stream's first frame.
     pub fn live_args(&self, span: &LiveSpan, input: &str) -> Vec<String> {
+        self.live_args_on(span, &live::PieceClock::default(), input)
+    }
+
+    /// [`Self::live_args`] for a piece that `clock` places on the stream's
+    /// unwrapped timeline (across a wrap of the 33-bit clock), which `span`
+    /// counts in.
+    pub fn live_args_on(&self, span: &LiveSpan, clock: &live::PieceClock, input: &str) -> Vec<String> {
         // Counted in whole ticks: a piece on a grid line is exactly late 0.
         let late = self.keyframe_period.map_or(0, |p| {
             let period = (p * live::TICKS as f64).round().max(1.0) as u64;
@@ -669,7 +676,9 @@ impl ChunkRecipe {
             Some(end) => format!("trim=start_pts={}:end_pts={end}", span.start),
             None => format!("trim=start_pts={}", span.start),
         };
-        self.video(self.head(), input, late as f64 / live::TICKS as f64, Some(trim))
+        let mut a = self.head();
+        a.extend(clock.args());
+        self.video(a, input, late as f64 / live::TICKS as f64, Some(trim))
     }
 }
 
@@ -1473,6 +1482,15 @@ fn plan_live(
     // amounts; with it both keep the source's clock.
     if !cl.global_flag("copyts") || cl.global_flag("start_at_zero") {
         return Err(NotSplit::Shape("a live input is split only with -copyts (and no -start_at_zero)".into()));
+    }
+    // ffmpeg's demuxer puts a stream that starts within 60 s of a wrap of its
+    // 33-bit clock on a negative timeline, and the encoder drops the video up
+    // to 0, which pieces could not follow (a later wrap they do follow).
+    if probe.start_time < 0.0 {
+        return Err(NotSplit::Shape(format!(
+            "a live stream whose timestamps start below 0 ({:.3} s: its 33-bit clock wraps within a minute) is not split",
+            probe.start_time
+        )));
     }
     let OutputShape::Hls { start_number, .. } = shape else {
         return Err(NotSplit::Shape("a live input is split only to an HLS playlist".into()));
