@@ -13,20 +13,25 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ffcluster::split::live::{Piece, TICKS, cut_stream};
+use ffcluster::split::live::{Piece, TICKS, WRAP, cut_stream};
 use support::cluster::{real, run_ok};
 
 const PACKET: usize = 188;
 
 /// A 12 s clip with a moving pattern and a tone, video encoded with `video`.
 fn clip(dir: &Path, name: &str, video: &[&str]) -> PathBuf {
+    clip_of(dir, name, 12.0, video)
+}
+
+/// A clip of `secs` seconds, like [`clip`].
+fn clip_of(dir: &Path, name: &str, secs: f64, video: &[&str]) -> PathBuf {
     let path = dir.join(name);
     run_ok(
         Command::new(real("ffmpeg"))
             .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
             .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
             .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-            .args(["-t", "12"])
+            .args(["-t", &secs.to_string()])
             .args(video)
             .args(["-c:a", "aac", "-f", "mpegts"])
             .arg(&path),
@@ -37,8 +42,13 @@ fn clip(dir: &Path, name: &str, video: &[&str]) -> PathBuf {
 /// Frames of a decode: the time base, then each frame's PTS (in that time
 /// base) and MD5.
 fn framemd5(input: &Path, trim: Option<String>) -> ((i128, i128), Vec<(i128, String)>) {
+    framemd5_with(input, &[], trim)
+}
+
+/// [`framemd5`] with input options (a piece's clock).
+fn framemd5_with(input: &Path, input_opts: &[String], trim: Option<String>) -> ((i128, i128), Vec<(i128, String)>) {
     let mut cmd = Command::new(real("ffmpeg"));
-    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-copyts", "-i"]).arg(input);
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-copyts"]).args(input_opts).arg("-i").arg(input);
     cmd.args(["-map", "0:v:0"]);
     if let Some(t) = trim {
         cmd.args(["-vf", &t]);
@@ -165,4 +175,54 @@ fn hevc_open_gops() {
         "hevc",
         &["-c:v", "libx265", "-preset", "ultrafast", "-g", "37", "-bf", "2", "-x265-params", "log-level=error"],
     );
+}
+
+/// A clip whose 33-bit clock wraps 64.6 s in, read by ffmpeg on its
+/// unwrapped timeline (it starts more than 60 s before the wrap): each piece
+/// near the wrap, and near where ffmpeg's demuxer would take a piece for one
+/// that starts within 60 s of a wrap, decoded alone the way a node reads it
+/// (its clock's options, then `trim` on the unwrapped PTS range), gives the
+/// clip's own frames at the clip's own times.
+#[test]
+fn pieces_across_a_clock_wrap() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2^33 ticks is 95443.7177 s; the muxer's own delay adds 1.4 s.
+    let offset = format!("{:.6}", WRAP as f64 / 90_000.0 - 66.0);
+    let video = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "37", "-bf", "2", "-output_ts_offset", &offset];
+    let path = clip_of(dir.path(), "wrap.ts", 72.0, &video);
+    let ts = std::fs::read(&path).unwrap();
+    let pieces = cut_stream(TICKS, ts.chunks(4096)).unwrap();
+    let wrap_at = pieces.iter().position(|p| p.start >= WRAP).expect("a piece after the wrap");
+    assert!(
+        pieces.len() >= 70 && (60..70).contains(&wrap_at),
+        "{} pieces, the first after the wrap {wrap_at}",
+        pieces.len()
+    );
+    assert!(pieces[0].origin < WRAP - 60 * TICKS, "ffmpeg reads this clip on an unwrapped timeline");
+
+    let (tb, whole) = framemd5(&path, None);
+    let at = |t: u64| (i128::from(t) * tb.1 + 45_000 * tb.0) / (90_000 * tb.0);
+    // The pieces where ffmpeg's demuxer could take one for a piece that
+    // starts within 60 s of a wrap (-correct_ts_overflow 0), and those about
+    // the wrap (the one across it: -correct_ts_overflow 1, -itsoffset 2^33).
+    let near: Vec<&Piece> = pieces
+        .iter()
+        .filter(|p| p.index < 8 || p.index as usize + 9 >= wrap_at && p.index as usize <= wrap_at + 3)
+        .collect();
+    let mut clocks = Vec::new();
+    for p in near {
+        let file = dir.path().join(format!("wrap_{}.ts", p.index));
+        std::fs::write(&file, &p.bytes).unwrap();
+        let trim = format!("trim=start_pts={}:end_pts={}", p.start, p.end.unwrap());
+        let (t, frames) = framemd5_with(&file, &p.clock.args(), Some(trim));
+        assert_eq!(t, tb, "piece {}: the clip's time base", p.index);
+        let due: Vec<(i128, String)> =
+            whole.iter().filter(|(pts, _)| *pts >= at(p.start) && *pts < at(p.end.unwrap())).cloned().collect();
+        assert!(due.len() >= 24, "piece {}: {} frames", p.index, due.len());
+        assert!(frames == due, "piece {} ({:?}): {:?}\nwhere the clip has {:?}", p.index, p.clock, frames, due);
+        clocks.push(p.clock.args().join(" "));
+    }
+    clocks.dedup();
+    println!("clock options of the pieces decoded, in order: {clocks:?}");
+    assert!(clocks.iter().any(|c| c.contains("-correct_ts_overflow 1 -itsoffset")), "{clocks:?}");
 }
