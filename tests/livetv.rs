@@ -82,6 +82,8 @@ struct HlsRun {
     durations: Vec<f64>,
     /// Frames decoded from each segment as it was when first listed.
     frames: Vec<u64>,
+    /// The PTS of each segment's first keyframe, as written (33 bits).
+    first_pts: Vec<Option<u64>>,
     stderr: String,
 }
 
@@ -142,6 +144,7 @@ fn live_hls_run(ff: &Ffmpeg, url: &str, dir: &Path, deinterlace: bool, run_for: 
     let names = listed(&final_text);
     let dir_tmp = tempfile::tempdir().unwrap();
     let mut frames = Vec::new();
+    let mut first_pts = Vec::new();
     for name in &names {
         let now = std::fs::read(dir.join(name)).unwrap();
         let bytes = match fetched.get(name) {
@@ -155,6 +158,7 @@ fn live_hls_run(ff: &Ffmpeg, url: &str, dir: &Path, deinterlace: bool, run_for: 
         let copy = dir_tmp.path().join(name);
         std::fs::write(&copy, &bytes).unwrap();
         frames.push(decode_frames(&copy));
+        first_pts.push(ffcluster::split::mpegts::keyframes(&bytes, 0).first().map(|k| k.pts));
     }
     let stderr = job.log.lock().unwrap().lines.join("\n");
     HlsRun {
@@ -165,6 +169,7 @@ fn live_hls_run(ff: &Ffmpeg, url: &str, dir: &Path, deinterlace: bool, run_for: 
         durations: extinf_text(&final_text),
         playlist: final_text,
         frames,
+        first_pts,
         stderr,
     }
 }
@@ -206,7 +211,9 @@ enum Mode {
     Split { piece: f64 },
 }
 
-fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) {
+/// Runs `opts`'s channel through direct ffmpeg and the cluster in `mode` at
+/// once and compares them; returns (direct, cluster).
+fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) -> (HlsRun, HlsRun) {
     let _serial = one_at_a_time();
     let fps = f64::from(opts.fps);
     let c = Cluster::start(2);
@@ -296,6 +303,7 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) {
         assert!(Instant::now() < deadline, "the origin connection outlived the job");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (direct, cluster)
 }
 
 /// The controller's record of a live split job: cut into pieces of the
@@ -700,27 +708,76 @@ fn live_tv_split_to_fmp4_segments() {
     assert_eq!(source.clients_served(), 1);
 }
 
-/// A stream whose 33-bit timestamps wrap (a tuner's clock passes 26.5 hours)
-/// cannot be cut into pieces on one timeline: the split job ends with exit 1
-/// and the reason on stderr instead of hanging or going on without video, and
-/// nothing is left running. (Direct ffmpeg carries on: a known limit.)
+/// The 33-bit clock's period in seconds: a tuner's clock wraps to 0 every 26.5 hours.
+const WRAP: f64 = (1u64 << 33) as f64 / 90_000.0;
+
+/// A stream whose 33-bit clock wraps (a tuner's clock passing 26.5 hours, at
+/// some point of one viewing in thirteen): ffmpeg's demuxer reads it on one
+/// timeline that goes on past 2^33 ticks, and so do the pieces. The split job
+/// publishes what direct ffmpeg does: the same segments, each 3 s and
+/// decodable, whose timestamps (written in 33 bits) are the direct run's and
+/// run on across the wrap; it stops cleanly with `q` and leaves nothing
+/// running.
 #[test]
-fn live_tv_split_of_a_wrapping_clock_fails_clearly() {
+fn live_tv_split_across_a_clock_wrap() {
+    // The stream starts 65.6 s before the wrap (more than a minute: ffmpeg
+    // then counts on past it, as for most wraps), 55 s of it there at once
+    // as in a tuner's buffer: the wrap comes about 10 s into the run.
+    let opts = LiveOpts { ts_offset: Some(WRAP - 67.0), backlog: Some(55.0), ..LiveOpts::default() };
+    let (direct, cluster) = live_tv_hls(opts, false, Mode::Split { piece: 1.0 });
+    let wraps = |run: &HlsRun| {
+        let pts: Vec<u64> = run.first_pts.iter().map(|p| p.expect("every segment starts with a keyframe")).collect();
+        // Each segment starts 3 s after the one before, modulo 2^33.
+        for (i, w) in pts.windows(2).enumerate() {
+            let step = w[1].wrapping_sub(w[0]) & ((1 << 33) - 1);
+            assert_eq!(step, 270_000, "segment {} starts {step} ticks after segment {i}: {pts:?}", i + 1);
+        }
+        pts.windows(2).position(|w| w[1] < w[0])
+    };
+    let (wrap_direct, wrap_cluster) = (wraps(&direct), wraps(&cluster));
+    eprintln!(
+        "clock wrap: direct after segment {wrap_direct:?} of {}, cluster after segment {wrap_cluster:?} of {}",
+        direct.first_pts.len(),
+        cluster.first_pts.len()
+    );
+    assert!(wrap_direct.is_some() && wrap_direct == wrap_cluster, "the clock wraps at the same segment");
+    let n = direct.first_pts.len().min(cluster.first_pts.len());
+    assert_eq!(direct.first_pts[..n], cluster.first_pts[..n], "the segments' timestamps are the direct run's");
+}
+
+/// A stream whose clock wraps within a minute of its start: ffmpeg reads it
+/// on a timeline that starts below 0 and drops the video up to 0, which
+/// pieces cannot follow. The job runs whole on one node (exactly ffmpeg) and
+/// publishes what the direct run does.
+#[test]
+fn live_tv_clock_wrapping_within_a_minute_of_the_start_runs_whole() {
     let _serial = one_at_a_time();
-    // The wrap comes about 6 s into the stream, after the first pieces.
-    let (c, source, dir, ff) = split_scene(LiveOpts { ts_offset: Some(95_437.7), ..LiveOpts::default() });
-    let mut job = Job::launch(&ff, &arguments_string(&live_hls(&source.url(), &dir, false)));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !job.exited() {
-        assert!(Instant::now() < deadline, "the job goes on past the wrap");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let code = job.child.wait().unwrap().code();
-    let stderr = job.log.lock().unwrap().lines.join("\n");
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("cannot cut the live stream") && stderr.contains("back"), "{stderr}");
-    let split = split_job(&c);
-    assert!(split["chunks"].as_array().unwrap().iter().any(|r| r["state"] == "done"), "no piece before the wrap");
-    assert_eq!(split["state"], "failed", "{split:#?}");
+    // The wrap about 6 s in.
+    let opts = LiveOpts { ts_offset: Some(WRAP - 6.0), ..LiveOpts::default() };
+    let c = Cluster::start(2);
+    let direct_source = LiveSource::start(opts.clone());
+    let cluster_source = LiveSource::start(opts);
+    let run_for = Duration::from_secs(15);
+    let direct_url = direct_source.url();
+    let direct = std::thread::spawn(move || {
+        let dir = tempfile::tempdir().unwrap();
+        live_hls_run(&Ffmpeg::direct(), &direct_url, dir.path(), false, run_for, &|| {})
+    });
+    let dir = c.dir.path().join("transcodes");
+    let ff = Ffmpeg::from_command(&shim_in(&c, Mode::Split { piece: 1.0 }));
+    let cluster = live_hls_run(&ff, &cluster_source.url(), &dir, false, run_for, &|| {});
+    let direct = direct.join().unwrap();
+    eprintln!("direct {:?}\ncluster {:?}", direct.durations, cluster.durations);
+    check_hls("direct", &direct, 25.0);
+    check_hls("cluster", &cluster, 25.0);
+    let (n_direct, n_cluster) = (direct.durations.len() as i64, cluster.durations.len() as i64);
+    assert!((n_direct - n_cluster).abs() <= 2, "direct {n_direct} segments, cluster {n_cluster}");
+    let n = direct.first_pts.len().min(cluster.first_pts.len());
+    assert_eq!(direct.first_pts[..n], cluster.first_pts[..n], "the segments' timestamps are the direct run's");
+    let status = c.status();
+    let jobs = status["jobs"].as_array().unwrap();
+    assert!(jobs.iter().all(|j| j["mode"] == "whole" && j["reason"] == "split.live"), "{jobs:#?}");
+    let log = std::fs::read_to_string(c.dir.path().join("shim.log")).unwrap();
+    assert!(log.contains("not split (nosplit.shape: a live stream whose timestamps start below 0"), "{log}");
     c.wait_no_remote_ffmpeg(Duration::from_secs(5));
 }

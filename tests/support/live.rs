@@ -38,6 +38,9 @@ pub struct LiveOpts {
     /// Seconds added to the stream's timestamps (`-output_ts_offset`): near
     /// 95443.7 s they pass the 33-bit limit and wrap, as a tuner's clock does.
     pub ts_offset: Option<f64>,
+    /// Seconds of the stream there at once, before the rest follows in real
+    /// time (what a tuner's buffer file holds when a client joins).
+    pub backlog: Option<f64>,
 }
 
 impl Default for LiveOpts {
@@ -51,6 +54,7 @@ impl Default for LiveOpts {
             video: "libx264",
             audio_channels: 2,
             ts_offset: None,
+            backlog: None,
         }
     }
 }
@@ -89,10 +93,24 @@ pub struct LiveSource {
 impl LiveSource {
     /// Starts the encoder and the server; returns once the first bytes exist.
     pub fn start(opts: LiveOpts) -> LiveSource {
-        let graph =
-            format!("testsrc2=size={}:rate={}[out0];sine=frequency=440:sample_rate=48000[out1]", opts.size, opts.fps);
+        // Paced by `-re`, or with a backlog by `realtime` filters that see the
+        // backlog's frames all at time 0 (and the rest that much earlier);
+        // the timestamps are then made whole again from the frame and sample
+        // counts.
+        let (pace, video, audio) = match opts.backlog {
+            None => (Some("-re"), String::new(), String::new()),
+            Some(b) => (
+                None,
+                format!(",setpts='if(lt(T,{b}),0,T-{b})/TB',realtime,setpts=N/({}*TB)", opts.fps),
+                format!(",asetpts='if(lt(T,{b}),0,T-{b})/TB',arealtime,asetpts=N/SR/TB"),
+            ),
+        };
+        let graph = format!(
+            "testsrc2=size={}:rate={}{video}[out0];sine=frequency=440:sample_rate=48000{audio}[out1]",
+            opts.size, opts.fps
+        );
         let mut cmd = Command::new(real("ffmpeg"));
-        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i", &graph]);
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin"]).args(pace).args(["-f", "lavfi", "-i", &graph]);
         cmd.args(["-c:v", opts.video, "-g", &opts.gop.to_string(), "-bf", &opts.bframes.to_string()]);
         cmd.args(["-pix_fmt", "yuv420p"]);
         match opts.video {
