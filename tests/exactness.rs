@@ -305,11 +305,6 @@ impl Case {
 /// it: the diff must contain the marker) without failing the test; every other
 /// difference fails it.
 const KNOWN_GAPS: &[(&str, &str, &str)] = &[
-    // The last segment's EXTINF of a split MPEG-TS playlist at 23.976 fps:
-    // the finisher's copied packets carry the demuxer's 3754-tick duration,
-    // the direct encoder's 3753 (issue "ffmpeg 5.1 to 8.1", item 3).
-    ("film_mkv", "*", "EXTINF: 1 of"),
-    ("hevc10_mkv", "*", "EXTINF: 1 of"),
     // -noaccurate_seek on an HEVC file with open GOPs: the split's audio
     // starts 213 ms later than direct's.
     ("hevc10_mkv", "seek_fmp4_noaccurate", ""),
