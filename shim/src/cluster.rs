@@ -12,7 +12,7 @@
 //! A single-threaded tokio runtime is started only here; the local path never
 //! pays for it.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use ffcluster::ffmpeg::CommandLine;
@@ -479,28 +479,20 @@ pub(crate) fn text(m: &ShimMsg) -> Message {
     Message::Text(serde_json::to_string(m).expect("protocol messages serialise").into())
 }
 
-/// Reads stdin on a plain thread (tokio's stdin cannot be abandoned at exit) and
-/// hands the bytes over; an empty vector means end of file.
+/// Hands stdin ([`crate::stdin`]) to the session on a plain thread (tokio's
+/// stdin cannot be abandoned at exit); an empty vector means end of file.
 fn spawn_stdin_reader(tx: mpsc::Sender<Vec<u8>>) {
+    let taker = crate::stdin::take();
     std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 4096];
         loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => {
-                    let _ = tx.blocking_send(Vec::new());
-                    return;
-                }
-                Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    let _ = tx.blocking_send(Vec::new());
-                    return;
-                }
+            let Ok(bytes) = taker.rx.recv() else { return };
+            let eof = bytes.is_empty();
+            if let Err(e) = tx.blocking_send(bytes) {
+                // The session is over: whatever runs next takes them.
+                return crate::stdin::give_back(taker, e.0);
+            }
+            if eof {
+                return;
             }
         }
     });

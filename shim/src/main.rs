@@ -27,6 +27,8 @@ mod real;
 mod resume;
 mod route;
 mod split;
+mod stdin;
+mod visible;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -120,8 +122,13 @@ fn main() -> ExitCode {
                 Err(why) => not_split = Some(why),
             }
         }
-        if let Some(why) = &not_split {
-            log.line(format_args!("split: not split ({why}); the whole job goes to one node"));
+        match &not_split {
+            // The split failed before anything of it showed (`split`).
+            Some(why) if why.code.starts_with("fallback.") => {
+                log.line(format_args!("split: fell back ({why}); the whole job goes to one node"));
+            }
+            Some(why) => log.line(format_args!("split: not split ({why}); the whole job goes to one node")),
+            None => {}
         }
         match cluster::run(a, v, &cfg, &log, not_split) {
             cluster::Outcome::Exit(code) => return ExitCode::from(code),
@@ -152,8 +159,9 @@ fn resume_or_fail(argv0: &OsString, args: &[String], why: &Why, log: &Log) -> Ex
     ExitCode::from(1)
 }
 
-/// Splits the job across nodes. `Err`: it cannot be split, offload it whole,
-/// and why (a `nosplit.*` code and its detail).
+/// Splits the job across nodes. `Err`: offload it whole instead, and why: it
+/// cannot be split (a `nosplit.*` code and its detail), or the split failed
+/// before anything of it showed, for a reason of its own (`fallback.*`).
 fn try_split(
     args: &[String],
     verdict: &ffmpeg::decision::Verdict,

@@ -9,13 +9,18 @@
 //! `q` and `c` on stdin and the exit code are ffmpeg's own. The shim feeds it the
 //! video on descriptor 3 (and the audio on 4) and forwards stdin and signals.
 //!
-//! Until the controller accepts the job nothing has happened here, so any
-//! failure up to then falls back (to a whole-job offload when the job cannot be
-//! split, to a local run when the cluster cannot take it). Once the finisher runs,
-//! a lost job resumes where it was (`crate::resume`) or ends with an error; its outputs stay as incomplete as an
-//! interrupted ffmpeg leaves them (no playlist end, no trailer).
+//! Nothing may fail through the shim that succeeds directly. Until the job is
+//! *visible* (the finisher wrote a byte of output or stdout, or its held-back
+//! stderr was released: `crate::visible`), any failure falls back, and the
+//! user sees one run: whole to one node when the failure was the split's own
+//! (the controller refused the plan, a chunk or the audio track failed for
+//! good, the finisher rejected the joined chunks), else locally (the
+//! controller is unreachable or gone, the finisher failed on the job's own
+//! command line). After that, a lost job resumes where it was
+//! (`crate::resume`) or ends with an error; its outputs stay as incomplete as
+//! an interrupted ffmpeg leaves them (no playlist end, no trailer).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -40,7 +45,12 @@ use crate::config::Config;
 use crate::log::Log;
 use crate::offer::Offers;
 use crate::origin::Origin;
+use crate::visible::{FinisherStdout, HeldStderr, OutputWatch, Visibility};
 use std::sync::Arc;
+
+/// How often a split job that shows nothing yet looks for the finisher's
+/// first output (`crate::visible`).
+const VISIBLE_POLL: Duration = Duration::from_millis(100);
 
 /// After a stop (`q`, a signal) the finisher gets this long to stop by itself;
 /// then its video input is closed, which ends a read it may be blocked in.
@@ -88,8 +98,8 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffpr
         Ok(r) => r,
         Err(e) => return Attempt::Done(fallback(Why::new("shim", format!("cannot start the cluster client: {e}")))),
     };
-    let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split, live: None };
-    Attempt::Done(runtime.block_on(session.run(controller, token, &cfg.trust, request)))
+    let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split, live: None, cl, cwd };
+    runtime.block_on(session.run(controller, token, &cfg.trust, request))
 }
 
 /// What every split needs: a cluster to talk to and one input and output.
@@ -160,8 +170,8 @@ pub fn run_live(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path,
         started.elapsed().as_millis()
     ));
     let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()), None);
-    let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split, live: Some(origin) };
-    Attempt::Done(runtime.block_on(session.run(controller, token, &cfg.trust, request)))
+    let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split, live: Some(origin), cl, cwd };
+    runtime.block_on(session.run(controller, token, &cfg.trust, request))
 }
 
 /// ffprobe on the stream's first bytes, fed through a pipe as they arrive
@@ -270,6 +280,9 @@ struct Session<'a> {
     split: Split,
     /// A live job's stream, which the finisher reads a copy of.
     live: Option<Arc<Origin>>,
+    /// The job's command line and working directory: where its output goes.
+    cl: CommandLine,
+    cwd: PathBuf,
 }
 
 /// Why the loop ended.
@@ -281,11 +294,17 @@ enum End {
 }
 
 impl Session<'_> {
-    async fn run(self, controller: &str, token: &str, trust: &Trust, request: JobRequest) -> Outcome {
+    async fn run(self, controller: &str, token: &str, trust: &Trust, request: JobRequest) -> Attempt {
         let cluster::Placed { mut tx, mut rx, job, audio, .. } =
             match cluster::submit(controller, token, trust, request).await {
                 Ok(placed) => placed,
-                Err(why) => return fallback(why),
+                // Nothing has happened yet. A refusal of the split (its plan,
+                // a message this shim does not expect) need not be one of the
+                // whole job; an unreachable controller takes neither.
+                Err(why) => {
+                    let whole = matches!(why.code.as_str(), "rejected" | "protocol");
+                    return after_split(why, whole);
+                }
             };
         let started = Instant::now();
         let args = match (audio, &self.split.finisher_audio_copy) {
@@ -294,16 +313,27 @@ impl Session<'_> {
             // Dropping the socket cancels the job; nothing has been written yet.
             (true, None) => {
                 let why = Why::new("protocol", "the controller sent audio this job does not have");
-                return cluster::fell_back(&mut tx, why).await;
+                return self.fall_back(job, &mut tx, why, true).await;
             }
         };
-        let (finisher, video, audio, stream) = match spawn_finisher(&self.ffmpeg, args, audio, self.live.is_some()) {
+        // How the job's output is before the finisher touches it.
+        let watch = OutputWatch::new(&self.cl, &self.cwd);
+        let (mut stdout, stdout_to) = FinisherStdout::choose();
+        let spawned = spawn_finisher(&self.ffmpeg, args, audio, self.live.is_some(), stdout_to);
+        let (mut finisher, video, audio, stream) = match spawned {
             Ok(f) => f,
             Err(e) => {
+                // The local run would exec the same binary: a node runs it.
                 let why = format!("cannot start the finisher {}: {e}", self.ffmpeg.display());
-                return cluster::fell_back(&mut tx, Why::new("finisher", why)).await;
+                return self.fall_back(job, &mut tx, Why::new("finisher", why), true).await;
             }
         };
+        let Some(stderr_pipe) = finisher.child.stderr.take() else {
+            finisher.kill_and_wait();
+            return self.fall_back(job, &mut tx, Why::new("finisher", "the finisher has no stderr"), true).await;
+        };
+        stdout.start(finisher.child.stdout.take());
+        let shown = Visibility::new(watch, HeldStderr::start(stderr_pipe), stdout);
         let audio_from = if audio.is_some() { "a node" } else { "the finisher" };
         self.log.line(format_args!(
             "split: job {job} accepted; finisher pid {} started; audio encoded by {audio_from}",
@@ -322,19 +352,54 @@ impl Session<'_> {
         if let (Some(origin), Some(fd)) = (&self.live, stream) {
             tokio::spawn(copy_stream(origin.clone(), feeder(fd)));
         }
-        let end = run.pump(&mut tx, &mut rx, &self.offers, self.log).await;
-        // Closing the socket tells the controller to cancel whatever still runs.
-        let _ = tokio::time::timeout(Duration::from_millis(200), tx.close()).await;
-        let mut lost = None;
-        let code = match end {
-            End::Finished(status) => exit_code(status),
+        let end = run.pump(&mut tx, &mut rx, &self.offers, self.log, &shown).await;
+        let (status, cause) = match end {
+            End::Finished(status) => (Some(status), None),
             End::Lost(cause) => {
                 run.kill();
-                let _ = run.exited.recv().await;
+                (run.exited.recv().await, Some(cause))
+            }
+        };
+        // With the finisher gone, whether anything of it can be seen is final.
+        let visible = shown.settle();
+        let failed = cause.is_some() || !status.is_some_and(|s| s.success());
+        if failed && !run.stopping && visible.is_none() {
+            let held = shown.discard();
+            let (cause, whole) = match cause {
+                Some(cause) => {
+                    let whole = matches!(cause.code.as_str(), "job_failed" | "chunk" | "protocol");
+                    (cause, whole)
+                }
+                None => {
+                    let how = status.map_or_else(|| "without a status".to_owned(), describe_exit);
+                    let said = if held.is_empty() { String::new() } else { format!(": {held}") };
+                    let why = format!("the finisher exited {how} before any output{said}");
+                    // Before any video reached it, it failed on the job's own
+                    // command line or input, as the local ffmpeg will, whose
+                    // error is then the one to show; after, on the joined
+                    // chunks, which a whole job does not have.
+                    (Why::new("finisher", why), run.assembler.written() > 0)
+                }
+            };
+            shown.watch.remove_created_empty();
+            self.log.line(format_args!("split: job {job}: {}", run.timeline.describe()));
+            return self.fall_back(job, &mut tx, cause, whole).await;
+        }
+        // Closing the socket tells the controller to cancel whatever still runs.
+        let _ = tokio::time::timeout(Duration::from_millis(200), tx.close()).await;
+        shown.finish();
+        if let (Some(what), None) = (&visible, run.timeline.visible) {
+            self.log.line(format_args!("split: job {job}: output visible: {what}"));
+        }
+        let mut lost = None;
+        let code = match (cause, status) {
+            (None, Some(status)) => exit_code(status),
+            (None, None) => 1,
+            (Some(cause), _) => {
                 self.log.line(format_args!("split: job {job} lost: {cause}"));
                 let why = format!("the split job was lost on the cluster: {}", cause.detail);
                 // A stopping job just fails: Jellyfin wanted it to end.
-                if run.close_video_at.is_some() {
+                if run.stopping {
                     let _ = writeln!(std::io::stderr().lock(), "ffcluster: {why}");
                 } else {
                     lost = Some(cluster::lost(cause, why));
@@ -361,7 +426,45 @@ impl Session<'_> {
             cpu(nix::sys::resource::UsageWho::RUSAGE_SELF),
             cpu(nix::sys::resource::UsageWho::RUSAGE_CHILDREN),
         ));
-        lost.unwrap_or(Outcome::Exit(code))
+        Attempt::Done(lost.unwrap_or(Outcome::Exit(code)))
+    }
+
+    /// The accepted job `job` failed with nothing of it visible, for `cause`:
+    /// the controller is told (`fallback.*`, and where the job goes), the
+    /// socket closed (which cancels what still runs), and the job goes whole
+    /// to one node (`whole`: the failure was the split's own) or runs locally.
+    async fn fall_back(
+        &self,
+        job: JobId,
+        tx: &mut futures_util::stream::SplitSink<Ws, Message>,
+        cause: Why,
+        whole: bool,
+    ) -> Attempt {
+        let next = if whole { "the whole job goes to one node" } else { "it runs locally" };
+        self.log
+            .line(format_args!("split: job {job} failed before any output ({}: {}); {next}", cause.code, cause.detail));
+        let told = Why::new(format!("fallback.{}", cause.code), format!("{}; {next}", cause.detail));
+        cluster::tell_fallback(tx, &told).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), tx.close()).await;
+        after_split(cause, whole)
+    }
+}
+
+/// Where a split that failed with nothing visible goes, for `cause`: whole to
+/// one node (a `fallback.*` reason not to split it), or locally.
+fn after_split(cause: Why, whole: bool) -> Attempt {
+    match fallback(cause) {
+        Outcome::Fallback(why) if whole => Attempt::Whole(why),
+        outcome => Attempt::Done(outcome),
+    }
+}
+
+/// `with code 1`, `on signal 9`.
+fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("with code {c}"),
+        (None, Some(s)) => format!("on signal {s}"),
+        _ => "without a status".to_owned(),
     }
 }
 
@@ -379,11 +482,24 @@ struct Finisher {
     child: Child,
 }
 
+impl Finisher {
+    fn kill_and_wait(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The finisher, and the write ends of its video pipe, of its audio pipe when a
 /// node encodes the audio, and of its copy of a live stream.
 type Spawned = (Finisher, OwnedFd, Option<OwnedFd>, Option<OwnedFd>);
 
-fn spawn_finisher(ffmpeg: &Path, args: &[String], with_audio: bool, live: bool) -> std::io::Result<Spawned> {
+fn spawn_finisher(
+    ffmpeg: &Path,
+    args: &[String],
+    with_audio: bool,
+    live: bool,
+    stdout: Stdio,
+) -> std::io::Result<Spawned> {
     let (video_read, video_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let audio = if with_audio { Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?) } else { None };
     let stream = if live { Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?) } else { None };
@@ -404,7 +520,8 @@ fn spawn_finisher(ffmpeg: &Path, args: &[String], with_audio: bool, live: bool) 
         .collect();
     let shim = nix::unistd::getpid();
     let mut cmd = Command::new(ffmpeg);
-    cmd.arg0("ffmpeg").args(args).stdin(Stdio::piped()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    // stderr is held back until the job is visible (`crate::visible`).
+    cmd.arg0("ffmpeg").args(args).stdin(Stdio::piped()).stdout(stdout).stderr(Stdio::piped());
     // SAFETY: the closure runs between fork and exec and makes only
     // async-signal-safe system calls (dup2, prctl, getppid); `moves` was
     // allocated before the fork.
@@ -604,6 +721,8 @@ struct Running {
     /// A stop was asked for: close the video input at this moment if the
     /// finisher is still running then.
     close_video_at: Option<tokio::time::Instant>,
+    /// A stop was asked for (`q`, a signal): the finisher's end is no failure.
+    stopping: bool,
     stops: mpsc::UnboundedReceiver<()>,
     bytes_served: u64,
     /// When things first happened, for the log: where a slow start comes from.
@@ -617,6 +736,8 @@ struct Running {
 struct Timeline {
     started: Option<Instant>,
     first_video: Option<u128>,
+    /// The finisher's first output showed.
+    visible: Option<u128>,
     first_audio: Option<u128>,
     audio_done: Option<u128>,
     /// When each chunk was joined whole (the head moved past it).
@@ -632,9 +753,10 @@ impl Timeline {
         let ms = |v: Option<u128>| v.map_or("-".to_owned(), |v| format!("{v} ms"));
         let joined: Vec<String> = self.joined.iter().map(|v| v.to_string()).collect();
         format!(
-            "first video {}, first audio {}, audio done {}, chunks joined at [{}] ms",
+            "first video {}, first audio {}, output visible {}, audio done {}, chunks joined at [{}] ms",
             ms(self.first_video),
             ms(self.first_audio),
+            ms(self.visible),
             ms(self.audio_done),
             joined.join(", ")
         )
@@ -663,6 +785,7 @@ impl Running {
             video: Some(video_tx),
             exited,
             close_video_at: None,
+            stopping: false,
             stops,
             bytes_served: 0,
             timeline: Timeline { started: Some(Instant::now()), ..Timeline::default() },
@@ -675,6 +798,7 @@ impl Running {
     }
 
     fn stop_requested(&mut self) {
+        self.stopping = true;
         self.close_video_at.get_or_insert(tokio::time::Instant::now() + STOP_GRACE);
     }
 
@@ -684,15 +808,27 @@ impl Running {
         rx: &mut futures_util::stream::SplitStream<Ws>,
         offers: &Offers,
         log: &Log,
+        shown: &Visibility,
     ) -> End {
         let (Ok(mut sigterm), Ok(mut sigint)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
         else {
             return End::Lost(Why::new("shim", "cannot install signal handlers"));
         };
         let mut socket_open = true;
+        // Until the job is visible: looks for the finisher's first output,
+        // which releases its stderr.
+        let mut look = tokio::time::interval(VISIBLE_POLL);
+        let mut visible = false;
         loop {
             let close_at = self.close_video_at;
             tokio::select! {
+                _ = look.tick(), if !visible => {
+                    if let Some(what) = shown.poll() {
+                        visible = true;
+                        self.timeline.visible.get_or_insert(self.timeline.now());
+                        log.line(format_args!("split: output visible: {what}"));
+                    }
+                }
                 status = self.exited.recv() => {
                     return match status {
                         Some(s) => End::Finished(s),
@@ -866,24 +1002,21 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 /// Copies the shim's stdin to the finisher's (keys such as `q` and `c` are the
 /// finisher's to obey) and reports a `q`, after which the finisher may need its
-/// video input closed to finish.
+/// video input closed to finish. Keys the finisher can no longer take go to
+/// whatever runs the job next ([`crate::stdin`]).
 fn forward_stdin(mut child: ChildStdin, stops: mpsc::UnboundedSender<()>) {
+    let taker = crate::stdin::take();
     std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 4096];
         loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if child.write_all(&buf[..n]).and_then(|()| child.flush()).is_err() {
-                        return;
-                    }
-                    if buf[..n].contains(&b'q') {
-                        let _ = stops.send(());
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+            let Ok(buf) = taker.rx.recv() else { return };
+            if buf.is_empty() {
+                return;
+            }
+            if child.write_all(&buf).and_then(|()| child.flush()).is_err() {
+                return crate::stdin::give_back(taker, buf);
+            }
+            if buf.contains(&b'q') {
+                let _ = stops.send(());
             }
         }
     });

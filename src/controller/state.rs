@@ -423,23 +423,25 @@ impl Registry {
         }
     }
 
-    /// The shim of `job` says it runs the job locally after all: recorded on
-    /// the job, running or finished, once.
+    /// The shim of `job` says it runs the job locally after all (a split job:
+    /// whole on one node or locally, as the detail says): recorded on the
+    /// job, running or finished, once.
     pub(crate) fn fell_back(&mut self, job: JobId, why: Why, now: Instant) {
-        let slot = if let Some(j) = self.running.get_mut(&job) {
-            &mut j.why.fallback
+        let (slot, split) = if let Some(j) = self.running.get_mut(&job) {
+            (&mut j.why.fallback, false)
         } else if let Some(j) = self.splits.get_mut(&job) {
-            &mut j.why.fallback
+            (&mut j.why.fallback, true)
         } else if let Some(j) = self.finished.iter_mut().find(|j| j.id == job) {
-            &mut j.why.fallback
+            (&mut j.why.fallback, j.mode == JobMode::Split)
         } else {
             return;
         };
         if slot.is_some() {
             return;
         }
-        info!(job, "the shim runs the job locally instead: {why}");
-        self.logs.note(job, now, &format!("fell back: the shim runs the job locally instead: {why}"));
+        let how = if split { "the split failed before any output" } else { "the shim runs the job locally instead" };
+        info!(job, "{how}: {why}");
+        self.logs.note(job, now, &format!("fell back: {how}: {why}"));
         self.metrics.fell_back(&why.code);
         *slot = Some(why);
     }
