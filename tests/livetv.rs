@@ -253,7 +253,13 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) -> (HlsRun, HlsRun
                     eprintln!("live lag while running: {lag:?} ms");
                 }
             }
-            *node_argv.borrow_mut() = cmdline(pids[0]);
+            // A piece's ffmpeg may be gone before its command line is read:
+            // then another's.
+            let mut argv = cmdline(pids[0]);
+            while argv.is_empty() && Instant::now() < deadline {
+                argv = c.remote_ffmpegs().into_iter().map(cmdline).find(|a| !a.is_empty()).unwrap_or_default();
+            }
+            *node_argv.borrow_mut() = argv;
         });
     let direct = direct.join().unwrap();
     eprintln!(
