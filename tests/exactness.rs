@@ -304,11 +304,7 @@ impl Case {
 /// notes: a case listed here may differ in the way described (and only in
 /// it: the diff must contain the marker) without failing the test; every other
 /// difference fails it.
-const KNOWN_GAPS: &[(&str, &str, &str)] = &[
-    // -noaccurate_seek on an HEVC file with open GOPs: the split's audio
-    // starts 213 ms later than direct's.
-    ("hevc10_mkv", "seek_fmp4_noaccurate", ""),
-];
+const KNOWN_GAPS: &[(&str, &str, &str)] = &[];
 
 fn known_gap(case: &Case) -> Option<&'static str> {
     let listed: Vec<&(&str, &str, &str)> =

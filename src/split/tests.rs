@@ -218,6 +218,13 @@ fn jellyfins_audio_goes_to_a_node_and_the_finisher_only_copies() {
         ),
         "{a}"
     );
+    // A seek restart without accurate_seek keeps the video in use, so that
+    // the audio starts where the direct run's does.
+    let mut p = probe();
+    p.parse_keyframe("8.005000\n");
+    let restart = plan_of(&jellyfin(&["-noaccurate_seek", "-ss", "9"], "3"), &p).unwrap();
+    let a = restart.plan.recipe.audio_args(restart.plan.audio.as_ref().unwrap()).join(" ");
+    assert!(a.ends_with("-flush_packets 1 pipe:1 -map 0:0 -c copy -f null -"), "{a}");
 
     let f = s.finisher_audio_copy.as_ref().unwrap();
     let joined = f.join(" ");
