@@ -216,6 +216,7 @@ enum Mode {
 fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) -> (HlsRun, HlsRun) {
     let _serial = one_at_a_time();
     let fps = f64::from(opts.fps);
+    let jump = opts.jump;
     let c = Cluster::start(2);
     let direct_source = LiveSource::start(opts.clone());
     let cluster_source = LiveSource::start(opts);
@@ -274,7 +275,10 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) -> (HlsRun, HlsRun
         cluster.reads
     );
     check_hls("direct", &direct, fps);
-    check_hls("cluster", &cluster, fps);
+    match jump {
+        None => check_hls("cluster", &cluster, fps),
+        Some((_, by)) => check_carries_on(&cluster, &direct, by),
+    }
     // The same wall time: the cluster's start-up costs it at most a segment or two.
     let (n_direct, n_cluster) = (direct.durations.len() as i64, cluster.durations.len() as i64);
     assert!((n_direct - n_cluster).abs() <= 2, "direct {n_direct} segments, cluster {n_cluster}");
@@ -283,7 +287,7 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) -> (HlsRun, HlsRun
     eprintln!("added latency until ready: {added:.2} s ({:.2} segments)", added / SEG);
     assert!(added < 2.0 * SEG, "the cluster made the playlist ready {added:.2} s later than ffmpeg did");
     if let Mode::Split { piece } = mode {
-        check_live_split(&c, piece, run_for);
+        check_live_split(&c, piece, run_for, jump.map_or(0.0, |(_, by)| by));
     }
 
     // The node's ffmpeg read the relay, and only the shim read the origin.
@@ -313,8 +317,9 @@ fn live_tv_hls(opts: LiveOpts, deinterlace: bool, mode: Mode) -> (HlsRun, HlsRun
 }
 
 /// The controller's record of a live split job: cut into pieces of the
-/// asked length, every piece encoded once and in order, on the nodes.
-fn check_live_split(c: &Cluster, piece: f64, run_for: Duration) {
+/// asked length (one may span a forward `jump` of the clock, seconds), every
+/// piece encoded once and in order, on the nodes.
+fn check_live_split(c: &Cluster, piece: f64, run_for: Duration, jump: f64) {
     let job = &split_job(c);
     assert_eq!(job["reason"], "split.live", "{job:#?}");
     assert!(job["error"].is_null(), "{job:#?}");
@@ -330,9 +335,14 @@ fn check_live_split(c: &Cluster, piece: f64, run_for: Duration) {
     for i in 0..last.saturating_sub(2) {
         assert!(done.contains_key(&i), "piece {i} was never encoded: {chunks:#?}");
     }
+    let mut spanned = 0;
     for (i, r) in &done {
         let (start, end) = (r["start"].as_f64().unwrap(), r["end"].as_f64().unwrap());
-        assert!(end > start && end - start <= piece + 0.041, "piece {i}: {start}..{end}");
+        // The piece before a forward jump of the clock ends where the frames
+        // go on.
+        let long = jump > 0.0 && end - start > piece + 0.041 && end - start <= piece + jump + 0.041;
+        spanned += usize::from(long);
+        assert!(end > start && (end - start <= piece + 0.041 || long && spanned == 1), "piece {i}: {start}..{end}");
         if let Some(next) = done.get(&(i + 1)) {
             assert!((next["start"].as_f64().unwrap() - end).abs() < 1e-6, "pieces {i} and {} do not meet", i + 1);
         }
@@ -786,4 +796,47 @@ fn live_tv_clock_wrapping_within_a_minute_of_the_start_runs_whole() {
     let log = std::fs::read_to_string(c.dir.path().join("shim.log")).unwrap();
     assert!(log.contains("not split (nosplit.shape: a live stream whose timestamps start below 0"), "{log}");
     c.wait_no_remote_ffmpeg(Duration::from_secs(5));
+}
+
+/// A split job over a stream whose clock jumps `by` seconds forward, against
+/// the direct run: it stops cleanly with `q`, every segment decodes, and its
+/// segments are the direct run's up to the one that spans the jump and on the
+/// same timeline after it. ffmpeg's constant-rate output repeats the picture
+/// before the jump until the frames after it (3 s segments throughout); the
+/// pieces leave the jump's time without pictures, so that segment lasts the
+/// jump longer, and the next few end at each piece's keyframe until the
+/// playlist's time catches up with the grid.
+fn check_carries_on(cluster: &HlsRun, direct: &HlsRun, by: f64) {
+    assert!(cluster.exited_after_q && cluster.code == Some(0), "cluster: stopped {cluster:?}");
+    assert!(cluster.playlist.trim_end().ends_with("#EXT-X-ENDLIST"), "{}", cluster.playlist);
+    assert!(cluster.frames.iter().all(|&f| f > 0), "every segment decodes: {:?}", cluster.frames);
+    let k = cluster.durations.iter().position(|d| *d > SEG + 0.05).expect("a segment spans the jump");
+    assert!((cluster.durations[k] - SEG - by).abs() < 1.05, "segment {k} spans the jump: {:?}", cluster.durations);
+    assert_eq!(cluster.durations[..k], direct.durations[..k], "the segments before the jump");
+    assert_eq!(cluster.first_pts[..=k], direct.first_pts[..=k], "the segments before the jump");
+    // After it every segment starts on the piece grid (1 s), and the full ones
+    // where the direct run's start.
+    let first = cluster.first_pts[0].unwrap();
+    for (i, p) in cluster.first_pts.iter().enumerate().skip(k + 1) {
+        let p = p.unwrap();
+        assert_eq!((p - first) % 90_000, 0, "segment {i} starts off the grid: {:?}", cluster.first_pts);
+        if (cluster.durations[i] - SEG).abs() < 0.05 {
+            assert!(
+                direct.first_pts.contains(&Some(p)),
+                "segment {i} is not the direct run's: {:?}",
+                cluster.first_pts
+            );
+        }
+    }
+    let (d, c): (f64, f64) = (direct.durations.iter().sum(), cluster.durations.iter().sum());
+    assert!((d - c).abs() <= 2.0 * SEG, "direct {d} s of segments, cluster {c} s");
+}
+
+/// A stream whose clock jumps forward (a channel's stream restarting its
+/// clock ahead) 6 s in: the split job carries on, as ffmpeg does.
+#[test]
+fn live_tv_split_across_a_forward_jump() {
+    let opts = LiveOpts { jump: Some((6.0, 10.0)), ..LiveOpts::default() };
+    let (direct, cluster) = live_tv_hls(opts, false, Mode::Split { piece: 1.0 });
+    eprintln!("forward jump: direct {:?}\ncluster {:?}", direct.durations, cluster.durations);
 }

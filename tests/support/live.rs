@@ -41,6 +41,9 @@ pub struct LiveOpts {
     /// Seconds of the stream there at once, before the rest follows in real
     /// time (what a tuner's buffer file holds when a client joins).
     pub backlog: Option<f64>,
+    /// `(at, by)`: `at` seconds in, the clock jumps `by` seconds forward (a
+    /// channel's stream restarting its clock).
+    pub jump: Option<(f64, f64)>,
 }
 
 impl Default for LiveOpts {
@@ -55,6 +58,7 @@ impl Default for LiveOpts {
             audio_channels: 2,
             ts_offset: None,
             backlog: None,
+            jump: None,
         }
     }
 }
@@ -97,14 +101,22 @@ impl LiveSource {
         // backlog's frames all at time 0 (and the rest that much earlier);
         // the timestamps are then made whole again from the frame and sample
         // counts.
-        let (pace, video, audio) = match opts.backlog {
-            None => (Some("-re"), String::new(), String::new()),
-            Some(b) => (
-                None,
-                format!(",setpts='if(lt(T,{b}),0,T-{b})/TB',realtime,setpts=N/({}*TB)", opts.fps),
-                format!(",asetpts='if(lt(T,{b}),0,T-{b})/TB',arealtime,asetpts=N/SR/TB"),
-            ),
+        let (pace, mut video, mut audio) = match (opts.backlog, opts.jump) {
+            (None, None) => (Some("-re"), String::new(), String::new()),
+            (b, _) => {
+                let b = b.unwrap_or(0.0);
+                (
+                    None,
+                    format!(",setpts='if(lt(T,{b}),0,T-{b})/TB',realtime,setpts=N/({}*TB)", opts.fps),
+                    format!(",asetpts='if(lt(T,{b}),0,T-{b})/TB',arealtime,asetpts=N/SR/TB"),
+                )
+            }
         };
+        // After the pacing, which would otherwise wait the jump out.
+        if let Some((at, by)) = opts.jump {
+            video.push_str(&format!(",setpts='PTS+if(gte(T,{at}),{by},0)/TB'"));
+            audio.push_str(&format!(",asetpts='PTS+if(gte(T,{at}),{by},0)/TB'"));
+        }
         let graph = format!(
             "testsrc2=size={}:rate={}{video}[out0];sine=frequency=440:sample_rate=48000{audio}[out1]",
             opts.size, opts.fps
