@@ -135,7 +135,7 @@ fn hls(src: &Source, fmp4: bool, event: bool, seek: Option<bool>) -> Vec<String>
         "-codec:v:0",
         "libx264",
         "-preset",
-        "ultrafast",
+        "veryfast",
         "-crf",
         "23",
         "-maxrate",

@@ -1328,6 +1328,8 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     // the video. Both the joined input and the segments count in 90 kHz ticks,
     // so the filter sees them in those whichever ffmpeg muxes with; other
     // muxers time the video more coarsely, where the two durations agree.
+    // ffmpeg 5.1's setts sets PTS and DTS both to its `ts` (DTS) unless told:
+    // B-frames would lose their order.
     let hls_ts = matches!(shape, OutputShape::Hls { segment_type: crate::ffmpeg::decision::SegmentType::Mpegts, .. });
     let bsf_on_video = fin_out.opts.iter().any(|o| {
         matches!(o.name(), "bsf" | "vbsf") && o.spec().is_none_or(|s| spec_covers(s, vidx, &outs) != Some(false))
@@ -1336,12 +1338,19 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     if let Some(ticks) =
         vstream.base_rate.as_deref().and_then(|r| frame_ticks(encoder, r)).filter(|_| hls_ts && !bsf_on_video)
     {
-        fin_out.push(Opt::new("bsf:v:0", Some(format!("setts=duration={ticks}"))));
+        fin_out.push(Opt::new("bsf:v:0", Some(format!("setts=pts=PTS:dts=DTS:duration={ticks}"))));
     }
     let offset = placement.video_offset.filter(|x| x.abs() > 1e-9).map(secs);
     let joined: Vec<&str> = offset.as_deref().map(|x| vec!["-itsoffset", x]).unwrap_or_default();
 
     let audio = audio_offload(cl, shape, &outs, &probe.streams, &fin_out);
+    if audio.is_none() && noaccurate && seek_t.is_some() && outs.iter().any(|o| o.kind == StreamKind::Audio) {
+        // The finisher reads the audio from an input whose video it does not
+        // use, so a seek without accurate_seek would start it elsewhere than
+        // the direct run's (see [`ChunkRecipe::audio_args`]); only a node's
+        // encode can read it as the direct run does.
+        return Err(NotSplit::Timeline("-noaccurate_seek with audio only the finisher can encode".into()));
+    }
     let explicit_maps = maps.is_empty();
     let finisher = finisher_args(cl, &fin_out, &input.url.raw, explicit_maps.then_some(&outs), vidx, None, &joined)?;
     let (audio, finisher_audio_copy) = match audio {

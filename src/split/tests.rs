@@ -225,6 +225,12 @@ fn jellyfins_audio_goes_to_a_node_and_the_finisher_only_copies() {
     let restart = plan_of(&jellyfin(&["-noaccurate_seek", "-ss", "9"], "3"), &p).unwrap();
     let a = restart.plan.recipe.audio_args(restart.plan.audio.as_ref().unwrap()).join(" ");
     assert!(a.ends_with("-flush_packets 1 pipe:1 -map 0:0 -c copy -f null -"), "{a}");
+    // Audio only the finisher can encode would start elsewhere: not split.
+    let opus: Vec<String> = jellyfin(&["-noaccurate_seek", "-ss", "9"], "3")
+        .into_iter()
+        .map(|a| if a == "aac" { "libopus".to_owned() } else { a })
+        .collect();
+    assert!(matches!(plan_of(&opus, &p), Err(NotSplit::Timeline(_))));
 
     let f = s.finisher_audio_copy.as_ref().unwrap();
     let joined = f.join(" ");
@@ -543,9 +549,14 @@ fn copied_packets_last_as_long_as_the_direct_encoders() {
     assert_eq!(frame_ticks("libx264", "0/0"), None);
 
     let s = plan_of(&jellyfin(&[], "3"), &probe()).unwrap();
-    assert_eq!(pos(&s.finisher, "-bsf:v:0").as_deref(), Some("setts=duration=3754"), "{:?}", s.finisher);
+    assert_eq!(
+        pos(&s.finisher, "-bsf:v:0").as_deref(),
+        Some("setts=pts=PTS:dts=DTS:duration=3754"),
+        "{:?}",
+        s.finisher
+    );
     let fin = s.finisher_audio_copy.unwrap();
-    assert_eq!(pos(&fin, "-bsf:v:0").as_deref(), Some("setts=duration=3754"), "{fin:?}");
+    assert_eq!(pos(&fin, "-bsf:v:0").as_deref(), Some("setts=pts=PTS:dts=DTS:duration=3754"), "{fin:?}");
     // Never on the chunks: they are MPEG-TS, which keeps no durations.
     let chunk = Chunk { index: 1, start: 3.005, end: 9.005, first_segment: 1 };
     assert!(!s.plan.recipe.args(&chunk, false, false).iter().any(|a| a.contains("setts")));
