@@ -284,7 +284,11 @@ impl SplitJob {
         // A lone node would share its CPU between the audio and the chunk the
         // first segment waits for; the shim's machine then encodes the audio
         // (a few percent of a core). With more nodes another one takes it.
-        let audio = (plan.audio.is_some() && nodes > 1).then(AudioTrack::default);
+        // A seek without accurate_seek starts the audio where the direct run
+        // does only when a node encodes it (the planner refuses the job
+        // otherwise), even a lone node.
+        let restart = plan.recipe.noaccurate_first && plan.recipe.first_seek.is_some();
+        let audio = (plan.audio.is_some() && (nodes > 1 || restart)).then(AudioTrack::default);
         let live = plan.live.as_ref().map(|_| LiveFeed::default());
         Ok(SplitJob {
             live,
