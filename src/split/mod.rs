@@ -1405,16 +1405,7 @@ fn preroll(probe: &Probe) -> f64 {
 /// against 3754 at 24000/1001, 1501 against 1502 at 60000/1001. The HLS
 /// muxer adds up packet durations for the last segment's `#EXTINF`.
 fn frame_ticks(encoder: &str, rate: &str) -> Option<u64> {
-    let (n, d) = rate.split_once('/').unwrap_or((rate, "1"));
-    let (n, d): (u64, u64) = (n.parse().ok()?, d.parse().ok()?);
-    if n == 0 || d == 0 {
-        return None;
-    }
-    let (mut a, mut b) = (n, d);
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    let (n, d) = (n / a, d / a);
+    let (n, d) = reduced_rate(rate)?;
     const MPEG12: [(u64, u64); 8] =
         [(24000, 1001), (24, 1), (25, 1), (30000, 1001), (30, 1), (50, 1), (60000, 1001), (60, 1)];
     let kept = match encoder {
@@ -1425,9 +1416,8 @@ fn frame_ticks(encoder: &str, rate: &str) -> Option<u64> {
     kept.then(|| (90_000 * d + n / 2) / n)
 }
 
-/// The mp4 muxer's timescale for a video encoded at `rate` (`num/den`): the
-/// denominator of the encoder's time base, doubled until it reaches 10000.
-fn track_timescale(rate: &str) -> Option<u64> {
+/// A rate as ffprobe writes it (`24000/1001`, `25`) in lowest terms.
+fn reduced_rate(rate: &str) -> Option<(u64, u64)> {
     let (n, d) = rate.split_once('/').unwrap_or((rate, "1"));
     let (n, d): (u64, u64) = (n.parse().ok()?, d.parse().ok()?);
     if n == 0 || d == 0 {
@@ -1437,7 +1427,13 @@ fn track_timescale(rate: &str) -> Option<u64> {
     while b != 0 {
         (a, b) = (b, a % b);
     }
-    let mut scale = n / a;
+    Some((n / a, d / a))
+}
+
+/// The mp4 muxer's timescale for a video encoded at `rate` (`num/den`): the
+/// denominator of the encoder's time base, doubled until it reaches 10000.
+fn track_timescale(rate: &str) -> Option<u64> {
+    let (mut scale, _) = reduced_rate(rate)?;
     while scale < 10000 {
         scale *= 2;
     }
