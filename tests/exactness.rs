@@ -110,91 +110,28 @@ fn input(src: &Source) -> String {
 /// Jellyfin adds it, and a seek restart as Jellyfin issues it: `-ss` (and
 /// `-noaccurate_seek`) before the input, `-start_number` at the segment.
 fn hls(src: &Source, fmp4: bool, event: bool, seek: Option<bool>) -> Vec<String> {
-    let mut a = Vec::new();
+    // Jellyfin 10.11's template, as the other system tests run it, in the
+    // case's own directory.
+    let mut a = jellyfin_hls(Path::new(&input(src)), Path::new("."), MD5, fmp4, 3);
+    let edit = |a: &mut Vec<String>, key: &str, value: String| {
+        let at = a.iter().position(|x| x == key).unwrap_or_else(|| panic!("no {key} in {a:?}"));
+        a[at + 1] = value;
+    };
+    if src.interlaced {
+        let vf = a[a.iter().position(|x| x == "-vf").unwrap() + 1].replacen(",scale=", ",yadif=0:-1:0,scale=", 1);
+        edit(&mut a, "-vf", vf);
+    }
+    if event {
+        edit(&mut a, "-hls_playlist_type", "event".into());
+    }
     if let Some(accurate) = seek {
-        a.extend(strings(&["-ss", "00:00:03.000"]));
+        let mut head = strings(&["-ss", "00:00:03.000"]);
         if !accurate {
-            a.push("-noaccurate_seek".into());
+            head.push("-noaccurate_seek".into());
         }
+        a.splice(0..0, head);
+        edit(&mut a, "-start_number", "1".into());
     }
-    a.extend(strings(&["-analyzeduration", "200M", "-probesize", "1G", "-i"]));
-    a.push(format!("file:{}", input(src)));
-    a.extend(strings(&[
-        "-map_metadata",
-        "-1",
-        "-map_chapters",
-        "-1",
-        "-threads",
-        "0",
-        "-map",
-        "0:0",
-        "-map",
-        "0:1",
-        "-map",
-        "-0:s",
-        "-codec:v:0",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-crf",
-        "23",
-        "-maxrate",
-        "2000000",
-        "-bufsize",
-        "4000000",
-        "-profile:v:0",
-        "high",
-        "-level",
-        "41",
-        "-x264opts:0",
-        "subme=0:me_range=16:rc_lookahead=10:me=hex:open_gop=0",
-        "-force_key_frames:0",
-        "expr:gte(t,n_forced*3)",
-        "-sc_threshold:v:0",
-        "0",
-        "-vf",
-    ]));
-    let deinterlace = if src.interlaced { "yadif=0:-1:0," } else { "" };
-    a.push(format!(
-        "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709,{deinterlace}\
-         scale=trunc(min(max(iw\\,ih*a)\\,min(640\\,360*a))/2)*2:trunc(min(max(iw/a\\,ih)\\,min(640/a\\,360))/2)*2,\
-         format=yuv420p"
-    ));
-    a.extend(strings(&[
-        "-codec:a:0",
-        "aac",
-        "-ac",
-        "2",
-        "-ab",
-        "128000",
-        "-af",
-        "volume=2",
-        "-copyts",
-        "-avoid_negative_ts",
-        "disabled",
-        "-max_muxing_queue_size",
-        "2048",
-        "-f",
-        "hls",
-        "-max_delay",
-        "5000000",
-        "-hls_time",
-        "3",
-        "-hls_segment_type",
-    ]));
-    if fmp4 {
-        a.extend(["fmp4".into(), "-hls_fmp4_init_filename".into(), format!("{MD5}-1.mp4")]);
-    } else {
-        a.push("mpegts".into());
-    }
-    let start = if seek.is_some() { "1" } else { "0" };
-    a.extend(strings(&["-start_number", start, "-hls_segment_filename"]));
-    a.push(format!("{MD5}%d.{}", if fmp4 { "mp4" } else { "ts" }));
-    a.extend(strings(&["-hls_playlist_type", if event { "event" } else { "vod" }, "-hls_list_size", "0"]));
-    if fmp4 {
-        a.extend(strings(&["-hls_segment_options", "movflags=+frag_discont"]));
-    }
-    a.extend(["-y".into(), format!("{MD5}.m3u8")]);
     a
 }
 
