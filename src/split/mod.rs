@@ -212,7 +212,7 @@ impl StreamKind {
 impl Probe {
     /// ffprobe arguments whose JSON answer [`Probe::from_json`] reads: the
     /// format and streams, and the first [`PROBE_PACKETS`] packets with the
-    /// pictures they decode to (a few milliseconds more than the header alone).
+    /// pictures they decode to (on 1080p H.264 about 70 ms of CPU more than the header alone).
     pub fn ffprobe_args(input: &str) -> Vec<String> {
         Probe::ffprobe_args_reading(input, PROBE_PACKETS)
     }
