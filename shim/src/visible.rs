@@ -333,6 +333,9 @@ impl Visibility {
     /// With the finisher dead: what of it showed, if anything (final).
     pub fn settle(&self) -> Option<String> {
         self.stdout.drain(PIPE_END);
+        // Its stderr to the end too: the last line it held is the failure's
+        // detail (found by CI under load: the line before it was logged).
+        wait(&self.stderr_done, PIPE_END);
         self.shown()
     }
 
