@@ -696,7 +696,7 @@ fn analyze(path: &Path) -> Result<Vec<Stream>, String> {
                 props.insert(k.to_string(), t);
             }
         }
-        for k in ["language", "title", "rotate"] {
+        for k in ["language", "title", "rotate", "encoder", "ENCODER"] {
             if let Some(t) = text(&s["tags"][k]) {
                 props.insert(format!("tag:{k}"), t);
             }

@@ -132,6 +132,10 @@ pub struct Probe {
     pub timestamp_step: Option<f64>,
     /// ffprobe's `format_name` (`mpegts`, `matroska,webm`, …).
     pub format_name: Option<String>,
+    /// libavcodec's ident (`Lavc59.37.100`) of the ffprobe that answered,
+    /// the build the finisher is of: the direct run's encoder writes it in
+    /// the video stream's `encoder` tag.
+    pub lavc: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -224,6 +228,7 @@ impl Probe {
             "error",
             "-of",
             "json",
+            "-show_library_versions",
             "-read_intervals",
             &format!("%+#{packets}"),
             "-show_entries",
@@ -280,6 +285,15 @@ impl Probe {
             packets: Vec<Entry>,
             #[serde(default)]
             frames: Vec<Entry>,
+            #[serde(default)]
+            library_versions: Vec<Library>,
+        }
+        #[derive(Deserialize)]
+        struct Library {
+            name: String,
+            major: u32,
+            minor: u32,
+            micro: u32,
         }
         #[derive(Deserialize)]
         struct Entry {
@@ -328,6 +342,11 @@ impl Probe {
         let doc: Doc = serde_json::from_str(text).map_err(|e| NotSplit::Probe(e.to_string()))?;
         let num = |s: &Option<String>| s.as_deref().and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
         let format = doc.format.ok_or_else(|| NotSplit::Probe("no format section".into()))?;
+        let lavc = doc
+            .library_versions
+            .iter()
+            .find(|l| l.name == "libavcodec")
+            .map(|l| format!("Lavc{}.{}.{}", l.major, l.minor, l.micro));
         let start = num(&format.start_time).unwrap_or(0.0);
         // Packets and frames, in the order ffprobe read and decoded them
         // (`packets_and_frames` when both are shown).
@@ -431,6 +450,7 @@ impl Probe {
             keyframe_before_seek: None,
             timestamp_step: ms.then_some(0.001),
             format_name: format.format_name,
+            lavc,
         })
     }
 }
@@ -1311,7 +1331,8 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         }
         fin_out.push(Opt::new("disposition:v:0", Some(vstream.disposition.join("+"))));
     }
-    for (key, value) in stream_tags(cl, output, vstream)? {
+    let encoder = recipe.video_opts.windows(2).rfind(|w| w[0] == "-codec:v:0").map_or("", |w| w[1].as_str());
+    for (key, value) in stream_tags(cl, output, vstream, encoder, probe.lavc.as_deref())? {
         fin_out.push(Opt::new("metadata:s:v:0", Some(format!("{key}={value}"))));
     }
     if let (OutputShape::Progressive { format } | OutputShape::Stream { format }, Some(scale)) =
@@ -1454,24 +1475,44 @@ fn chunk_codec(video_opts: &[String]) -> Result<(), NotSplit> {
     }
 }
 
-/// The video stream's tags as the direct run copies them to its output
-/// stream (all but `encoder`, which the encoder sets): none after
-/// `-map_metadata -1`.
+/// The video stream's tags as the direct run writes them: the input stream's
+/// (none after `-map_metadata -1`) but its `encoder`, which ffmpeg drops for
+/// an encoded stream, and the encoder's own (`Lavc59.37.100 libx264`, or
+/// `Lavc libx264` in bitexact mode; found by the exactness corpus on a WebM
+/// whose tag named libvpx-vp9). A copy would have neither.
 fn stream_tags(
     cl: &CommandLine,
     output: &crate::ffmpeg::cmdline::Output,
     vstream: &ProbeStream,
+    encoder: &str,
+    lavc: Option<&str>,
 ) -> Result<Vec<(String, String)>, NotSplit> {
-    let tags: Vec<(String, String)> =
-        vstream.tags.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("encoder")).cloned().collect();
     let map_metadata: Vec<&Opt> =
         output.opts_named("map_metadata").chain(cl.globals.iter().filter(|o| o.name() == "map_metadata")).collect();
-    if map_metadata.iter().any(|o| o.value.as_deref().is_some_and(|v| v.starts_with("-1"))) || tags.is_empty() {
-        return Ok(Vec::new());
-    }
+    let copied = !map_metadata.iter().any(|o| o.value.as_deref().is_some_and(|v| v.starts_with("-1")));
+    let mut tags: Vec<(String, String)> = match copied {
+        true => vstream.tags.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("encoder")).cloned().collect(),
+        false => Vec::new(),
+    };
     let per_stream = |o: &&Opt| o.spec().is_some_and(|s| s.starts_with('s'));
     if map_metadata.iter().any(per_stream) || output.opts_named("metadata").any(|o| per_stream(&o)) {
-        return Err(NotSplit::Option("per-stream metadata options on a video whose tags the output copies".into()));
+        // Those would set tags before the encoder's, which the finisher's
+        // copy could not order the same way.
+        return Err(NotSplit::Option("per-stream metadata options on the video".into()));
+    }
+    let name = match encoder {
+        "h264" => "libx264",
+        "hevc" => "libx265",
+        e => e,
+    };
+    let bitexact = cl.globals.iter().chain(&output.opts).any(|o| {
+        o.name() == "bitexact"
+            || (matches!(o.name(), "fflags" | "flags") && o.value.as_deref().is_some_and(|v| v.contains("+bitexact")))
+    });
+    match (bitexact, lavc) {
+        (true, _) => tags.push(("encoder".into(), format!("Lavc {name}"))),
+        (false, Some(lavc)) => tags.push(("encoder".into(), format!("{lavc} {name}"))),
+        (false, None) => {}
     }
     Ok(tags)
 }

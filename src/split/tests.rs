@@ -578,3 +578,23 @@ fn copied_packets_last_as_long_as_the_direct_encoders() {
     let mp4: Vec<String> = "-i in.mkv -c:v libx264 -c:a aac -copyts out.mp4".split(' ').map(str::to_owned).collect();
     assert!(!plan_of(&mp4, &probe()).unwrap().finisher.iter().any(|a| a.contains("setts")));
 }
+
+#[test]
+fn the_video_gets_the_encoder_tag_the_direct_run_writes() {
+    let mut p = probe();
+    p.lavc = Some("Lavc59.37.100".into());
+    let args = |extra: &str| -> Vec<String> {
+        format!("-i in.mkv {extra} -c:v libx264 -c:a aac -copyts out.mkv")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let fin = |a: &[String], p: &Probe| plan_of(a, p).unwrap().finisher.join(" ");
+    assert!(fin(&args(""), &p).contains("-metadata:s:v:0 encoder=Lavc59.37.100 libx264"));
+    assert!(fin(&args("-map_metadata -1"), &p).contains("-metadata:s:v:0 encoder=Lavc59.37.100 libx264"));
+    assert!(fin(&args("-fflags +bitexact"), &p).contains("-metadata:s:v:0 encoder=Lavc libx264"));
+    // The input stream's encoder tag is dropped for an encoded stream.
+    p.streams[0].tags = vec![("ENCODER".into(), "Lavc59.37.100 libvpx-vp9".into())];
+    let f = fin(&args(""), &p);
+    assert!(f.contains("-metadata:s:v:0 encoder=Lavc59.37.100 libx264") && !f.contains("libvpx"), "{f}");
+}
