@@ -1201,7 +1201,8 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     if !codec_seen {
         return Err(NotSplit::Streams("no video encoder is named".into()));
     }
-    chunk_codec(&video_opts)?;
+    let encoder = video_encoder(&video_opts).to_owned();
+    chunk_codec(&encoder)?;
     if let Some(k) = keyframes_verbatim {
         video_opts.extend(["-force_key_frames:v:0".to_owned(), k]);
     }
@@ -1246,28 +1247,15 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         // direct run's decoding really starts is not modelled.
         return Err(NotSplit::Timeline("-noaccurate_seek on an input without a keyframe index".into()));
     }
-    let vstart = picture.time;
     let first_frame = match (seek_t, noaccurate) {
-        (None, _) => vstart,
         (Some(_), true) => probe
             .keyframe_before_seek
             .ok_or_else(|| NotSplit::Streams("where -noaccurate_seek starts is unknown".into()))?,
-        (Some(ss), false) if ss > vstart => {
-            let mut k = ((ss - vstart) / fd - 1e-6).ceil();
-            // The seek compares stored timestamps: a frame a fraction of a
-            // millisecond before -ss, stored rounded, is at -ss and kept
-            // (found by `bench soak`: -ss 78 on 24000/1001 Matroska).
-            let stored = |t: f64| probe.timestamp_step.map_or(t, |step| (t / step).round() * step);
-            if k >= 1.0 && stored(vstart + (k - 1.0) * fd) >= ss - 1e-9 {
-                k -= 1.0;
-            }
-            vstart + k * fd
-        }
-        (Some(_), false) => vstart,
+        _ => timeline::first_frame(picture.time, fd, &model, probe.timestamp_step),
     };
-    let placement = timeline::place(vstream, &model, first_frame)?;
-    let field_order = timeline::field_order(&placement.first_picture, filter.as_deref());
-    let color_range = timeline::color_range(&placement.first_picture, filter.as_deref());
+    let video_offset = timeline::place(fd, &model, first_frame)?;
+    let field_order = timeline::field_order(&picture, filter.as_deref());
+    let color_range = timeline::color_range(&picture, filter.as_deref());
     let fd = Some(fd);
     let (period, start_number) = match shape {
         OutputShape::Hls { start_number, .. } => {
@@ -1331,8 +1319,7 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
         }
         fin_out.push(Opt::new("disposition:v:0", Some(vstream.disposition.join("+"))));
     }
-    let encoder = recipe.video_opts.windows(2).rfind(|w| w[0] == "-codec:v:0").map_or("", |w| w[1].as_str());
-    for (key, value) in stream_tags(cl, output, vstream, encoder, probe.lavc.as_deref())? {
+    for (key, value) in stream_tags(cl, output, vstream, &encoder, probe.lavc.as_deref())? {
         fin_out.push(Opt::new("metadata:s:v:0", Some(format!("{key}={value}"))));
     }
     if let (OutputShape::Progressive { format } | OutputShape::Stream { format }, Some(scale)) =
@@ -1355,13 +1342,12 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
     let bsf_on_video = fin_out.opts.iter().any(|o| {
         matches!(o.name(), "bsf" | "vbsf") && o.spec().is_none_or(|s| spec_covers(s, vidx, &outs) != Some(false))
     });
-    let encoder = recipe.video_opts.windows(2).rfind(|w| w[0] == "-codec:v:0").map_or("", |w| w[1].as_str());
     if let Some(ticks) =
-        vstream.base_rate.as_deref().and_then(|r| frame_ticks(encoder, r)).filter(|_| hls_ts && !bsf_on_video)
+        vstream.base_rate.as_deref().and_then(|r| frame_ticks(&encoder, r)).filter(|_| hls_ts && !bsf_on_video)
     {
         fin_out.push(Opt::new("bsf:v:0", Some(format!("setts=pts=PTS:dts=DTS:duration={ticks}"))));
     }
-    let offset = placement.video_offset.filter(|x| x.abs() > 1e-9).map(secs);
+    let offset = video_offset.filter(|x| x.abs() > 1e-9).map(secs);
     let joined: Vec<&str> = offset.as_deref().map(|x| vec!["-itsoffset", x]).unwrap_or_default();
 
     let audio = audio_offload(cl, shape, &outs, &probe.streams, &fin_out);
@@ -1461,10 +1447,14 @@ fn track_timescale(rate: &str) -> Option<u64> {
     Some(scale)
 }
 
+/// The video encoder the job names (the chunk's `-codec:v:0`).
+fn video_encoder(video_opts: &[String]) -> &str {
+    video_opts.windows(2).rfind(|w| w[0] == "-codec:v:0").map_or("", |w| w[1].as_str())
+}
+
 /// Encoders whose streams the chunks' MPEG-TS carries unchanged; other codecs
 /// would need another chunk container, so their jobs are not split.
-fn chunk_codec(video_opts: &[String]) -> Result<(), NotSplit> {
-    let encoder = video_opts.windows(2).rfind(|w| w[0] == "-codec:v:0").map_or("", |w| w[1].as_str());
+fn chunk_codec(encoder: &str) -> Result<(), NotSplit> {
     let carried = ["libx264", "libx264rgb", "libopenh264", "libx265", "mpeg2video", "mpeg1video", "mpeg4", "libxvid"]
         .contains(&encoder)
         || ["h264_", "hevc_", "mpeg2_"].iter().any(|p| encoder.starts_with(p));
