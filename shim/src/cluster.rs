@@ -340,7 +340,10 @@ enum Step {
 /// ([`ShimMsg::FellBack`]), so that its status, log and metrics say why.
 pub(crate) async fn tell_fallback(tx: &mut futures_util::stream::SplitSink<Ws, Message>, why: &Why) {
     let msg = text(&ShimMsg::FellBack { reason: why.clone() });
-    let _ = tokio::time::timeout(Duration::from_millis(200), tx.send(msg)).await;
+    // The bound only matters for a controller that stopped reading; 200 ms
+    // was too short on a loaded machine (a CI run lost the message, and the
+    // job's status had no fallback).
+    let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(msg)).await;
 }
 
 /// The fallback for `cause` after the controller accepted the job: told to
