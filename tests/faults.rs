@@ -241,11 +241,14 @@ fn a_frozen_node_is_expired_and_its_ffmpeg_killed_on_resume() {
     );
 }
 
-/// SIGKILL of the controller mid job (split, or whole on one node), and a new controller on the same
-/// port later: the shim resumes the job from its newest segment (deleted, then
-/// made again, as Jellyfin's own seek restart does) in a new run of itself,
-/// which finds no controller and runs locally. The job completes with exit 0,
-/// every segment decodes to the direct run's frames, none is missing, and no
+/// SIGKILL of the controller mid split job, and a new controller on the same
+/// port later. The finisher, the real ffmpeg writing the job's files, keeps
+/// running: the shim drops what the nodes were running and encodes what is
+/// left itself, with the nodes' own command lines, the head chunk going on
+/// from the keyframe where the joined stream stopped and the audio track
+/// re-encoded and checked against what the finisher already has. The job ends
+/// as a clean run would: exit 0, no resume, and every file, the playlist,
+/// each segment's timestamps, frames and audio equal to direct ffmpeg's. No
 /// ffmpeg is left. The nodes reconnect to the new controller by themselves
 /// (with backoff), and a new job through the shim then works.
 #[test]
@@ -253,6 +256,11 @@ fn a_controller_restarted_mid_split_job() {
     controller_restarted_mid_job(true);
 }
 
+/// The same for a job running whole on one node, whose output the controller
+/// relays: the shim resumes it from its newest segment (deleted, then made
+/// again, as Jellyfin's own seek restart does) in a new run of itself, which
+/// finds no controller and runs locally. Every segment decodes to the direct
+/// run's frames and none is missing.
 #[test]
 fn a_controller_restarted_mid_whole_job() {
     controller_restarted_mid_job(false);
@@ -290,17 +298,30 @@ fn controller_restarted_mid_job(split_it: bool) {
     let gone = wait_no_ffmpeg(&c, Duration::from_secs(5));
 
     assert!(status.success(), "the job did not complete: {status:?}\n{err}\n{}", c.log("shim.log"));
-    let resumed_at = err
-        .split("resuming at segment ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or_else(|| panic!("no resume reported: {err}"));
-    assert_segments_match_direct(direct, split);
-    // The resumed run's playlist starts where it did, as after a seek restart.
-    let text = std::fs::read_to_string(playlist(split)).unwrap();
-    assert!(text.contains(&format!("#EXT-X-MEDIA-SEQUENCE:{resumed_at}")) && text.contains("#EXT-X-ENDLIST"), "{text}");
+    let how = if split_it {
+        assert!(!err.contains("ffcluster:") && !err.contains("resuming"), "{err}");
+        let shim_log = c.log("shim.log");
+        let line = shim_log.lines().find(|l| l.contains("finishing it here")).unwrap_or_else(|| panic!("{shim_log}"));
+        let scratch = c.work.join("compare");
+        std::fs::create_dir_all(&scratch).unwrap();
+        let compared = support::compare::outputs(direct, split, &scratch, &format!("{MD5}.m3u8"));
+        assert!(compared.diffs.is_empty(), "differs from direct: {:#?}", compared.diffs);
+        format!("finished by the shim, equal to direct ({})", line.split("split: ").nth(1).unwrap_or(line))
+    } else {
+        let resumed_at = err
+            .split("resuming at segment ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no resume reported: {err}"));
+        assert_segments_match_direct(direct, split);
+        // The resumed run's playlist starts where it did, as after a seek restart.
+        let text = std::fs::read_to_string(playlist(split)).unwrap();
+        let resumed = format!("#EXT-X-MEDIA-SEQUENCE:{resumed_at}");
+        assert!(text.contains(&resumed) && text.contains("#EXT-X-ENDLIST"), "{text}");
+        format!("resumed at segment {resumed_at}")
+    };
     eprintln!(
-        "controller killed: shim resumed at segment {resumed_at} and ended {shim_ended:?} later with {status:?}; \
+        "controller killed: {how}; shim ended {shim_ended:?} later with {status:?}; \
          nodes back {reconnected:?} after the new controller; nothing running {gone:?} after"
     );
 

@@ -14,10 +14,12 @@
 //!
 //! The shim writes nothing of its own to stdout, ever.
 
+mod child;
 mod cluster;
 mod cluster_probe;
 mod config;
 mod local;
+mod local_chunks;
 mod log;
 mod offer;
 mod origin;

@@ -20,6 +20,7 @@
 //! (`crate::resume`) or ends with an error; its outputs stay as incomplete as
 //! an interrupted ffmpeg leaves them (no playlist end, no trailer).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -31,7 +32,8 @@ use ffcluster::ffmpeg::CommandLine;
 use ffcluster::ffmpeg::decision::Verdict;
 use ffcluster::protocol::{AUDIO_CHUNK, Frame, FrameKind, JobId, JobRequest, ToShim, Why};
 use ffcluster::split::assemble::Assembler;
-use ffcluster::split::{FINISHER_AUDIO_FD, FINISHER_LIVE_FD, FINISHER_VIDEO_FD, Probe, Split};
+use ffcluster::split::takeover::{self, Announced};
+use ffcluster::split::{FINISHER_AUDIO_FD, FINISHER_LIVE_FD, FINISHER_VIDEO_FD, Probe, Split, SplitPlan};
 use ffcluster::tls::Trust;
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::{Signal, kill};
@@ -42,6 +44,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::{self, Outcome, Ws, fallback};
 use crate::config::Config;
+use crate::local_chunks::{Event as LocalEvent, LocalEncodes};
 use crate::log::Log;
 use crate::offer::Offers;
 use crate::origin::Origin;
@@ -352,7 +355,21 @@ impl Session<'_> {
         if let (Some(origin), Some(fd)) = (&self.live, stream) {
             tokio::spawn(copy_stream(origin.clone(), feeder(fd)));
         }
-        let end = run.pump(&mut tx, &mut rx, &self.offers, self.log, &shown).await;
+        let mut end = run.pump(&mut tx, &mut rx, &self.offers, self.log, &shown).await;
+        if let End::Lost(cause) = &end
+            && self.may_take_over(cause, &run, &shown)
+        {
+            match run.take_over(&self.split.plan, &self.ffmpeg, &self.cwd) {
+                Ok(n) => {
+                    self.log.line(format_args!(
+                        "split: job {job} lost on the cluster ({}: {}); finishing it here: {n} encode(s) left",
+                        cause.code, cause.detail
+                    ));
+                    end = run.pump(&mut tx, &mut rx, &self.offers, self.log, &shown).await;
+                }
+                Err(e) => self.log.line(format_args!("split: job {job}: cannot finish it here: {e}")),
+            }
+        }
         let (status, cause) = match end {
             End::Finished(status) => (Some(status), None),
             End::Lost(cause) => {
@@ -427,6 +444,18 @@ impl Session<'_> {
             cpu(nix::sys::resource::UsageWho::RUSAGE_CHILDREN),
         ));
         Attempt::Done(lost.unwrap_or(Outcome::Exit(code)))
+    }
+
+    /// Whether a job the cluster lost is finished here rather than resumed: its
+    /// output is visible (before that, falling back is as exact and simpler),
+    /// nobody asked it to stop, the cluster itself failed (not the joining of
+    /// what it sent), and it is not live (the controller cuts a live stream).
+    fn may_take_over(&self, cause: &Why, run: &Running, shown: &Visibility) -> bool {
+        let visible = run.timeline.visible.is_some() || shown.poll().is_some();
+        visible
+            && !run.stopping
+            && self.live.is_none()
+            && matches!(cause.code.as_str(), "controller_gone" | "job_failed")
     }
 
     /// The accepted job `job` failed with nothing of it visible, for `cause`:
@@ -518,13 +547,13 @@ fn spawn_finisher(
         .chain(audio_high.as_ref().map(|fd| (fd.as_raw_fd(), FINISHER_AUDIO_FD)))
         .chain(stream_high.as_ref().map(|fd| (fd.as_raw_fd(), FINISHER_LIVE_FD)))
         .collect();
-    let shim = nix::unistd::getpid();
+    let mut dies_with_shim = crate::child::dies_with_shim();
     let mut cmd = Command::new(ffmpeg);
     // stderr is held back until the job is visible (`crate::visible`).
     cmd.arg0("ffmpeg").args(args).stdin(Stdio::piped()).stdout(stdout).stderr(Stdio::piped());
     // SAFETY: the closure runs between fork and exec and makes only
-    // async-signal-safe system calls (dup2, prctl, getppid); `moves` was
-    // allocated before the fork.
+    // async-signal-safe system calls (dup2, and those of `dies_with_shim`);
+    // `moves` was allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             // dup2 leaves the new descriptor without close-on-exec.
@@ -533,12 +562,7 @@ fn spawn_finisher(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            // Jellyfin kills only the shim's PID: the finisher must not outlive it.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if nix::unistd::getppid() != shim {
-                return Err(nix::errno::Errno::ESRCH.into());
-            }
-            Ok(())
+            dies_with_shim()
         });
     }
     let child = cmd.spawn()?;
@@ -729,6 +753,12 @@ struct Running {
     timeline: Timeline,
     /// Answers to reads of a live stream, which wait for the origin.
     stream_answers: (mpsc::UnboundedSender<cluster::Reply>, mpsc::UnboundedReceiver<cluster::Reply>),
+    /// The video chunks the controller started, by chunk.
+    announced: BTreeMap<u32, Announced>,
+    /// The connection to the controller is still read.
+    socket_open: bool,
+    /// This machine's encodes, once the job was taken over from a lost cluster.
+    local: Option<LocalEncodes>,
 }
 
 /// Milliseconds since the finisher started at which the job's pieces arrived.
@@ -790,11 +820,60 @@ impl Running {
             bytes_served: 0,
             timeline: Timeline { started: Some(Instant::now()), ..Timeline::default() },
             stream_answers: mpsc::unbounded_channel(),
+            announced: BTreeMap::new(),
+            socket_open: true,
+            local: None,
         }
     }
 
     fn kill(&self) {
         let _ = kill(self.pid, Signal::SIGKILL);
+        if let Some(l) = &self.local {
+            l.kill();
+        }
+    }
+
+    /// Goes on without the cluster: every attempt it ran is dropped and this
+    /// machine encodes what the finisher still needs (`crate::local_chunks`).
+    /// Returns how many encodes that is.
+    fn take_over(&mut self, plan: &SplitPlan, ffmpeg: &Path, cwd: &Path) -> Result<usize, String> {
+        self.socket_open = false;
+        self.assembler.drop_running().map_err(|e| e.to_string())?;
+        let audio_done = self.audio.as_ref().is_none_or(|a| a.done);
+        if let Some(a) = &mut self.audio {
+            a.attempts.clear();
+        }
+        let work = takeover::remaining(plan, &self.announced, |c| self.assembler.has(c), audio_done);
+        for w in &work {
+            match &mut self.audio {
+                Some(a) if w.chunk == AUDIO_CHUNK => a.started(w.attempt),
+                _ => self.assembler.started(w.chunk, w.attempt, w.last),
+            }
+        }
+        let n = work.len();
+        self.local = Some(LocalEncodes::start(ffmpeg, cwd, work));
+        self.flush();
+        Ok(n)
+    }
+
+    fn on_local(&mut self, event: LocalEvent) -> Result<(), Why> {
+        match event {
+            LocalEvent::Data { chunk: AUDIO_CHUNK, attempt, offset, bytes } => match &mut self.audio {
+                Some(a) => a.data(attempt, offset, &bytes).map_err(unjoinable),
+                None => Ok(()),
+            },
+            LocalEvent::Data { chunk, attempt, offset, bytes } => {
+                self.assembler.data(chunk, attempt, offset, &bytes).map_err(unjoinable)
+            }
+            LocalEvent::Done { chunk: AUDIO_CHUNK, attempt, size } => {
+                self.audio.as_mut().map_or(Ok(()), |a| a.finished(attempt, size)).map_err(unjoinable)
+            }
+            LocalEvent::Done { chunk, attempt, size } => self.assembler.done(chunk, attempt, size).map_err(unjoinable),
+            LocalEvent::Failed { chunk, reason } => {
+                let what = if chunk == AUDIO_CHUNK { "the audio track".to_owned() } else { format!("chunk {chunk}") };
+                Err(Why::new("local", format!("{what} failed on this machine too: {reason}")))
+            }
+        }
     }
 
     fn stop_requested(&mut self) {
@@ -814,7 +893,6 @@ impl Running {
         else {
             return End::Lost(Why::new("shim", "cannot install signal handlers"));
         };
-        let mut socket_open = true;
         // Until the job is visible: looks for the finisher's first output,
         // which releases its stderr.
         let mut look = tokio::time::interval(VISIBLE_POLL);
@@ -835,7 +913,13 @@ impl Running {
                         None => End::Lost(Why::new("shim", "lost track of the finisher")),
                     };
                 }
-                msg = rx.next(), if socket_open => {
+                Some(event) = next_local(&mut self.local) => {
+                    if let Err(why) = self.on_local(event) {
+                        return End::Lost(why);
+                    }
+                    self.flush();
+                }
+                msg = rx.next(), if self.socket_open => {
                     let step = match msg {
                         Some(Ok(Message::Binary(b))) => self.on_frame(&b),
                         Some(Ok(Message::Text(t))) => match serde_json::from_str::<ToShim>(&t) {
@@ -843,7 +927,7 @@ impl Running {
                             Err(e) => Err(Why::new("protocol", format!("bad message from controller: {e}"))),
                         },
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                            socket_open = false;
+                            self.socket_open = false;
                             if self.complete() { Ok(()) } else {
                                 Err(Why::new("controller_gone", "the controller closed the connection"))
                             }
@@ -959,7 +1043,8 @@ impl Running {
                 }
                 Ok(())
             }
-            ToShim::ChunkStarted { chunk, attempt, last, .. } => {
+            ToShim::ChunkStarted { chunk, attempt, last, start, end, .. } => {
+                self.announced.insert(chunk, Announced { start, end, last });
                 self.assembler.started(chunk, attempt, last);
                 Ok(())
             }
@@ -991,6 +1076,13 @@ impl Running {
 /// keyframes, two encodes differ): the cause `chunk`.
 fn unjoinable(e: impl std::fmt::Display) -> Why {
     Why::new("chunk", e.to_string())
+}
+
+async fn next_local(local: &mut Option<LocalEncodes>) -> Option<LocalEvent> {
+    match local {
+        Some(l) => l.events.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

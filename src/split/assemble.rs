@@ -203,6 +203,22 @@ impl Assembler {
         self.pump()
     }
 
+    /// Every attempt still running is dropped, as if each had failed: the
+    /// cluster that ran them is gone, and new attempts (the shim's own) take
+    /// over from where the written stream stopped.
+    pub fn drop_running(&mut self) -> Result<(), AssembleError> {
+        for c in self.chunks.values_mut() {
+            c.attempts.retain(|_, a| a.done);
+        }
+        self.pump()
+    }
+
+    /// Whether `chunk` needs no more attempts: it was written, or an attempt
+    /// finished it.
+    pub fn has(&self, chunk: u32) -> bool {
+        chunk < self.head || self.chunks.get(&chunk).is_some_and(|c| c.attempts.values().any(|a| a.done))
+    }
+
     /// Bytes for the finisher, in order; empty when nothing new is ready.
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
@@ -424,6 +440,35 @@ mod tests {
         let out = a.take();
         assert_eq!((out.len(), pts_of(&out)), (c0.len(), pts_of(&c0)));
         assert!(a.complete());
+    }
+
+    #[test]
+    fn running_attempts_dropped_at_once_are_taken_over_by_new_ones() {
+        let mut a = Assembler::new();
+        a.started(0, 1, false);
+        a.started(1, 2, false);
+        a.started(2, 3, true);
+        let (c0, c1, c2) = (chunk(0, 3, 3), chunk(810_000, 2, 3), chunk(1_350_000, 1, 3));
+        // Chunk 0 streamed to its second keyframe, chunk 1 finished ahead of it,
+        // chunk 2 half done: then the cluster is gone.
+        feed(&mut a, 0, 1, &c0[..188 * 5], 188);
+        feed(&mut a, 1, 2, &c1, 188);
+        a.done(1, 2, c1.len() as u64).unwrap();
+        feed(&mut a, 2, 3, &c2[..188 * 2], 188);
+        a.drop_running().unwrap();
+        assert!(!a.has(0) && a.has(1) && !a.has(2));
+        let mut out = a.take();
+        // The shim's own attempts of what is missing.
+        a.started(0, 100, false);
+        feed(&mut a, 0, 100, &c0, 188);
+        a.done(0, 100, c0.len() as u64).unwrap();
+        a.started(2, 101, true);
+        feed(&mut a, 2, 101, &c2, 188);
+        a.done(2, 101, c2.len() as u64).unwrap();
+        out.extend(a.take());
+        assert_eq!(pts_of(&out), [0, 270_000, 540_000, 810_000, 1_080_000, 1_350_000]);
+        assert_eq!(out.len(), c0.len() + c1.len() + c2.len());
+        assert!(a.complete() && a.has(2));
     }
 
     #[test]

@@ -30,6 +30,7 @@
 pub mod assemble;
 pub mod live;
 pub mod mpegts;
+pub mod takeover;
 pub mod timeline;
 
 use serde::{Deserialize, Serialize};

@@ -598,3 +598,35 @@ fn the_video_gets_the_encoder_tag_the_direct_run_writes() {
     let f = fin(&args(""), &p);
     assert!(f.contains("-metadata:s:v:0 encoder=Lavc59.37.100 libx264") && !f.contains("libvpx"), "{f}");
 }
+
+#[test]
+fn a_job_taken_over_from_a_lost_cluster_runs_what_no_attempt_finished_then_the_rest() {
+    use super::takeover::{Announced, FIRST_ATTEMPT, remaining};
+    use crate::protocol::AUDIO_CHUNK;
+    let plan = plan_of(&jellyfin(&[], "3"), &probe()).unwrap().plan;
+    assert!(plan.audio.is_some(), "a node may encode this job's audio");
+    let chunk = |index: usize, start: f64, end: f64| Chunk { index, start, end, first_segment: 0 };
+    let mut announced = std::collections::BTreeMap::new();
+    announced.insert(0, Announced { start: 0.005, end: 3.005, last: false });
+    announced.insert(1, Announced { start: 3.005, end: 6.005, last: false });
+    announced.insert(2, Announced { start: 6.005, end: 12.005, last: false });
+    // Chunks 0 and 2 were had; 1 was running, the rest never started.
+    let work = remaining(&plan, &announced, |c| c == 0 || c == 2, false);
+    let chunks: Vec<(u32, bool)> = work.iter().map(|w| (w.chunk, w.last)).collect();
+    assert_eq!(chunks, [(1, false), (3, true), (AUDIO_CHUNK, false)]);
+    assert_eq!(work[0].args, plan.recipe.args(&chunk(1, 3.005, 6.005), false, false));
+    assert_eq!(work[1].args, plan.recipe.args(&chunk(3, 12.005, 24.0), false, true));
+    assert_eq!(work[2].args, plan.recipe.audio_args(plan.audio.as_ref().unwrap()));
+    let ids: std::collections::BTreeSet<_> = work.iter().map(|w| w.attempt).collect();
+    assert!(ids.len() == work.len() && ids.iter().all(|&i| i >= FIRST_ATTEMPT), "{ids:?}");
+
+    // Nothing announced: the whole timeline, the first chunk with the job's own
+    // seek, in chunks of at most 30 s; the audio track was had.
+    let all = remaining(&plan, &std::collections::BTreeMap::new(), |_| false, true);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].args, plan.recipe.args(&chunk(0, 0.005, 24.0), true, true));
+    // The last chunk announced: nothing is planned after it.
+    announced.insert(3, Announced { start: 12.005, end: 24.0, last: true });
+    let tail = remaining(&plan, &announced, |c| c != 3, true);
+    assert_eq!(tail.iter().map(|w| (w.chunk, w.last)).collect::<Vec<_>>(), [(3, true)]);
+}

@@ -14,6 +14,7 @@ pub fn corpus_path() -> PathBuf {
     if shared.exists() { shared } else { root.join("tests/data/jellyfin-cmdlines.json") }
 }
 pub mod cluster;
+pub mod compare;
 pub mod jellyfin;
 pub mod live;
 pub mod media;
