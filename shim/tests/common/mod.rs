@@ -98,14 +98,21 @@ pub fn run(mut c: Command, stdin: &[u8]) -> Output {
 }
 
 /// ffmpeg prints heap addresses (`[libx264 @ 0x55d0c1a2b3c0]`) and timings that
-/// differ between any two runs; everything else must be equal.
+/// differ between any two runs; everything else must be equal. How many
+/// progress lines a run prints before its last depends on how long it took
+/// (one per half second), so a run of equal ones counts as one.
 pub fn normalise_stderr(s: &[u8]) -> String {
     let text = String::from_utf8_lossy(s);
     let mut out = String::new();
+    let mut last_progress = String::new();
     for line in text.split_inclusive(['\n', '\r']) {
         let line = mask_hex_addresses(line);
         if line.contains("frame=") || line.contains("size=") && line.contains("time=") {
-            out.push_str(&progress_keys(&line));
+            let keys = progress_keys(&line);
+            if !(keys.ends_with('\r') && out.ends_with(&last_progress) && keys == last_progress) {
+                out.push_str(&keys);
+            }
+            last_progress = keys;
         } else {
             out.push_str(&line);
         }
