@@ -120,10 +120,12 @@ pub fn jobs(a: ListArgs) -> anyhow::Result<ExitCode> {
             .map(|j| {
                 let mut row = job_row(j);
                 row.insert(1, j.mode.to_string());
+                row.insert(2, j.priority.to_string());
                 row
             })
             .collect();
-        print!("{}", table(&["JOB", "MODE", "STATE", "NODE", "DURATION", "EXIT", "REASON", "ARGS"], rows));
+        let header = ["JOB", "MODE", "PRIORITY", "STATE", "NODE", "DURATION", "EXIT", "REASON", "ARGS"];
+        print!("{}", table(&header, rows));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@
 //! * [`split`]: whether a job can be split, each chunk's command line, and the
 //!   local finisher that joins the chunks into the job's real outputs (pure).
 //! * [`resume`]: where an HLS job the cluster lost picks up again (pure).
+//! * [`priority`]: how urgently a job wants nodes, from its shape (pure).
 //! * [`hardware`]: hardware families, node argument translations and the
 //!   capability probes nodes answer for the cluster (pure).
 //! * [`config`]: the daemons' layered settings (TOML file, environment, flags).
@@ -33,6 +34,7 @@ pub mod controller;
 pub mod ffmpeg;
 pub mod hardware;
 pub mod plan;
+pub mod priority;
 pub mod protocol;
 pub mod remote;
 pub mod resume;

@@ -374,6 +374,10 @@ pub struct JobRequest {
     /// why it was lost (`resumed.*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed: Option<Why>,
+    /// How urgently the job wants nodes (the shim's `FFCLUSTER_PRIORITY`, else
+    /// its shape); a shim that sends none gets the one its arguments' shape gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::priority::Priority>,
 }
 
 /// A reason with a stable code, beyond the offload reason of [`JobRequest`]:
@@ -602,10 +606,11 @@ mod tests {
             split: None,
             not_split: None,
             resumed: None,
+            priority: None,
         };
         // A request without them reads and writes as before they existed.
         let s = serde_json::to_string(&r).unwrap();
-        assert!(!s.contains("not_split") && !s.contains("resumed"), "{s}");
+        assert!(!s.contains("not_split") && !s.contains("resumed") && !s.contains("priority"), "{s}");
         assert_eq!(serde_json::from_str::<JobRequest>(&s).unwrap(), r);
         r.not_split = Some(Why::new("nosplit.option", "option -t is not supported when splitting"));
         r.resumed = Some(Why::new("resumed.controller_gone", "the controller closed the connection"));

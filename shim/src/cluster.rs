@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use ffcluster::ffmpeg::CommandLine;
 use ffcluster::ffmpeg::decision::Verdict;
+use ffcluster::priority::Priority;
 use ffcluster::protocol::{
     Frame, FrameKind, JobId, JobRequest, JobSignal, OutputEvent, SHIM_PATH, ShimMsg, ToShim, Why, ws_url,
 };
@@ -102,7 +103,7 @@ pub fn run_with(
     for o in offers.offers.iter().filter(|o| o.stream) {
         log.line(format_args!("cluster: {} is read here and relayed to the node", o.reference));
     }
-    let request = job_request(args, &cwd, &offers, verdict, None, not_split);
+    let request = job_request(args, &cwd, &offers, verdict, None, not_split, cfg.priority);
     // ffmpeg reads keys from stdin unless told not to; so does its stand-in.
     let read_stdin = !cl.global_flag("nostdin");
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -422,7 +423,15 @@ pub(crate) fn job_request(
     verdict: &Verdict,
     split: Option<ffcluster::split::SplitPlan>,
     not_split: Option<Why>,
+    priority: Option<Priority>,
 ) -> JobRequest {
+    let priority = priority.unwrap_or_else(|| {
+        let paths: Vec<String> = CommandLine::parse(args)
+            .map(|cl| cl.outputs.iter().map(|o| o.url.raw.clone()).collect())
+            .unwrap_or_default();
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        Priority::of_job(&verdict.outputs, &paths)
+    });
     JobRequest {
         args: args.to_vec(),
         cwd: cwd.to_string_lossy().into_owned(),
@@ -433,6 +442,7 @@ pub(crate) fn job_request(
         not_split,
         // A resumed run says why the run before it was lost.
         resumed: crate::resume::why(),
+        priority: Some(priority),
     }
 }
 

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use ffcluster::config::{Key, Layers};
+use ffcluster::priority::Priority;
 use ffcluster::tls::Trust;
 use serde::Deserialize;
 
@@ -102,7 +103,7 @@ const TOKEN_FILE: Key = key("token_file", "FFCLUSTER_TOKEN_FILE");
 /// Every key of `shim.toml` and its environment variable, in the order of
 /// contrib/config/shim.toml.
 #[cfg(test)]
-pub const KEYS: [Key; 12] = [
+pub const KEYS: [Key; 13] = [
     key("ffmpeg", "FFCLUSTER_FFMPEG"),
     key("ffprobe", "FFCLUSTER_FFPROBE"),
     key("controller", "FFCLUSTER_CONTROLLER"),
@@ -114,6 +115,7 @@ pub const KEYS: [Key; 12] = [
     key("probes", "FFCLUSTER_PROBES"),
     key("relay_inputs", "FFCLUSTER_RELAY_INPUTS"),
     key("live_piece", "FFCLUSTER_LIVE_PIECE"),
+    key("priority", "FFCLUSTER_PRIORITY"),
     key("log", "FFCLUSTER_LOG"),
 ];
 
@@ -146,6 +148,9 @@ pub struct FileConfig {
     /// Seconds of a live stream each node encodes at a time
     /// (`FFCLUSTER_LIVE_PIECE`): the segment length divided by a whole number.
     pub live_piece: Option<f64>,
+    /// `interactive`, `streaming` or `batch`: every job's priority, instead of
+    /// the one its shape gives (`FFCLUSTER_PRIORITY`).
+    pub priority: Option<String>,
     /// File the shim appends its own log lines to (`FFCLUSTER_LOG`).
     pub log: Option<PathBuf>,
 }
@@ -187,6 +192,10 @@ pub struct Config {
     pub live_piece: f64,
     /// The live_piece string when it was not a positive number (logged, then the default).
     pub bad_live_piece: Option<String>,
+    /// Every job's priority, when set; else each job's shape gives it.
+    pub priority: Option<Priority>,
+    /// The priority string when it was not understood (logged, then by shape).
+    pub bad_priority: Option<String>,
     pub log: Option<PathBuf>,
     pub file: Option<PathBuf>,
 }
@@ -241,6 +250,8 @@ impl Config {
         let relay_inputs = relay_str.as_deref().map(RelayInputs::parse);
         let piece_str = env("FFCLUSTER_LIVE_PIECE").or(file.live_piece.map(|p| p.to_string()));
         let piece = piece_str.as_deref().map(|p| p.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v > 0.0));
+        let priority_str = env("FFCLUSTER_PRIORITY").or(file.priority);
+        let priority = priority_str.as_deref().map(|p| p.parse::<Priority>().ok());
         let cfg = Config {
             ffmpeg: env("FFCLUSTER_FFMPEG").map(PathBuf::from).or(file.ffmpeg),
             ffprobe: env("FFCLUSTER_FFPROBE").map(PathBuf::from).or(file.ffprobe),
@@ -256,6 +267,8 @@ impl Config {
             bad_relay_inputs: if relay_inputs == Some(None) { relay_str } else { None },
             live_piece: piece.flatten().unwrap_or(DEFAULT_LIVE_PIECE),
             bad_live_piece: if piece == Some(None) { piece_str } else { None },
+            priority: priority.flatten(),
+            bad_priority: if priority == Some(None) { priority_str } else { None },
             log: env("FFCLUSTER_LOG").map(PathBuf::from).or(file.log),
             file: path,
         };

@@ -72,6 +72,9 @@ fn main() -> ExitCode {
     if let Some(bad) = &cfg.bad_live_piece {
         log.line(format_args!("live_piece {bad:?} is not a positive number of seconds; using {}", cfg.live_piece));
     }
+    if let Some(bad) = &cfg.bad_priority {
+        log.line(format_args!("priority {bad:?} is not one of interactive|streaming|batch; each job's shape gives it"));
+    }
     if let Some(bad) = &cfg.bad_relay_inputs {
         log.line(format_args!("relay_inputs {bad:?} is not one of local|all|none; using local"));
     }

@@ -96,7 +96,7 @@ pub fn run(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path, ffpr
         Ok(o) => o,
         Err(why) => return Attempt::Done(fallback(Why::new("inputs", why))),
     };
-    let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()), None);
+    let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()), None, cfg.priority);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return Attempt::Done(fallback(Why::new("shim", format!("cannot start the cluster client: {e}")))),
@@ -172,7 +172,7 @@ pub fn run_live(args: &[String], verdict: &Verdict, cfg: &Config, ffmpeg: &Path,
         split.plan.grid.period,
         started.elapsed().as_millis()
     ));
-    let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()), None);
+    let request = cluster::job_request(args, &cwd, &offers, verdict, Some(split.plan.clone()), None, cfg.priority);
     let session = Session { offers, log, ffmpeg: ffmpeg.to_path_buf(), split, live: Some(origin), cl, cwd };
     runtime.block_on(session.run(controller, token, &cfg.trust, request))
 }

@@ -26,6 +26,7 @@ use super::shim_link::ShimConn;
 use super::status::Reasons;
 use crate::ffmpeg::decision::Needs;
 use crate::plan::{Chunk, Planner, Sizing};
+use crate::priority::Priority;
 use crate::protocol::{
     AUDIO_CHUNK, Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, RemoteExit, ToShim,
 };
@@ -92,6 +93,8 @@ pub(crate) enum AttemptEnd {
     Lost(String),
     /// Its bytes failed verification while streaming; the node is told to stop.
     Invalid(String),
+    /// Stopped to give its node to more urgent work (the reason says which).
+    Preempted(String),
 }
 
 /// What the registry must do after an attempt ended.
@@ -129,6 +132,7 @@ pub(crate) struct Progress {
     pub planned: u32,
     pub nodes: Vec<String>,
     pub reissued: u32,
+    pub preempted: u32,
     pub live_lag_ms: Option<u64>,
 }
 
@@ -222,6 +226,7 @@ struct LiveFeed {
 #[derive(Debug)]
 pub(crate) struct SplitJob {
     pub(crate) id: JobId,
+    pub(crate) priority: Priority,
     plan: SplitPlan,
     planner: Planner,
     /// The planner ran dry without a chunk reaching the end (rounding): what
@@ -250,6 +255,8 @@ pub(crate) struct SplitJob {
     pub(crate) attempts: BTreeMap<JobId, Attempt>,
     nodes_used: BTreeSet<String>,
     reissued: u32,
+    /// Attempts stopped to give their node to more urgent work.
+    preempted: u32,
     /// Since when no connected node can run its chunks.
     stalled_since: Option<Instant>,
     /// A live job's pieces; `None` for a file.
@@ -290,9 +297,11 @@ impl SplitJob {
         let restart = plan.recipe.noaccurate_first && plan.recipe.first_seek.is_some();
         let audio = (plan.audio.is_some() && (nodes > 1 || restart)).then(AudioTrack::default);
         let live = plan.live.as_ref().map(|_| LiveFeed::default());
+        let priority = request.priority.unwrap_or_else(|| Priority::of_args(&request.args));
         Ok(SplitJob {
             live,
             id,
+            priority,
             plan,
             planner,
             exhausted: false,
@@ -312,6 +321,7 @@ impl SplitJob {
             attempts: BTreeMap::new(),
             nodes_used: BTreeSet::new(),
             reissued: 0,
+            preempted: 0,
             stalled_since: None,
         })
     }
@@ -455,6 +465,7 @@ impl SplitJob {
         let earliest = self.earliest();
         let base = |kind, chunk, exclude| Work {
             job: self.id,
+            priority: self.priority,
             kind,
             chunk,
             earliest,
@@ -678,6 +689,17 @@ impl SplitJob {
         Ok(self.shim.out.binary_reserved(frame, share))
     }
 
+    /// The video chunk attempts holding slots, for [`preemption`].
+    pub(crate) fn occupants(&self) -> impl Iterator<Item = Occupant> + '_ {
+        self.attempts.iter().filter(|(_, a)| a.chunk != AUDIO).map(|(id, a)| Occupant {
+            attempt: *id,
+            job: self.id,
+            priority: self.priority,
+            node: a.node,
+            started: a.started,
+        })
+    }
+
     /// Ends a running attempt. None when it was not running.
     pub(crate) fn end_attempt(&mut self, attempt: JobId, end: AttemptEnd, now: Instant) -> Option<Ending> {
         let a = self.attempts.remove(&attempt)?;
@@ -708,11 +730,13 @@ impl SplitJob {
             },
             AttemptEnd::Exited(exit) => Some(exit_reason(*exit, &a)),
             AttemptEnd::Refused(why) => Some(format!("refused by {}: {why}", a.node_name)),
-            AttemptEnd::Lost(why) => Some(why.clone()),
+            AttemptEnd::Lost(why) | AttemptEnd::Preempted(why) => Some(why.clone()),
             AttemptEnd::Invalid(why) => Some(invalid(why)),
         };
+        let preempted = matches!(end, AttemptEnd::Preempted(_));
         let mut ending = match (failure.clone(), a.chunk == AUDIO) {
             (None, false) => self.won(attempt, a, now),
+            (Some(reason), false) if preempted => self.requeued(attempt, a, reason),
             (Some(reason), false) => self.failed(attempt, a, reason),
             (None, true) => self.audio_done(attempt, a),
             (Some(reason), true) => self.audio_failed(attempt, a, reason),
@@ -801,6 +825,15 @@ impl SplitJob {
         }
     }
 
+    /// An attempt stopped to give its node to more urgent work: the chunk
+    /// waits for a slot again, and nothing counts against it or the node.
+    fn requeued(&mut self, attempt: JobId, a: Attempt, reason: String) -> Ending {
+        info!(job = self.id, chunk = a.chunk, attempt, node = %a.node_name, "chunk attempt stopped: {reason}");
+        self.shim.out.json(ToShim::ChunkFailed { chunk: wire(a.chunk), attempt, reason });
+        self.preempted += 1;
+        Ending { node: a.node, losers: Vec::new(), sample: None, fate: Fate::Running, failure: None, bad_output: false }
+    }
+
     fn failed(&mut self, attempt: JobId, a: Attempt, reason: String) -> Ending {
         let idx = a.chunk;
         warn!(job = self.id, chunk = idx, attempt, node = %a.node_name, "chunk attempt failed: {reason}");
@@ -857,6 +890,7 @@ impl SplitJob {
             planned: count(self.chunks.len()),
             nodes: self.nodes_used.iter().cloned().collect(),
             reissued: self.reissued,
+            preempted: self.preempted,
             live_lag_ms: self.live_lag(now).map(super::state::millis),
         }
     }
@@ -919,6 +953,7 @@ pub(crate) enum WorkKind {
 #[derive(Debug, Clone)]
 pub(crate) struct Work<'a> {
     pub job: JobId,
+    pub priority: Priority,
     pub kind: WorkKind,
     /// The chunk's index (for `New`, the index it will get).
     pub chunk: usize,
@@ -970,14 +1005,20 @@ impl NodeView<'_> {
     }
 }
 
-/// The most urgent work any free slot can take, and the node to run it on:
-/// `(index into work, node id)`. Re-issues come last, so a late chunk gets a
-/// second attempt only when no free slot can take anything else. Among free
-/// capable nodes the least loaded wins, then the fastest, then the oldest.
-pub(crate) fn pick(work: &[Work<'_>], nodes: &[NodeView<'_>]) -> Option<(usize, u64)> {
+/// The order work is served in: the more urgent priority first; within one,
+/// re-issues last, so a late chunk gets a second attempt only when no free
+/// slot can take anything else of its priority; then by [`Work::urgency`].
+fn serving_order(work: &[Work<'_>]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..work.len()).collect();
-    order.sort_by_key(|&i| (work[i].kind == WorkKind::Reissue, work[i].urgency()));
-    for i in order {
+    order.sort_by_key(|&i| (work[i].priority, work[i].kind == WorkKind::Reissue, work[i].urgency()));
+    order
+}
+
+/// The most urgent work any free slot can take, and the node to run it on:
+/// `(index into work, node id)` (see [`serving_order`]). Among free capable
+/// nodes the least loaded wins, then the fastest, then the oldest.
+pub(crate) fn pick(work: &[Work<'_>], nodes: &[NodeView<'_>]) -> Option<(usize, u64)> {
+    for i in serving_order(work) {
         let w = &work[i];
         let capable: Vec<&NodeView<'_>> = nodes.iter().filter(|n| w.capable(n)).collect();
         // A retry goes elsewhere when the job has anywhere else to go, even if
@@ -990,6 +1031,33 @@ pub(crate) fn pick(work: &[Work<'_>], nodes: &[NodeView<'_>]) -> Option<(usize, 
         }
     }
     None
+}
+
+/// A video chunk attempt holding a node's slot, as preemption sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Occupant {
+    pub attempt: JobId,
+    pub job: JobId,
+    pub priority: Priority,
+    pub node: u64,
+    pub started: Instant,
+}
+
+/// When work waits that no free slot can take: the attempt of less urgent
+/// work to stop so that the most urgent waiting work gets its node, and the
+/// job it makes room for. Among the attempts on nodes that could run that
+/// work, the one started last, which loses the least. A re-issue never
+/// preempts (its chunk has an attempt running), nor does work of the same
+/// priority: equals share nodes as they come free.
+pub(crate) fn preemption(work: &[Work<'_>], nodes: &[NodeView<'_>], occupants: &[Occupant]) -> Option<(JobId, JobId)> {
+    serving_order(work).into_iter().map(|i| &work[i]).filter(|w| w.kind != WorkKind::Reissue).find_map(|w| {
+        occupants
+            .iter()
+            .filter(|o| o.priority > w.priority && o.job != w.job)
+            .filter(|o| nodes.iter().any(|n| n.id == o.node && w.capable(n)))
+            .max_by_key(|o| (o.started, o.attempt))
+            .map(|o| (o.attempt, w.job))
+    })
 }
 
 fn better(a: &NodeView<'_>, b: &NodeView<'_>) -> std::cmp::Ordering {
@@ -1081,7 +1149,17 @@ pub(crate) mod tests {
     }
 
     fn work<'a>(job: JobId, kind: WorkKind, chunk: usize, earliest: usize, needs: &'a Needs) -> Work<'a> {
-        Work { job, kind, chunk, earliest, needs, version: None, avoid: None, exclude: Vec::new() }
+        Work {
+            job,
+            priority: Priority::Batch,
+            kind,
+            chunk,
+            earliest,
+            needs,
+            version: None,
+            avoid: None,
+            exclude: Vec::new(),
+        }
     }
 
     #[test]
@@ -1109,6 +1187,52 @@ pub(crate) mod tests {
         // No free slot, no work.
         assert_eq!(pick(&w, &[view(1, &c, 1, 1)]), None);
         assert_eq!(pick(&[], &nodes), None);
+    }
+
+    #[test]
+    fn urgent_work_is_served_first_and_takes_a_node_back_from_batch_chunks() {
+        let needs = Needs::default();
+        let c = caps("v1", 100.0);
+        fn at(p: Priority, w: Work<'_>) -> Work<'_> {
+            Work { priority: p, ..w }
+        }
+        // A batch job (older, at its earliest chunk) and a playback's first chunk.
+        let batch = work(1, WorkKind::New, 3, 3, &needs);
+        let play = at(Priority::Interactive, work(2, WorkKind::New, 0, 0, &needs));
+        let nodes = [view(1, &c, 0, 1)];
+        assert_eq!(pick(&[batch.clone(), play.clone()], &nodes), Some((1, 1)));
+        // A late interactive chunk's second attempt still beats new batch work;
+        // a streaming job sits between the two.
+        let reissue = at(Priority::Interactive, work(2, WorkKind::Reissue, 0, 0, &needs));
+        let stream = at(Priority::Streaming, work(3, WorkKind::New, 0, 0, &needs));
+        assert_eq!(pick(&[batch.clone(), stream.clone(), reissue.clone()], &nodes), Some((2, 1)));
+        assert_eq!(pick(&[batch.clone(), stream.clone()], &nodes), Some((1, 1)));
+
+        // Both nodes busy with the batch job's chunks: the playback takes back
+        // the node whose attempt started last.
+        let t0 = Instant::now();
+        let busy = [view(1, &c, 1, 1), view(2, &c, 1, 1)];
+        let occ = |attempt, job, priority, node, after: u64| Occupant {
+            attempt,
+            job,
+            priority,
+            node,
+            started: t0 + Duration::from_secs(after),
+        };
+        let batch_chunks = [occ(10, 1, Priority::Batch, 1, 0), occ(11, 1, Priority::Batch, 2, 5)];
+        assert_eq!(preemption(&[batch.clone(), play.clone()], &busy, &batch_chunks), Some((11, 2)));
+        // Nothing more urgent waits, or only a re-issue: nothing is stopped.
+        assert_eq!(preemption(std::slice::from_ref(&batch), &busy, &batch_chunks), None);
+        assert_eq!(preemption(&[reissue], &busy, &batch_chunks), None);
+        // Equals share: a second playback does not stop the first one's chunks.
+        let playing = [occ(12, 4, Priority::Interactive, 1, 0), occ(13, 4, Priority::Interactive, 2, 1)];
+        assert_eq!(preemption(std::slice::from_ref(&play), &busy, &playing), None);
+        // Streaming work takes a node from batch work only.
+        let mixed = [occ(12, 4, Priority::Interactive, 1, 9), occ(11, 1, Priority::Batch, 2, 0)];
+        assert_eq!(preemption(&[stream], &busy, &mixed), Some((11, 3)));
+        // A node that cannot run the waiting work is not emptied for it.
+        let pinned = Work { version: Some("v2"), ..play };
+        assert_eq!(preemption(&[pinned], &busy, &batch_chunks), None);
     }
 
     #[test]
@@ -1247,6 +1371,7 @@ pub(crate) mod tests {
             split: Some(plan),
             not_split: None,
             resumed: None,
+            priority: None,
         }
     }
 

@@ -23,11 +23,12 @@ use super::outbox::{Outbox, Reserved};
 use super::scheduler::{self, Candidate};
 use super::shim_link::ShimConn;
 use super::split::{
-    AUDIO, AttemptEnd, Fate, NodeView, Pace, Progress, SplitJob, SplitRefused, Taker, WorkKind, check_plan, ewma, pick,
-    relative_speed, throughputs,
+    AUDIO, AttemptEnd, Fate, NodeView, Occupant, Pace, Progress, SplitJob, SplitRefused, Taker, WorkKind, check_plan,
+    ewma, pick, preemption, relative_speed, throughputs,
 };
 use super::status::{ChunkRecord, ChunkState, JobMode, JobState, JobStatus, NodeState, NodeStatus, Reasons, Status};
 use crate::ffmpeg::cmdline::shell_join;
+use crate::priority::Priority;
 use crate::protocol::{
     Capabilities, FileOffer, JobId, JobRequest, JobSpec, OutputEvent, PROTOCOL_VERSION, RemoteExit, ToNode, ToShim, Why,
 };
@@ -110,6 +111,7 @@ impl Node {
 }
 
 struct RunningJob {
+    priority: Priority,
     node: u64,
     node_name: String,
     args: Vec<String>,
@@ -125,6 +127,7 @@ struct RunningJob {
 struct FinishedJob {
     id: JobId,
     mode: JobMode,
+    priority: Priority,
     /// None for split jobs.
     node_name: Option<String>,
     args: String,
@@ -311,7 +314,19 @@ impl Registry {
         now: Instant,
         now_unix_ms: u64,
     ) -> Result<Placed, scheduler::NoPlacement> {
-        let node_id = scheduler::choose(&self.candidates(), &request.needs)?;
+        let priority = request.priority.unwrap_or_else(|| Priority::of_args(&request.args));
+        let node_id = match scheduler::choose(&self.candidates(), &request.needs) {
+            Err(scheduler::NoPlacement::Busy(n)) => {
+                // Less urgent chunks give a node back; whole jobs never do (they
+                // would be lost).
+                let Some(victim) = self.victim_for(&request.needs, priority) else {
+                    return Err(scheduler::NoPlacement::Busy(n));
+                };
+                self.stop_for(victim, self.next_job, priority, now);
+                scheduler::choose(&self.candidates(), &request.needs)?
+            }
+            chosen => chosen?,
+        };
         let node = self.nodes.get_mut(&node_id).expect("the scheduler picks a registered node");
         let job = self.next_job;
         self.next_job += 1;
@@ -328,11 +343,13 @@ impl Registry {
         node.outbox.json(ToNode::Run { job, spec: spec.clone() });
         let why = Reasons { not_split: request.not_split, resumed: request.resumed, fallback: None };
         self.logs.opened(job, JobMode::Whole, &request.args, &request.reason, &why, now, now_unix_ms);
+        self.logs.note(job, now, &format!("priority {priority}"));
         self.metrics.accepted(&why);
         self.logs.note(job, now, &format!("whole job placed on {node_name}"));
         self.running.insert(
             job,
             RunningJob {
+                priority,
                 node: node_id,
                 node_name: node_name.clone(),
                 args: request.args,
@@ -398,6 +415,7 @@ impl Registry {
         self.record(FinishedJob {
             id: job,
             mode: JobMode::Whole,
+            priority: run.priority,
             node_name: Some(run.node_name),
             args: shell_join(&run.args).to_string(),
             reason: run.reason,
@@ -591,7 +609,7 @@ impl Registry {
             AttemptEnd::Exited(RemoteExit { signal: Some(s), .. }) => format!("ffmpeg was killed by signal {s}"),
             AttemptEnd::Exited(_) => "ffmpeg ended without a status".to_owned(),
             AttemptEnd::Refused(why) => format!("refused: {why}"),
-            AttemptEnd::Lost(why) | AttemptEnd::Invalid(why) => why.clone(),
+            AttemptEnd::Lost(why) | AttemptEnd::Invalid(why) | AttemptEnd::Preempted(why) => why.clone(),
         };
         let started = split.started;
         let at = wall(split, now);
@@ -736,6 +754,7 @@ impl Registry {
         self.record(FinishedJob {
             id: job,
             mode: JobMode::Split,
+            priority: split.priority,
             node_name: None,
             args: shell_join(&split.args).to_string(),
             reason: split.reason,
@@ -838,26 +857,79 @@ impl Registry {
         let slots: usize = self.nodes.values().map(|n| n.info.slots as usize).sum();
         for _ in 0..slots + self.splits.len() + 1 {
             let choice = {
-                let views: Vec<NodeView<'_>> = self
-                    .nodes
-                    .iter()
-                    .map(|(id, n)| NodeView {
-                        id: *id,
-                        caps: &n.info.caps,
-                        running: self.chunk_load(n),
-                        slots: n.slots(),
-                        speed: rates.get(id).copied().flatten().unwrap_or(n.info.caps.speed),
-                    })
-                    .collect();
+                let views = self.node_views(rates);
                 if !views.iter().any(|v| v.running < v.slots) {
+                    if self.preempt(rates, now) {
+                        continue;
+                    }
                     return;
                 }
                 let work: Vec<_> = self.splits.values().flat_map(|s| s.work(now, rates)).collect();
                 pick(&work, &views).map(|(i, node)| (work[i].job, work[i].kind, work[i].chunk, node))
             };
-            let Some((job, kind, chunk, node)) = choice else { return };
-            self.assign(job, kind, chunk, node, rates, now);
+            match choice {
+                Some((job, kind, chunk, node)) => self.assign(job, kind, chunk, node, rates, now),
+                None if self.preempt(rates, now) => {}
+                None => return,
+            }
         }
+    }
+
+    /// The chunk attempt of less urgent work than `priority` to stop for a
+    /// whole job needing `needs`: on a node that has what it needs, the one
+    /// started last.
+    fn victim_for(&self, needs: &crate::ffmpeg::decision::Needs, priority: Priority) -> Option<JobId> {
+        let eligible =
+            |node: u64| self.nodes.get(&node).is_some_and(|n| n.slots() > 0 && n.info.caps.missing(needs).is_empty());
+        self.splits
+            .values()
+            .flat_map(SplitJob::occupants)
+            .filter(|o| o.priority > priority && eligible(o.node))
+            .max_by_key(|o| (o.started, o.attempt))
+            .map(|o| o.attempt)
+    }
+
+    /// The connected nodes as dispatch sees them.
+    fn node_views(&self, rates: &BTreeMap<u64, Option<f64>>) -> Vec<NodeView<'_>> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| NodeView {
+                id: *id,
+                caps: &n.info.caps,
+                running: self.chunk_load(n),
+                slots: n.slots(),
+                speed: rates.get(id).copied().flatten().unwrap_or(n.info.caps.speed),
+            })
+            .collect()
+    }
+
+    /// Stops the chunk attempt [`preemption`] names, if any, so that more urgent
+    /// waiting work gets its node; whether one was stopped.
+    fn preempt(&mut self, rates: &BTreeMap<u64, Option<f64>>, now: Instant) -> bool {
+        let choice = {
+            let views = self.node_views(rates);
+            let work: Vec<_> = self.splits.values().flat_map(|s| s.work(now, rates)).collect();
+            let occupants: Vec<Occupant> = self.splits.values().flat_map(SplitJob::occupants).collect();
+            preemption(&work, &views, &occupants)
+        };
+        let Some((victim, for_job)) = choice else { return false };
+        let priority = self.splits.get(&for_job).map(|s| s.priority).unwrap_or_default();
+        self.stop_for(victim, for_job, priority, now);
+        true
+    }
+
+    /// Stops chunk attempt `victim` for job `for_job` of `priority`: its node
+    /// is told to cancel it and its chunk waits for a slot again.
+    fn stop_for(&mut self, victim: JobId, for_job: JobId, priority: Priority, now: Instant) {
+        let Some(&job) = self.attempts.get(&victim) else { return };
+        let node = self.splits.get(&job).and_then(|s| s.attempts.get(&victim)).map(|a| a.node);
+        if let Some(n) = node.and_then(|id| self.nodes.get_mut(&id)) {
+            n.outbox.json(ToNode::Cancel { job: victim });
+            info!(job, attempt = victim, node = %n.info.name, for_job, "chunk attempt preempted");
+        }
+        let why = format!("preempted by job {for_job} ({priority})");
+        self.logs.note(job, now, &format!("attempt {victim} {why}"));
+        self.end_attempt(victim, AttemptEnd::Preempted(why), now);
     }
 
     /// Starts an attempt of a chunk of `job` on `node_id` (planning it first
@@ -1020,6 +1092,7 @@ impl Registry {
         let running = self.running.iter().rev().map(|(id, j)| JobStatus {
             id: *id,
             mode: JobMode::Whole,
+            priority: j.priority,
             state: JobState::Running,
             node: Some(j.node_name.clone()),
             args: shell_join(&j.args).to_string(),
@@ -1034,6 +1107,7 @@ impl Registry {
         let splits = self.splits.iter().map(|(id, j)| JobStatus {
             id: *id,
             mode: JobMode::Split,
+            priority: j.priority,
             state: JobState::Running,
             node: None,
             args: shell_join(&j.args).to_string(),
@@ -1049,6 +1123,7 @@ impl Registry {
         let finished = self.finished.iter().map(|j| JobStatus {
             id: j.id,
             mode: j.mode,
+            priority: j.priority,
             state: j.state,
             node: j.node_name.clone(),
             args: j.args.clone(),
@@ -1079,6 +1154,7 @@ fn split_fields(p: Option<Progress>) -> JobStatus {
     JobStatus {
         id: 0,
         mode: JobMode::Whole,
+        priority: Priority::default(),
         state: JobState::Running,
         node: None,
         args: String::new(),
@@ -1092,6 +1168,7 @@ fn split_fields(p: Option<Progress>) -> JobStatus {
         chunks_running: p.as_ref().map(|p| p.running),
         chunks_planned: p.as_ref().map(|p| p.planned),
         reissued: p.as_ref().map(|p| p.reissued),
+        preempted: p.as_ref().map(|p| p.preempted),
         live_lag_ms: p.as_ref().and_then(|p| p.live_lag_ms),
         nodes: p.map(|p| p.nodes),
         chunks: Vec::new(),
@@ -1148,6 +1225,7 @@ mod tests {
             split: None,
             not_split: None,
             resumed: None,
+            priority: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::priority::Priority;
 use crate::protocol::{Capabilities, JobId, Why};
 
 /// `GET /api/v1/status`.
@@ -67,6 +68,9 @@ pub enum NodeState {
 pub struct JobStatus {
     pub id: JobId,
     pub mode: JobMode,
+    /// How urgently it wants nodes (`interactive`, `streaming`, `batch`).
+    #[serde(default)]
+    pub priority: Priority,
     pub state: JobState,
     /// The name of the node it runs or ran on.
     pub node: Option<String>,
@@ -100,6 +104,10 @@ pub struct JobStatus {
     /// Split jobs: chunks given a second attempt because the first was late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reissued: Option<u32>,
+    /// Split jobs: chunk attempts stopped to give their node to more urgent
+    /// work (they ran again later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted: Option<u32>,
     /// Live split jobs: how long the oldest piece not yet encoded has waited
     /// since it was cut, what the cluster adds to the stream's latency now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,6 +269,7 @@ mod tests {
         let j = JobStatus {
             id: 3,
             mode: JobMode::Whole,
+            priority: Priority::Interactive,
             state: JobState::Cancelled,
             node: Some("n".into()),
             args: "-i a b".into(),
@@ -275,6 +284,7 @@ mod tests {
             chunks_planned: None,
             nodes: None,
             reissued: None,
+            preempted: None,
             live_lag_ms: None,
             chunks: Vec::new(),
         };
@@ -307,6 +317,7 @@ mod tests {
             chunks_planned: Some(9),
             nodes: Some(vec!["a".into(), "b".into()]),
             reissued: Some(1),
+            preempted: None,
             live_lag_ms: None,
             chunks: vec![ChunkRecord {
                 chunk: 0,

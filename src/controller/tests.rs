@@ -140,6 +140,7 @@ fn request(encoders: &[&str], files: Vec<FileOffer>) -> JobRequest {
         split: None,
         not_split: None,
         resumed: None,
+        priority: None,
     }
 }
 
@@ -580,6 +581,7 @@ fn split_request() -> (JobRequest, SplitPlan) {
         split: Some(plan.clone()),
         not_split: None,
         resumed: None,
+        priority: None,
     };
     (request, plan)
 }
