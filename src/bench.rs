@@ -31,6 +31,9 @@ mod cluster;
 /// `bench live`: a live channel through the cluster against one node alone
 /// (issue 8); reuses this module's cgroups, cluster and shim.
 mod live;
+/// `bench priority`: a playback's first segment and speed while a batch
+/// encode holds the cluster, against the idle cluster (issue 20).
+mod priority;
 /// `bench soak`: many Jellyfin playback sessions with seeks and stops against
 /// an embedded cluster, for minutes (reuses this module's clip and cluster).
 mod soak;
@@ -60,6 +63,10 @@ enum BenchCommand {
     /// against a cluster started on this machine, for minutes; report segments
     /// served and lost, time until a segment is ready and the controller's memory.
     Soak(soak::Args),
+    /// Time a Jellyfin playback on an idle local cluster and while a long
+    /// batch encode holds every node; print its first segment and speed side
+    /// by side, and the batch chunks it preempted.
+    Priority(priority::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,6 +125,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         BenchCommand::Cluster(a) => cluster::run(a),
         BenchCommand::Live(a) => live::run(a),
         BenchCommand::Soak(a) => soak::run(a),
+        BenchCommand::Priority(a) => priority::run(a),
     }
 }
 
