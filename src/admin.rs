@@ -121,10 +121,11 @@ pub fn jobs(a: ListArgs) -> anyhow::Result<ExitCode> {
                 let mut row = job_row(j);
                 row.insert(1, j.mode.to_string());
                 row.insert(2, j.priority.to_string());
+                row.insert(5, j.progress.as_ref().map_or_else(|| "-".to_owned(), |p| p.describe()));
                 row
             })
             .collect();
-        let header = ["JOB", "MODE", "PRIORITY", "STATE", "NODE", "DURATION", "EXIT", "REASON", "ARGS"];
+        let header = ["JOB", "MODE", "PRIORITY", "STATE", "NODE", "PROGRESS", "DURATION", "EXIT", "REASON", "ARGS"];
         print!("{}", table(&header, rows));
     }
     Ok(ExitCode::SUCCESS)

@@ -179,6 +179,7 @@ mod tests {
                     reissued: Some(0),
                     preempted: None,
                     live_lag_ms: None,
+                    progress: None,
                     chunks: Vec::new(),
                 },
                 JobStatus {
@@ -204,6 +205,7 @@ mod tests {
                     reissued: None,
                     preempted: None,
                     live_lag_ms: None,
+                    progress: None,
                     chunks: Vec::new(),
                 },
             ],

@@ -81,6 +81,10 @@ fn a_playback_takes_a_node_back_from_a_batch_encode() {
         .unwrap();
     assert!(out.status.success(), "playback: {}\n{}", String::from_utf8_lossy(&out.stderr), c.all_logs());
     let during = c.status();
+    // The batch job is still running: its progress, from its chunks.
+    let progress = &job(&during, "film-src.mkv")["progress"];
+    let percent = progress["percent"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..100.0).contains(&percent) && progress["speed"].as_f64().is_some(), "{during:#}");
     let status = batch.wait().unwrap();
     let err = batch_err.join().unwrap();
     assert!(status.success(), "batch: {err}\n{}", c.all_logs());
@@ -104,7 +108,8 @@ fn a_playback_takes_a_node_back_from_a_batch_encode() {
     }
     c.wait_no_remote_ffmpeg(Duration::from_secs(5));
     eprintln!(
-        "batch chunks preempted: {preempted}; the playback ran {} chunks while the batch job had {} done",
+        "batch chunks preempted: {preempted}; the playback ran {} chunks while the batch job had {} done \
+         ({progress})",
         p["chunks_done"],
         job(&during, "film-src.mkv")["chunks_done"]
     );

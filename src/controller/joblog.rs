@@ -20,6 +20,7 @@
 //! and never the other way round, so that relaying a whole job's stderr does
 //! not contend with scheduling.
 
+use super::progress::{Estimate, StderrProgress};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -75,6 +76,8 @@ struct JobLog {
     /// Running attempts of a split job: their stderr until they end.
     attempts: BTreeMap<JobId, AttemptLog>,
     state: JobState,
+    /// Where a whole job's ffmpeg says it is.
+    progress: StderrProgress,
 }
 
 #[derive(Debug)]
@@ -129,7 +132,14 @@ impl JobLogs {
         for (what, w) in why.each() {
             lines.push(format!("{} {what}: {w}", prefix(job)));
         }
-        let log = JobLog { id: job, started: at, lines, attempts: BTreeMap::new(), state: JobState::Running };
+        let log = JobLog {
+            id: job,
+            started: at,
+            lines,
+            attempts: BTreeMap::new(),
+            state: JobState::Running,
+            progress: StderrProgress::default(),
+        };
         self.inner().logs.insert(job, log);
     }
 
@@ -140,7 +150,17 @@ impl JobLogs {
 
     /// Stderr of a whole job, as its node relays it.
     pub(crate) fn stderr(&self, job: JobId, bytes: &[u8]) {
-        self.with(job, |log| log.lines.feed(bytes));
+        self.with(job, |log| {
+            log.lines.feed(bytes);
+            log.progress.feed(bytes);
+        });
+    }
+
+    /// A whole job's progress, from what its ffmpeg printed.
+    pub(crate) fn estimate(&self, job: JobId, now: Instant) -> Option<Estimate> {
+        let inner = self.inner();
+        let log = inner.logs.get(&job)?;
+        log.progress.estimate(now.saturating_duration_since(log.started))
     }
 
     /// An attempt of a split job (a chunk, or its audio track) started on `node`.

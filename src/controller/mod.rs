@@ -34,6 +34,7 @@ mod metrics;
 mod node_link;
 mod outbox;
 mod probes;
+pub mod progress;
 pub mod relay;
 pub mod scheduler;
 mod shim_link;

@@ -895,6 +895,19 @@ impl SplitJob {
         }
     }
 
+    /// How much of the span it encodes is done (chunks won), for a file.
+    pub(crate) fn estimate(&self, now: Instant) -> Option<super::progress::Estimate> {
+        if self.live.is_some() {
+            return None;
+        }
+        let done: f64 = self.chunks.iter().filter(|c| c.done.is_some()).map(|c| c.chunk.end - c.chunk.start).sum();
+        super::progress::Estimate::of(
+            done,
+            self.plan.end - self.plan.start,
+            now.saturating_duration_since(self.started),
+        )
+    }
+
     /// Media seconds `[start, end)` of a planned chunk, for the status
     /// document's chunk records (kept by the registry).
     pub(crate) fn chunk_span(&self, chunk: usize) -> Option<(f64, f64)> {

@@ -1102,6 +1102,7 @@ impl Registry {
             duration_ms: millis(now.saturating_duration_since(j.started)),
             exit_code: None,
             error: None,
+            progress: self.logs.estimate(*id, now),
             ..split_fields(None)
         });
         let splits = self.splits.iter().map(|(id, j)| JobStatus {
@@ -1118,6 +1119,7 @@ impl Registry {
             exit_code: None,
             error: None,
             chunks: self.chunk_log.get(id).cloned().unwrap_or_default(),
+            progress: j.estimate(now),
             ..split_fields(Some(j.progress(now)))
         });
         let finished = self.finished.iter().map(|j| JobStatus {
@@ -1170,6 +1172,7 @@ fn split_fields(p: Option<Progress>) -> JobStatus {
         reissued: p.as_ref().map(|p| p.reissued),
         preempted: p.as_ref().map(|p| p.preempted),
         live_lag_ms: p.as_ref().and_then(|p| p.live_lag_ms),
+        progress: None,
         nodes: p.map(|p| p.nodes),
         chunks: Vec::new(),
     }

@@ -112,6 +112,11 @@ pub struct JobStatus {
     /// since it was cut, what the cluster adds to the stream's latency now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_lag_ms: Option<u64>,
+    /// Running jobs: how much of the content is done, the speed so far and the
+    /// time left (split jobs from their chunks, whole ones from ffmpeg's
+    /// progress lines; live jobs have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<super::progress::Estimate>,
     /// Split jobs: every chunk attempt, in the order they started. Present for
     /// running split jobs and the most recent finished ones (see
     /// `CHUNK_HISTORY_JOBS` in the registry): a long film has hundreds.
@@ -286,6 +291,7 @@ mod tests {
             reissued: None,
             preempted: None,
             live_lag_ms: None,
+            progress: None,
             chunks: Vec::new(),
         };
         let v = serde_json::to_value(&j).unwrap();
@@ -319,6 +325,7 @@ mod tests {
             reissued: Some(1),
             preempted: None,
             live_lag_ms: None,
+            progress: None,
             chunks: vec![ChunkRecord {
                 chunk: 0,
                 attempt: 4,
