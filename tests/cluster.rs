@@ -116,6 +116,61 @@ fn a_mixed_cluster_matches_direct() {
     hls_matches_direct_on(&c, false);
 }
 
+/// `-autorotate 0` is an option and its value up to 6.1, and an option and an
+/// output file named `0` from 7.0: through the shim it must be what the real
+/// ffmpeg makes of it, exit code and error text included, whole or split.
+#[test]
+fn autorotate_splits_as_the_real_ffmpeg_does() {
+    let c = Cluster::start(2);
+    let input = c.work.join("movie.mkv");
+    // Long enough to split.
+    make_clip(&input, 8, "320x240", &[]);
+    // Jellyfin's HLS line, which the shim splits, and a plain one.
+    let hls = |dir: &str| {
+        let dir = c.work.join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut a = jellyfin_hls(&input, &dir, "rot", false, 1);
+        a.splice(0..0, ["-autorotate".to_owned(), "0".to_owned()]);
+        a
+    };
+    let args = |out: &str| -> Vec<String> {
+        ["-autorotate", "0", "-i", input.to_str().unwrap(), "-c:v", "libx264", "-c:a", "aac", "-y", out]
+            .map(String::from)
+            .to_vec()
+    };
+    let direct_hls = Command::new(real("ffmpeg")).args(hls("direct")).stdin(Stdio::null()).output().unwrap();
+    for mode in ["whole", "split"] {
+        let shim = c.shim().env("FFCLUSTER_MODE", mode).args(hls(mode)).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(shim.status.code(), direct_hls.status.code(), "{mode} HLS: {}", c.log("shim.log"));
+        assert_eq!(names(&c.work.join(mode)), names(&c.work.join("direct")), "{mode} HLS");
+    }
+    // Split as 7.x splits it, the line has two outputs: no chunk is started
+    // for a job the real ffmpeg rejects (split as 5.1 splits it, each chunk
+    // failed on a node before the job fell back).
+    if ffmpeg_major() >= 7 {
+        let log = c.log("shim.log");
+        assert!(!log.contains("split: job"), "a chunk of a job the real ffmpeg rejects: {log}");
+    }
+    let direct =
+        Command::new(real("ffmpeg")).current_dir(&c.work).args(args("direct.mp4")).stdin(Stdio::null()).output();
+    let direct = direct.unwrap();
+    let last_line = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or_default().replace("shim.mp4", "direct.mp4")
+    };
+    let expected = if ffmpeg_major() >= 7 { 234 } else { 0 };
+    assert_eq!(direct.status.code(), Some(expected), "{}", String::from_utf8_lossy(&direct.stderr));
+    for mode in ["whole", "split"] {
+        let _ = std::fs::remove_file(c.work.join("shim.mp4"));
+        let shim = c.shim().env("FFCLUSTER_MODE", mode).args(args("shim.mp4")).stdin(Stdio::null()).output();
+        let shim = shim.unwrap();
+        assert_eq!(shim.status.code(), direct.status.code(), "{mode}: {}\n{}", last_line(&shim), c.log("shim.log"));
+        if expected != 0 {
+            assert_eq!(last_line(&shim), last_line(&direct), "{mode}");
+        }
+        assert_eq!(c.work.join("shim.mp4").exists(), c.work.join("direct.mp4").exists(), "{mode}");
+    }
+}
+
 #[test]
 fn progressive_mp4_and_stdout_stream() {
     let c = Cluster::start(2);

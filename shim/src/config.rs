@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use ffcluster::config::{Key, Layers};
+use ffcluster::ffmpeg::Dialect;
 use ffcluster::tls::Trust;
 use serde::Deserialize;
 
@@ -189,6 +190,10 @@ pub struct Config {
     pub bad_live_piece: Option<String>,
     pub log: Option<PathBuf>,
     pub file: Option<PathBuf>,
+    /// How the real ffmpeg splits its command line: the default until `main`
+    /// reads the real binary's version, which it does only for a command line
+    /// that releases split differently.
+    pub dialect: Dialect,
 }
 
 /// A live piece's default length: a node at half real time returns it about
@@ -258,6 +263,7 @@ impl Config {
             bad_live_piece: if piece == Some(None) { piece_str } else { None },
             log: env("FFCLUSTER_LOG").map(PathBuf::from).or(file.log),
             file: path,
+            dialect: Dialect::default(),
         };
         (cfg, err)
     }
