@@ -271,7 +271,8 @@ fn c_pauses_and_newline_resumes_where_ffmpeg_does() {
     }
     // Legacy pause (ffmpeg <= 6.1, CONTRACT.md §4.3): `c` makes ffmpeg wait for a
     // command line; nothing more is produced until the newline. Stock 7.1 and
-    // 8.1 (n7.1, n8.1.2) ignore the key and carry on, and so must the job.
+    // 8.1 (n7.1, n8.1.2) prompt too, but their threads carry on encoding while
+    // the prompt waits, and so must the job.
     let pauses = ffmpeg_major() < 7;
     let stdin = child.stdin.as_mut().unwrap();
     stdin.write_all(b"c").unwrap();
@@ -294,7 +295,7 @@ fn c_pauses_and_newline_resumes_where_ffmpeg_does() {
     child.stdin.as_mut().unwrap().write_all(b"q\n").unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let err = err.join().unwrap();
-    assert_eq!(err.contains("Enter command"), pauses, "ffmpeg's own prompt is relayed, where it has one: {err}");
+    assert!(err.contains("Enter command"), "ffmpeg's own prompt is relayed: {err}");
 }
 
 #[test]
