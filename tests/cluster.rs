@@ -109,9 +109,14 @@ fn a_mixed_cluster_matches_direct() {
         String::from_utf8_lossy(&out.stdout).lines().next().unwrap().to_owned()
     };
     let status = c.status();
+    // What an admin checks: `ffcluster nodes` names each node's release.
+    let listing = c.admin_ok(&["nodes"]);
     for n in status["nodes"].as_array().unwrap() {
         let name = n["name"].as_str().unwrap();
         assert_eq!(n["ffmpeg_version"].as_str(), Some(versions(name).as_str()), "{status}");
+        let release = versions(name).split_whitespace().nth(2).unwrap().to_owned();
+        let row = listing.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+        assert!(row.contains(&release), "{name} on {release}: {listing}");
     }
     hls_matches_direct_on(&c, false);
 }
