@@ -88,7 +88,7 @@ pub fn run_with(
     let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
         return fallback(Why::new("unconfigured", "no controller or token configured"));
     };
-    let cl = match CommandLine::parse(args) {
+    let cl = match CommandLine::parse_with(args, cfg.dialect) {
         Ok(cl) => cl,
         Err(e) => return fallback(Why::new("bad_args", e.to_string())),
     };

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use ffcluster::config::{Key, Layers};
+use ffcluster::ffmpeg::Dialect;
 use ffcluster::priority::Priority;
 use ffcluster::tls::Trust;
 use serde::Deserialize;
@@ -198,6 +199,10 @@ pub struct Config {
     pub bad_priority: Option<String>,
     pub log: Option<PathBuf>,
     pub file: Option<PathBuf>,
+    /// How the real ffmpeg splits its command line: the default until `main`
+    /// reads the real binary's version, which it does only for a command line
+    /// that releases split differently.
+    pub dialect: Dialect,
 }
 
 /// A live piece's default length: a node at half real time returns it about
@@ -271,6 +276,7 @@ impl Config {
             bad_priority: if priority == Some(None) { priority_str } else { None },
             log: env("FFCLUSTER_LOG").map(PathBuf::from).or(file.log),
             file: path,
+            dialect: Dialect::default(),
         };
         (cfg, err)
     }

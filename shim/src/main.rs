@@ -32,12 +32,12 @@ mod split;
 mod stdin;
 mod visible;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use ffcluster::ffmpeg::cmdline::shell_join;
-use ffcluster::ffmpeg::{self, Program};
+use ffcluster::ffmpeg::{self, CommandLine, Dialect, Program};
 use ffcluster::protocol::Why;
 
 use crate::config::Config;
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = argv.collect();
     let program = Program::from_argv0(&argv0.to_string_lossy());
 
-    let (cfg, cfg_err) = Config::load();
+    let (mut cfg, cfg_err) = Config::load();
     let log = Log::new(cfg.log.as_deref());
     match (&cfg_err, &cfg.file) {
         (Some(e), _) => log.line(format_args!("config: {e}; using the environment only")),
@@ -82,7 +82,13 @@ fn main() -> ExitCode {
 
     // Arguments that are not UTF-8 cannot be modelled; ffmpeg takes them as bytes.
     let utf8: Option<Vec<String>> = args.iter().map(|a| a.to_str().map(str::to_owned)).collect();
-    let verdict = utf8.as_deref().map(|a| ffmpeg::classify(program, a));
+    if program == Program::Ffmpeg
+        && let Some(a) = &utf8
+        && CommandLine::splits_by_release(a)
+    {
+        cfg.dialect = real_dialect(&cfg, &me, &log);
+    }
+    let verdict = utf8.as_deref().map(|a| ffmpeg::classify_with(program, a, cfg.dialect));
     let route = match (&utf8, &verdict) {
         (Some(a), Some(verdict)) => {
             let route = route::choose(verdict, a, &cfg);
@@ -119,7 +125,7 @@ fn main() -> ExitCode {
         } else if v.decision == ffmpeg::Decision::Split {
             match try_split(a, v, &cfg, &me, &log) {
                 Ok(cluster::Outcome::Exit(code)) => return ExitCode::from(code),
-                Ok(cluster::Outcome::Lost(why)) => return resume_or_fail(&argv0, a, &why, &log),
+                Ok(cluster::Outcome::Lost(why)) => return resume_or_fail(&argv0, a, &why, &cfg, &log),
                 Ok(cluster::Outcome::Fallback(why)) => {
                     log.line(format_args!("local fallback: {} ({})", why.detail, why.code));
                     return exec_local(program, &argv0, &args, &cfg, &me, &log);
@@ -137,20 +143,39 @@ fn main() -> ExitCode {
         }
         match cluster::run(a, v, &cfg, &log, not_split) {
             cluster::Outcome::Exit(code) => return ExitCode::from(code),
-            cluster::Outcome::Lost(why) => return resume_or_fail(&argv0, a, &why, &log),
+            cluster::Outcome::Lost(why) => return resume_or_fail(&argv0, a, &why, &cfg, &log),
             cluster::Outcome::Fallback(why) => log.line(format_args!("local fallback: {} ({})", why.detail, why.code)),
         }
     }
     exec_local(program, &argv0, &args, &cfg, &me, &log)
 }
 
+/// The real ffmpeg's command-line dialect, from its `-version` (recorded in the
+/// probe cache like any probe's answer, so it is read once per binary). The
+/// default when it cannot be run or does not say its version.
+fn real_dialect(cfg: &Config, me: &real::SelfLocation, log: &Log) -> Dialect {
+    let Ok(path) = real::find(Program::Ffmpeg, cfg, me) else {
+        return Dialect::default();
+    };
+    let cache = cfg.probe_cache.as_ref().map(ProbeCache::new);
+    let key = Key::new(Program::Ffmpeg.as_str(), &["-version".to_owned()], BinaryId::of(&path));
+    let answer = probe_cache::get_or_capture(cache.as_ref(), &key, &path, OsStr::new("ffmpeg"), log);
+    match answer.ok().and_then(|a| Dialect::from_version_text(&String::from_utf8_lossy(&a.stdout))) {
+        Some(d) => d,
+        None => {
+            log.line(format_args!("{} does not say its version; splitting as ffmpeg 5.1-6.1", path.display()));
+            Dialect::default()
+        }
+    }
+}
+
 /// After the cluster lost a job with output already published: carries on from
 /// the newest segment in a new run of the shim (which tells the controller
 /// `why`), or fails as before.
-fn resume_or_fail(argv0: &OsString, args: &[String], why: &Why, log: &Log) -> ExitCode {
+fn resume_or_fail(argv0: &OsString, args: &[String], why: &Why, cfg: &Config, log: &Log) -> ExitCode {
     let cwd = std::env::current_dir().unwrap_or_default();
     let detail = &why.detail;
-    let failed = match resume::plan(args, &cwd) {
+    let failed = match resume::plan(args, &cwd, cfg.dialect) {
         Ok((resumed, n)) => {
             log.line(format_args!("{detail}; resuming at segment {n} ({}): {}", why.code, shell_join(&resumed)));
             eprintln!("ffcluster: {detail}; resuming at segment {n}");
@@ -211,16 +236,7 @@ fn answer_probe(
     let real = real::find(program, cfg, me);
     let key = Key::new(program.as_str(), args, real.as_ref().ok().and_then(|p| BinaryId::of(p)));
     let answer: Answer = match &real {
-        Ok(path) => match cache.get(&key) {
-            Some(a) => a,
-            None => {
-                let a = probe_cache::capture(path, argv0, args).ok()?;
-                if let Err(e) = cache.put(&key, &a) {
-                    log.line(format_args!("{e}"));
-                }
-                a
-            }
-        },
+        Ok(path) => probe_cache::get_or_capture(Some(&cache), &key, path, argv0, log).ok()?,
         Err(e) => {
             let a = cache.get_any_binary(&key)?;
             log.line(format_args!("{e}; answering {} from the probe cache", shell_join(args)));

@@ -167,6 +167,26 @@ fn write_entry(dir: &Path, key: &Key, a: &Answer) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What `real` answers to `key`'s arguments: the recorded answer when `cache`
+/// has one, else the binary's, recorded for next time (a cache that cannot be
+/// written is logged, and the answer given all the same).
+pub fn get_or_capture(
+    cache: Option<&ProbeCache>,
+    key: &Key,
+    real: &Path,
+    argv0: &std::ffi::OsStr,
+    log: &crate::log::Log,
+) -> std::io::Result<Answer> {
+    if let Some(a) = cache.and_then(|c| c.get(key)) {
+        return Ok(a);
+    }
+    let a = capture(real, argv0, &key.args)?;
+    if let Some(Err(e)) = cache.map(|c| c.put(key, &a)) {
+        log.line(format_args!("{e}"));
+    }
+    Ok(a)
+}
+
 /// Runs the real binary with stdin closed and records what it printed.
 pub fn capture(real: &Path, argv0: &std::ffi::OsStr, args: &[String]) -> std::io::Result<Answer> {
     use std::os::unix::process::{CommandExt, ExitStatusExt};

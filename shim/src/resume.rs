@@ -8,7 +8,7 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use ffcluster::ffmpeg::CommandLine;
+use ffcluster::ffmpeg::{CommandLine, Dialect};
 use ffcluster::protocol::Why;
 use ffcluster::resume::Segments;
 
@@ -38,12 +38,12 @@ fn resumes_done() -> u32 {
 
 /// The resumed command line and the segment it starts at; the newest segment
 /// file is deleted. `Err`: the job cannot resume, and why.
-pub fn plan(args: &[String], cwd: &Path) -> Result<(Vec<String>, u64), String> {
+pub fn plan(args: &[String], cwd: &Path, dialect: Dialect) -> Result<(Vec<String>, u64), String> {
     let done = resumes_done();
     if done >= MAX_RESUMES {
         return Err(format!("resumed {done} times already"));
     }
-    let cl = CommandLine::parse(args).map_err(|e| e.to_string())?;
+    let cl = CommandLine::parse_with(args, dialect).map_err(|e| e.to_string())?;
     let segments = Segments::of(&cl).map_err(|e| e.to_string())?;
     let dir = cwd.join(segments.dir());
     let newest = std::fs::read_dir(&dir)

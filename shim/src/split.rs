@@ -110,7 +110,8 @@ fn prologue<'c>(args: &[String], cfg: &'c Config) -> Result<(&'c str, &'c str, C
     let (Some(controller), Some(token)) = (cfg.controller.as_deref(), cfg.token.as_deref()) else {
         return Err(Attempt::Done(fallback(Why::new("unconfigured", "no controller or token configured"))));
     };
-    let cl = CommandLine::parse(args).map_err(|e| Attempt::Done(fallback(Why::new("bad_args", e.to_string()))))?;
+    let cl = CommandLine::parse_with(args, cfg.dialect)
+        .map_err(|e| Attempt::Done(fallback(Why::new("bad_args", e.to_string()))))?;
     if cl.inputs.len() != 1 || cl.outputs.len() != 1 {
         return Err(Attempt::Whole(Why::new("nosplit.shape", "splitting needs exactly one input and one output")));
     }

@@ -222,6 +222,25 @@ impl Default for Dialect {
     }
 }
 
+impl Dialect {
+    /// The dialect of the ffmpeg whose `-version` printed `text`: its first line
+    /// is `ffmpeg version V ...`, where V is `5.1.9-0+deb12u1` (Debian), `n7.1`
+    /// (a git tag build), `7.1.2-Jellyfin` or `8.1`. `None` for a build that
+    /// does not say (`N-113245-g...` from git master): the caller keeps the
+    /// default then, as ffmpeg's own version cannot be known.
+    pub fn from_version_text(text: &str) -> Option<Dialect> {
+        let line = text.lines().next()?;
+        let rest = line.split_once(" version ")?.1.trim_start();
+        let rest = rest.strip_prefix('n').unwrap_or(rest);
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        // A version is MAJOR.MINOR; a bare number is a git revision count.
+        if !rest[digits.len()..].starts_with('.') {
+            return None;
+        }
+        digits.parse().ok().map(|major| Dialect { major })
+    }
+}
+
 /// A parsed `ffmpeg` invocation (without `argv[0]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct CommandLine {
@@ -245,6 +264,12 @@ impl CommandLine {
     /// [`Dialect`].
     pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<CommandLine, CmdlineError> {
         Self::parse_with(args, Dialect::default())
+    }
+
+    /// Whether releases split `args` differently (`-autorotate 0`), so that
+    /// only then is the real binary's version worth reading.
+    pub fn splits_by_release<S: AsRef<str>>(args: &[S]) -> bool {
+        Self::parse_with(args, Dialect { major: 6 }) != Self::parse_with(args, Dialect { major: 7 })
     }
 
     /// Splits `args` (without `argv[0]`) exactly as the given ffmpeg release does.
@@ -514,8 +539,23 @@ mod tests {
         let new = CommandLine::parse_with(&args, Dialect { major: 7 }).unwrap();
         assert_eq!(new.outputs.len(), 2, "7.x makes `0` an output file");
         assert_eq!(new.to_args(), args);
+        assert!(CommandLine::splits_by_release(&args));
+        assert!(!CommandLine::splits_by_release(&["-noautorotate", "-i", "in.mp4", "out.mp4"]));
+        assert!(!CommandLine::splits_by_release(&["-i", "in.mp4", "-c:v", "libx264", "out.mp4"]));
         let neg = CommandLine::parse(&["-noautorotate", "-i", "in.mp4", "out.mp4"]).unwrap();
         assert!(neg.inputs[0].opts[0].negated && neg.inputs[0].opts[0].value.is_none());
+    }
+
+    #[test]
+    fn dialect_from_version_banners() {
+        let major = |t: &str| Dialect::from_version_text(t).map(|d| d.major);
+        assert_eq!(major("ffmpeg version 5.1.9-0+deb12u1 Copyright (c) 2000-2025"), Some(5));
+        assert_eq!(major("ffmpeg version n7.1 Copyright (c) 2000-2024 the FFmpeg developers\nbuilt"), Some(7));
+        assert_eq!(major("ffmpeg version n8.1.2 Copyright"), Some(8));
+        assert_eq!(major("ffprobe version 7.1.2-Jellyfin Copyright"), Some(7));
+        assert_eq!(major("ffmpeg version N-113245-gabcdef Copyright"), None);
+        assert_eq!(major("ffmpeg version 2024-01-01-git-abc Copyright"), None);
+        assert_eq!(major(""), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::cmdline::{CommandLine, Input, Opt, Output, Program};
+use super::cmdline::{CommandLine, Dialect, Input, Opt, Output, Program};
 use super::filtergraph;
 use super::url::Target;
 
@@ -324,12 +324,18 @@ const AUDIO_FORMATS: &[&str] = &[
 ];
 const SPLITTABLE_PROGRESSIVE: &[&str] = &["mp4", "mov", "matroska", "webm", "mpegts", "ismv"];
 
-/// Classifies an invocation of `program` with `args` (without `argv[0]`).
+/// Classifies an invocation of `program` with `args` (without `argv[0]`), split
+/// as the default [`Dialect`] does.
 pub fn classify<S: AsRef<str>>(program: Program, args: &[S]) -> Verdict {
+    classify_with(program, args, Dialect::default())
+}
+
+/// [`classify`] with the real binary's [`Dialect`].
+pub fn classify_with<S: AsRef<str>>(program: Program, args: &[S], dialect: Dialect) -> Verdict {
     if program == Program::Ffprobe {
         return Verdict::new(Reason::Ffprobe, Vec::new(), Needs::default());
     }
-    match CommandLine::parse(args) {
+    match CommandLine::parse_with(args, dialect) {
         Ok(cl) => classify_cmdline(&cl),
         Err(_) => Verdict::new(Reason::ParseError, Vec::new(), Needs::default()),
     }

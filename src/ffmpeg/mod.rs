@@ -20,4 +20,4 @@ pub mod options;
 pub mod url;
 
 pub use cmdline::{CmdlineError, CommandLine, Dialect, Input, Opt, Output, Program};
-pub use decision::{Decision, OutputShape, Reason, Verdict, classify};
+pub use decision::{Decision, OutputShape, Reason, Verdict, classify, classify_with};

@@ -1332,6 +1332,23 @@ fn plan(cl: &CommandLine, probe: &Probe, live: Option<f64>) -> Result<Split, Not
             fin_out.push(Opt::new("video_track_timescale", Some(scale.to_string())));
         }
     }
+    // From 7.0 ffmpeg gives a copied stream its input's time base, 1/90000 from
+    // the joined MPEG-TS, where 5.1 took the frame rate's as the direct encoder
+    // does: fMP4 segments were then timed in 90 kHz ticks and their EXTINF
+    // rounded to them (1.000800 against 1.001000 s). HLS hands the mp4 muxer
+    // its segment options, which name the direct run's timescale on every
+    // version; options of the job's own are kept, as only the last
+    // `-hls_segment_options` counts.
+    if let (OutputShape::Hls { segment_type: crate::ffmpeg::decision::SegmentType::Fmp4, .. }, Some(scale)) =
+        (shape, vstream.base_rate.as_deref().and_then(track_timescale))
+    {
+        let own = fin_out.last_value("hls_segment_options").map(str::to_owned);
+        if !own.as_deref().is_some_and(|o| o.contains("video_track_timescale")) {
+            let timescale = format!("video_track_timescale={scale}");
+            let value = own.map_or(timescale.clone(), |o| format!("{o}:{timescale}"));
+            fin_out.push(Opt::new("hls_segment_options", Some(value)));
+        }
+    }
     // HLS times the last MPEG-TS segment by its packets' durations: the copied
     // packets get the direct encoder's, unless the finisher already filters
     // the video. Both the joined input and the segments count in 90 kHz ticks,

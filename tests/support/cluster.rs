@@ -15,8 +15,57 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The real binary on PATH. Tests need it: fail loudly, never skip.
+/// Names the directory of the ffmpeg build the tests run (direct runs, the
+/// shim's real ffmpeg and finisher, the nodes), such as
+/// `/opt/ffcluster/ffmpeg-7.1/bin`; unset, it is the one on PATH.
+pub const FFMPEG_DIR_VAR: &str = "FFCLUSTER_TEST_FFMPEG_DIR";
+
+/// The real binary: in `FFCLUSTER_TEST_FFMPEG_DIR` when set (not empty), else
+/// on PATH.
+/// Tests need it: fail loudly, never skip.
 pub fn real(program: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(FFMPEG_DIR_VAR).filter(|d| !d.is_empty()) {
+        let p = Path::new(&dir).join(program);
+        assert!(
+            p.is_file(),
+            "{FFMPEG_DIR_VAR} names {}, which has no {program} (contrib/scripts/ensure-deps.sh installs 7.1 and 8.1 \
+             under /opt/ffcluster)",
+            Path::new(&dir).display()
+        );
+        return p;
+    }
+    real_on_path(program)
+}
+
+/// The major version of the ffmpeg the tests run ([`real`]), read once: where
+/// releases behave differently (exit codes, keys, filters), a test states what
+/// each expects from this rather than assuming Debian's 5.1.
+pub fn ffmpeg_major() -> u32 {
+    static MAJOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let ffmpeg = real("ffmpeg");
+        let out = run_ok(Command::new(&ffmpeg).arg("-version"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        ffcluster::ffmpeg::Dialect::from_version_text(&text)
+            .unwrap_or_else(|| panic!("{} does not say its version: {text}", ffmpeg.display()))
+            .major
+    })
+}
+
+/// Whether the tests' ffmpeg has filter `name`: the static 7.1 and 8.1 builds
+/// have no libass, so no `subtitles` filter, where Debian's 5.1 has it.
+pub fn has_filter(name: &str) -> bool {
+    static FILTERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let listing = FILTERS.get_or_init(|| {
+        let out = run_ok(Command::new(real("ffmpeg")).args(["-hide_banner", "-filters"]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    // Entries are ` FLAGS name  X->Y  description`.
+    listing.lines().any(|l| l.split_whitespace().nth(1) == Some(name))
+}
+
+/// The real binary on PATH, whatever `FFCLUSTER_TEST_FFMPEG_DIR` says.
+pub fn real_on_path(program: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join(program))
@@ -196,13 +245,19 @@ impl Cluster {
     }
 
     pub fn add_node(&mut self, name: &str) {
+        self.add_node_with(name, &real("ffmpeg"));
+    }
+
+    /// A node whose ffmpeg is `ffmpeg`, another build than the rest of the
+    /// cluster's for a mixed cluster.
+    pub fn add_node_with(&mut self, name: &str, ffmpeg: &Path) {
         let scratch = self.dir.path().join(format!("scratch-{name}"));
         let mut cmd = isolated(Command::new(workspace_bin("ffcluster-node")));
         cmd.args(["--controller", &self.url(), "--token", &self.token, "--name", name, "--slots", "1"])
             .arg("--scratch")
             .arg(&scratch)
             .arg("--ffmpeg")
-            .arg(real("ffmpeg"))
+            .arg(ffmpeg)
             .env("FFCLUSTER_NODE_CONFIG", "/dev/null")
             // debug: the node logs the arguments its ffmpeg really runs.
             .env("RUST_LOG", "info,ffcluster_node=debug");

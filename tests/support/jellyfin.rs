@@ -549,7 +549,9 @@ fn timespan(s: &str) -> Option<f64> {
     let [h, m, sec] = p.as_slice() else { return None };
     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
     let sec: f64 = sec.parse().ok().filter(|_| sec.chars().all(|c| c.is_ascii_digit() || c == '.'))?;
-    (m < 60 && sec < 60.0).then(|| (if neg { -1.0 } else { 1.0 }) * (f64::from(h * 3600 + m * 60) + sec))
+    // In f64: 7.1 printed a time whose hours overflow u32 seconds in the
+    // libx265 fMP4 scenario; the parse must not panic on it.
+    (m < 60 && sec < 60.0).then(|| (if neg { -1.0 } else { 1.0 }) * (f64::from(h) * 3600.0 + f64::from(m) * 60.0 + sec))
 }
 
 /// How a job ended when Jellyfin stopped it.
