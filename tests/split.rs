@@ -129,11 +129,18 @@ fn hls_split_matches_direct(fmp4: bool, seek: Option<(&str, u32)>) {
 
     let status = c.status();
     let job = &status["jobs"][0];
-    assert_eq!(job["mode"], "split", "{job}\n{}", c.log("shim.log"));
+    // Where a version was measured to differ the planner sends the job whole
+    // (src/split/mod.rs): fMP4 on 8.x, a seek into fMP4 on 7.x.
+    let whole = fmp4 && (ffmpeg_major() == 8 || (ffmpeg_major() == 7 && seek.is_some()));
+    if whole {
+        assert_eq!((&job["mode"], &job["not_split"]["code"]), (&"whole".into(), &"nosplit.timeline".into()), "{job}");
+    } else {
+        assert_eq!(job["mode"], "split", "{job}\n{}", c.log("shim.log"));
+        assert!(job["chunks_done"].as_u64().unwrap() >= 2, "{job}");
+        assert_eq!(job["nodes"].as_array().unwrap().len(), 2, "both nodes took chunks: {job}");
+        assert!(c.log("shim.log").contains("audio encoded by a node"), "{}", c.log("shim.log"));
+    }
     assert_eq!(job["state"], "done", "{job}");
-    assert!(job["chunks_done"].as_u64().unwrap() >= 2, "{job}");
-    assert_eq!(job["nodes"].as_array().unwrap().len(), 2, "both nodes took chunks: {job}");
-    assert!(c.log("shim.log").contains("audio encoded by a node"), "{}", c.log("shim.log"));
 
     assert_eq!(names(&direct), names(&split), "file names differ");
     let playlist = |d: &Path| d.join(format!("{md5}.m3u8"));

@@ -20,14 +20,9 @@ cargo test --workspace --locked --lib --bins --tests "$@"
 versions_root="${FFCLUSTER_FFMPEG_VERSIONS_ROOT:-/opt/ffcluster}"
 for version in 7.1 8.1; do
   dir="$versions_root/ffmpeg-$version/bin"
-  # Known product gaps on a version, skipped by name until fixed (README,
-  # "Other ffmpeg versions"): on 7.1 a split fMP4 seek restart misses a
-  # forced keyframe (a 5 s segment where direct cuts at 3 s).
-  skip=()
-  [ "$version" = 7.1 ] && skip=(--skip hls_fmp4_from_start_with_seek_split_mode)
   echo "test.sh: the subset against ffmpeg $version ($dir)" >&2
   # PATH too, for the few tests that let the shim search PATH itself.
   FFCLUSTER_TEST_FFMPEG_DIR="$dir" PATH="$dir:$PATH" \
     FFCLUSTER_EXACTNESS_ONLY="film_mkv × hls_,tv_h264_ts × hls_" \
-    cargo test --locked --test cluster --test split --test jellyfin --test exactness -- "${skip[@]}"
+    cargo test --locked --test cluster --test split --test jellyfin --test exactness
 done

@@ -630,3 +630,27 @@ fn a_job_taken_over_from_a_lost_cluster_runs_what_no_attempt_finished_then_the_r
     let tail = remaining(&plan, &announced, |c| c != 3, true);
     assert_eq!(tail.iter().map(|w| (w.chunk, w.last)).collect::<Vec<_>>(), [(3, true)]);
 }
+
+#[test]
+fn fmp4_segments_are_not_split_where_a_version_was_measured_to_differ() {
+    let fmp4 = |seek: bool| {
+        let mut a = jellyfin(if seek { &["-ss", "00:00:09.000"] } else { &[] }, "3");
+        let at = a.iter().position(|x| x == "mpegts").unwrap();
+        a[at] = "fmp4".into();
+        a
+    };
+    let mut p = probe();
+    p.lavc = Some("Lavc61.19.100".into());
+    let err = plan_of(&fmp4(true), &p).unwrap_err();
+    assert_eq!(err.code(), "nosplit.timeline", "{err}");
+    // From the start, or on 5.1, it splits.
+    assert!(plan_of(&fmp4(false), &p).is_ok());
+    p.lavc = Some("Lavc59.37.100".into());
+    assert!(plan_of(&fmp4(true), &p).is_ok());
+    // On 8.x no fMP4 output is split; MPEG-TS segments are.
+    p.lavc = Some("Lavc62.11.100".into());
+    for seek in [false, true] {
+        assert_eq!(plan_of(&fmp4(seek), &p).unwrap_err().code(), "nosplit.timeline");
+    }
+    assert!(plan_of(&jellyfin(&[], "3"), &p).is_ok());
+}
