@@ -35,6 +35,9 @@ pub enum HttpError {
     Malformed { host: String, what: String },
 }
 
+/// Each direction's buffer, and the largest response head.
+const BUFFER: usize = 16 << 10;
+
 /// How long a request may wait: to connect (each address in turn), and for
 /// each read or write after that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +101,13 @@ fn agent(url: &str, trust: &Trust, timeouts: Timeouts) -> Result<ureq::Agent, Tl
         .timeout_connect(Some(timeouts.connect))
         .timeout_per_read(Some(timeouts.io))
         .timeout_per_write(Some(timeouts.io))
-        .user_agent(concat!("ffcluster/", env!("CARGO_PKG_VERSION")));
+        .user_agent(concat!("ffcluster/", env!("CARGO_PKG_VERSION")))
+        // ureq's 128 KiB buffers each way are for large transfers; the
+        // controller's heads are small, and a probe should not map and fault
+        // in a quarter MiB it never uses.
+        .input_buffer_size(BUFFER)
+        .output_buffer_size(BUFFER)
+        .max_response_header_size(BUFFER);
     if crate::tls::is_tls_url(url) {
         // The same roots and provider as `Trust::client_config`, which the
         // WebSocket clients use: ureq builds its rustls config from them.
