@@ -1,6 +1,7 @@
 //! The blocking HTTP client of the admin CLI (`ffcluster status`, `jobs`,
-//! `log`, drain…) and of the shim's cluster probes: ureq, over TLS for an
-//! `https://` controller, trusting what [`Trust`] trusts.
+//! `log`, drain…), of the shim's cluster probes and of the node's side-file
+//! downloads: ureq, over TLS for an `https://` controller, trusting what
+//! [`Trust`] trusts.
 //!
 //! ureq rather than our own HTTP/1.1: it is maintained, reads Content-Length,
 //! chunked and close-delimited bodies, and is already the shim's origin client,
@@ -88,6 +89,26 @@ pub fn request(
         .collect();
     let body = response.into_body().with_config().limit(max_body).read_to_vec().map_err(|e| error(url, &host, e))?;
     Ok(HttpResponse { status, headers, body })
+}
+
+/// `GET url` with the body copied into `sink` as it arrives, for files too
+/// large to hold: the status, and the bytes copied (none unless the status is
+/// 200).
+pub fn download(
+    url: &str,
+    trust: &Trust,
+    timeouts: Timeouts,
+    sink: &mut dyn io::Write,
+) -> Result<(u16, u64), HttpError> {
+    let host = authority(url)?.to_owned();
+    let response = agent(url, trust, timeouts)?.get(url).call().map_err(|e| error(url, &host, e))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Ok((status, 0));
+    }
+    let mut body = response.into_body().into_reader();
+    let copied = io::copy(&mut body, sink).map_err(|e| error(url, &host, ureq::Error::from(e)))?;
+    Ok((status, copied))
 }
 
 /// An agent for one request to `url`. The trusted roots are read only for an
@@ -220,6 +241,21 @@ mod tests {
         let cut = get(serve_once(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"));
         assert!(cut.is_err(), "{cut:?}");
         assert!(get(serve_once(b"SSH-2.0-OpenSSH\r\n\r\n")).is_err());
+    }
+
+    #[test]
+    fn downloads_stream_into_a_sink() {
+        let url = |port: u16| format!("http://127.0.0.1:{port}/f");
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let mut sink = Vec::new();
+        let got = download(&url(serve_once(chunked)), &Trust::default(), T, &mut sink).unwrap();
+        assert_eq!((got, sink.as_slice()), ((200, 5), &b"hello"[..]));
+        let missing = b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno";
+        let mut sink = Vec::new();
+        assert_eq!(download(&url(serve_once(missing)), &Trust::default(), T, &mut sink).unwrap(), (404, 0));
+        assert!(sink.is_empty());
+        let cut = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello";
+        assert!(download(&url(serve_once(cut)), &Trust::default(), T, &mut Vec::new()).is_err());
     }
 
     #[test]
