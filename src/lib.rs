@@ -21,7 +21,9 @@
 //!   capability probes nodes answer for the cluster (pure).
 //! * [`config`]: the daemons' layered settings (TOML file, environment, flags).
 //! * `tls` (feature `tls`): the TLS configurations of the controller and of
-//!   every client, and a blocking connection for the small HTTP clients.
+//!   every client.
+//! * `http` (feature `http`): the blocking HTTP client (ureq) of the admin
+//!   commands and the shim's cluster probes, with that TLS.
 //! * `controller` (feature `controller`): the daemon behind `ffcluster serve`
 //!   (node and shim WebSockets, the scheduler, the input relay, the status
 //!   document) and the small HTTP client behind `ffcluster status`.
@@ -33,6 +35,8 @@ pub mod config;
 pub mod controller;
 pub mod ffmpeg;
 pub mod hardware;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod plan;
 pub mod priority;
 pub mod protocol;

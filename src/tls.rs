@@ -5,19 +5,18 @@
 //! (`tls_ca`), so a home cluster's own CA works without touching the system
 //! store. Hostname verification is always on; there is no switch to turn it off.
 //! Clients with their own transport (tokio-tungstenite, tokio-rustls) take
-//! [`Trust::client_config`]; the blocking HTTP clients use [`Trust::connect`].
+//! [`Trust::client_config`]; the blocking HTTP client (`crate::http`, ureq)
+//! builds the same configuration from [`Trust::roots`].
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore, ServerConfig, StreamOwned};
+use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -44,7 +43,9 @@ pub fn is_tls_url(url: &str) -> bool {
     scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss")
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// ring, for every configuration here and for ureq's (see the workspace's
+/// Cargo.toml for why not rustls' default).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -55,7 +56,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 #[derive(Default, Clone)]
 pub struct Trust {
     ca_file: Option<PathBuf>,
-    config: Arc<OnceLock<Arc<ClientConfig>>>,
+    loaded: Arc<OnceLock<Loaded>>,
+}
+
+/// The roots as read, and the configuration made of them.
+struct Loaded {
+    roots: Arc<Vec<CertificateDer<'static>>>,
+    config: Arc<ClientConfig>,
 }
 
 impl fmt::Debug for Trust {
@@ -66,7 +73,7 @@ impl fmt::Debug for Trust {
 
 impl Trust {
     pub fn new(ca_file: Option<PathBuf>) -> Trust {
-        Trust { ca_file, config: Arc::default() }
+        Trust { ca_file, loaded: Arc::default() }
     }
 
     /// The extra CA file (`tls_ca`), if any.
@@ -76,141 +83,50 @@ impl Trust {
 
     /// The client configuration: these roots, hostname verification on.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
-        if let Some(c) = self.config.get() {
-            return Ok(c.clone());
+        Ok(self.load()?.config.clone())
+    }
+
+    /// The trusted root certificates: the system's that parse, and `tls_ca`'s.
+    pub fn roots(&self) -> Result<Arc<Vec<CertificateDer<'static>>>, TlsError> {
+        Ok(self.load()?.roots.clone())
+    }
+
+    fn load(&self) -> Result<&Loaded, TlsError> {
+        if let Some(l) = self.loaded.get() {
+            return Ok(l);
         }
-        let mut roots = RootCertStore::empty();
+        let mut store = RootCertStore::empty();
+        let mut roots = Vec::new();
         // A broken system store must not stop a cluster that brings its own CA.
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
+        for cert in rustls_native_certs::load_native_certs().certs {
+            if store.add(cert.clone()).is_ok() {
+                roots.push(cert);
+            }
+        }
         if let Some(path) = &self.ca_file {
             let certs = read_certs("tls_ca", path)?;
-            let (added, _) = roots.add_parsable_certificates(certs);
+            let mut added = 0;
+            for cert in certs {
+                if store.add(cert.clone()).is_ok() {
+                    roots.push(cert);
+                    added += 1;
+                }
+            }
             if added == 0 {
                 return Err(TlsError::Empty { what: "tls_ca", path: path.clone(), expected: "CA certificate" });
             }
         }
-        if roots.is_empty() {
+        if store.is_empty() {
             return Err(TlsError::NoRoots);
         }
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Setup)?
-            .with_root_certificates(roots)
+            .with_root_certificates(store)
             .with_no_client_auth();
-        let config = Arc::new(config);
-        let _ = self.config.set(config.clone());
-        Ok(config)
+        let _ = self.loaded.set(Loaded { roots: Arc::new(roots), config: Arc::new(config) });
+        Ok(self.loaded.get().expect("set above or by a racing caller"))
     }
-
-    /// Opens TLS on a connected socket to `authority` (`host[:port]`, from
-    /// `url`) and completes the handshake, so that a certificate problem is
-    /// reported here, naming `url`, rather than as a failed read later.
-    pub fn connect(&self, url: &str, authority: &str, tcp: TcpStream) -> Result<TlsStream, TlsError> {
-        let name = server_name(authority)?;
-        let conn = ClientConnection::new(self.client_config()?, name).map_err(TlsError::Setup)?;
-        let mut stream = StreamOwned::new(conn, tcp);
-        while stream.conn.is_handshaking() {
-            if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
-                return Err(TlsError::Handshake { url: url.to_owned(), cause: explain_io(&e) });
-            }
-        }
-        Ok(TlsStream(Box::new(stream)))
-    }
-}
-
-/// A blocking client TLS connection (see [`Trust::connect`]).
-#[derive(Debug)]
-pub struct TlsStream(Box<StreamOwned<ClientConnection, TcpStream>>);
-
-impl Read for TlsStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.0.read(buf) {
-            // A server that closes without close_notify after a complete
-            // `Connection: close` answer is common and harmless for HTTP/1.1
-            // with a length or chunked body: the caller checks the length.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
-            r => r,
-        }
-    }
-}
-
-impl Write for TlsStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-/// A blocking connection to the controller: plain, or TLS for an `https://` URL.
-#[derive(Debug)]
-pub enum Conn {
-    Plain(TcpStream),
-    Tls(TlsStream),
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf),
-            Conn::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DialError {
-    // The io errors are part of the message rather than `source`s, so that the
-    // text is complete however the error is printed.
-    #[error("cannot resolve {host}: {error}")]
-    Resolve { host: String, error: io::Error },
-    #[error("cannot connect to {host}: {error}")]
-    Connect { host: String, error: io::Error },
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-}
-
-/// Connects to `authority` (`host[:port]`) for `url`, with TLS when `url` is
-/// `https://` (port 443 by default, else 80), trying each address in turn within
-/// `connect` and with `io` as the read and write timeout.
-pub fn dial(url: &str, authority: &str, trust: &Trust, connect: Duration, io: Duration) -> Result<Conn, DialError> {
-    use std::net::ToSocketAddrs;
-    let target = socket_target(url, authority);
-    let host = authority.to_owned();
-    let addrs: Vec<_> =
-        target.to_socket_addrs().map_err(|error| DialError::Resolve { host: host.clone(), error })?.collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    let mut tcp = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, connect) {
-            Ok(s) => {
-                tcp = Some(s);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let tcp = tcp.ok_or_else(|| DialError::Connect { host: host.clone(), error: last })?;
-    let timeouts = tcp.set_read_timeout(Some(io)).and_then(|()| tcp.set_write_timeout(Some(io)));
-    timeouts.map_err(|error| DialError::Connect { host: host.clone(), error })?;
-    if is_tls_url(url) { Ok(Conn::Tls(trust.connect(url, authority, tcp)?)) } else { Ok(Conn::Plain(tcp)) }
 }
 
 /// `authority` (`host`, `host:port`, `[v6]:port`) split into its host and port.
@@ -295,7 +211,9 @@ pub fn explain(err: &(dyn StdError + 'static)) -> Option<String> {
     None
 }
 
-fn explain_io(e: &io::Error) -> String {
+/// [`explain`] for an io error of a TLS connection, with a hint when the
+/// server hung up in the handshake.
+pub fn explain_io(e: &io::Error) -> String {
     match explain(e) {
         Some(s) => s,
         None if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::ConnectionReset => {
@@ -305,7 +223,7 @@ fn explain_io(e: &io::Error) -> String {
     }
 }
 
-fn explain_rustls(e: &rustls::Error) -> String {
+pub fn explain_rustls(e: &rustls::Error) -> String {
     use rustls::Error as E;
     let why = match e {
         E::InvalidCertificate(CertificateError::UnknownIssuer) => {

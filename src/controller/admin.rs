@@ -49,5 +49,5 @@ pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         (reg.status(Instant::now(), unix_ms_now()), reg.known_nodes())
     };
     let text = shared.metrics.render(&status, &known);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
 }

@@ -1,22 +1,39 @@
-//! `GET /metrics`: the controller's counters in the Prometheus text format
-//! (version 0.0.4), written by hand: a dozen series do not need a crate.
+//! `GET /metrics`: the controller's counters in the OpenMetrics text format,
+//! through `prometheus-client`, the Prometheus project's Rust client, which
+//! owns the format (escaping, `_total`, histogram buckets, `# EOF`) so that we
+//! only say what is counted.
 //!
-//! Counters live in [`Metrics`], atomics that the links and the registry bump
-//! as things happen; gauges (nodes, running jobs) are read from the status
-//! document when scraped, so they can never drift from what `status` shows.
+//! Counters and histograms live in [`Metrics`] and are bumped as things
+//! happen; gauges (nodes, running jobs) are read from the status document when
+//! scraped, so they can never drift from what `status` shows.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::status::{ChunkState, JobMode, JobState, NodeState, Reasons, Status};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry};
+
+use super::status::{ChunkState, JobMode, JobState, NodeState, NodeStatus, Reasons, Status};
+
+/// What `GET /metrics` answers with: OpenMetrics 1.0, which the crate writes
+/// and Prometheus asks for first.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the time-to-first-output histograms: from a fast
 /// local cluster (a fraction of a second) to one that makes Jellyfin's player
 /// give up (a minute).
 const BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0];
+
+/// A series' labels, in the order they are written.
+type Labels = Vec<(&'static str, String)>;
 
 /// How a job ended, as a label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,11 +74,8 @@ const MODES: [JobMode; 2] = [JobMode::Whole, JobMode::Split];
 const CHUNK_ENDS: [ChunkState; 4] =
     [ChunkState::Done, ChunkState::Failed, ChunkState::Superseded, ChunkState::Cancelled];
 
-fn mode_index(m: JobMode) -> usize {
-    match m {
-        JobMode::Whole => 0,
-        JobMode::Split => 1,
-    }
+fn mode(m: JobMode) -> Labels {
+    vec![("mode", m.to_string())]
 }
 
 /// Counters by a reason code the shim sends (`nosplit.*`, `resumed.*`,
@@ -69,7 +83,10 @@ fn mode_index(m: JobMode) -> usize {
 /// dotted name, and any code past the first [`CODES_KEPT`], count as `other`:
 /// a shim cannot grow the exposition without bound.
 #[derive(Debug, Default)]
-pub(crate) struct ByCode(Mutex<BTreeMap<String, u64>>);
+pub(crate) struct ByCode {
+    counts: Family<Labels, Counter>,
+    kept: Mutex<BTreeSet<String>>,
+}
 
 /// Distinct codes one [`ByCode`] keeps apart.
 const CODES_KEPT: usize = 64;
@@ -79,64 +96,28 @@ impl ByCode {
         let plain = !code.is_empty()
             && code.len() <= 64
             && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let key = if plain && (m.contains_key(code) || m.len() < CODES_KEPT) { code } else { "other" };
-        *m.entry(key.to_owned()).or_default() += 1;
-    }
-
-    fn write(&self, out: &mut String, name: &str) {
-        for (code, n) in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", escape(code));
-        }
-    }
-}
-
-/// A cumulative histogram of durations.
-#[derive(Debug, Default)]
-pub(crate) struct Histogram {
-    /// Per bucket (not cumulative), plus one for `+Inf`.
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    pub(crate) fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = BUCKETS.iter().position(|b| s <= *b).unwrap_or(BUCKETS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
-        let mut total = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            total += c.load(Ordering::Relaxed);
-            let le = BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {total}");
-        }
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let bare = labels.trim_end_matches(',');
-        let braces = if bare.is_empty() { String::new() } else { format!("{{{bare}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {total}");
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if plain && (kept.contains(code) || kept.len() < CODES_KEPT) { code } else { "other" };
+        kept.insert(key.to_owned());
+        self.counts.get_or_create(&vec![("reason", key.to_owned())]).inc();
     }
 }
 
 /// The controller's counters since it started.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Metrics {
-    /// `[mode][result]`.
-    jobs: [[AtomicU64; 4]; 2],
+    /// By mode and result.
+    jobs: Family<Labels, Counter>,
     /// Submissions refused (no capable node, unusable plan): the shim runs them
     /// locally.
-    rejected: [AtomicU64; 2],
-    /// Ended chunk attempts by `CHUNK_ENDS`.
-    chunk_attempts: [AtomicU64; 4],
-    reissues: AtomicU64,
+    rejected: Family<Labels, Counter>,
+    /// Ended chunk attempts by result.
+    chunk_attempts: Family<Labels, Counter>,
+    reissues: Counter,
     /// Input bytes served to nodes through the relay.
-    input_bytes: AtomicU64,
+    input_bytes: Counter,
     /// Encoded bytes relayed from nodes to shims, by mode.
-    output_bytes: [AtomicU64; 2],
+    output_bytes: Family<Labels, Counter>,
     /// Whole jobs: shim connection to the first output bytes relayed.
     first_output: Histogram,
     /// Split jobs: submission to the first chunk finished.
@@ -149,10 +130,40 @@ pub(crate) struct Metrics {
     fallback: ByCode,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let m = Metrics {
+            jobs: Family::default(),
+            rejected: Family::default(),
+            chunk_attempts: Family::default(),
+            reissues: Counter::default(),
+            input_bytes: Counter::default(),
+            output_bytes: Family::default(),
+            first_output: Histogram::new(BUCKETS),
+            first_chunk: Histogram::new(BUCKETS),
+            not_split: ByCode::default(),
+            resumed: ByCode::default(),
+            fallback: ByCode::default(),
+        };
+        // Every mode and result reads 0 before its first event, as a scrape
+        // that compares two readings expects.
+        for m_ in MODES {
+            for r in JobResult::ALL {
+                let _ = m.jobs.get_or_create(&[mode(m_), vec![("result", r.as_str().to_owned())]].concat());
+            }
+            let _ = m.rejected.get_or_create(&mode(m_));
+            let _ = m.output_bytes.get_or_create(&mode(m_));
+        }
+        for s in CHUNK_ENDS {
+            let _ = m.chunk_attempts.get_or_create(&vec![("result", s.to_string())]);
+        }
+        m
+    }
+}
+
 impl Metrics {
-    pub(crate) fn job_ended(&self, mode: JobMode, result: JobResult) {
-        let r = JobResult::ALL.iter().position(|x| *x == result).unwrap_or(0);
-        self.jobs[mode_index(mode)][r].fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn job_ended(&self, m: JobMode, result: JobResult) {
+        self.jobs.get_or_create(&[mode(m), vec![("result", result.as_str().to_owned())]].concat()).inc();
     }
 
     /// A job was accepted: counts why it was not split, or why it resumes.
@@ -169,171 +180,182 @@ impl Metrics {
         self.fallback.add(code);
     }
 
-    pub(crate) fn rejected(&self, mode: JobMode) {
-        self.rejected[mode_index(mode)].fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn rejected(&self, m: JobMode) {
+        self.rejected.get_or_create(&mode(m)).inc();
     }
 
     pub(crate) fn chunk_ended(&self, state: ChunkState) {
-        if let Some(i) = CHUNK_ENDS.iter().position(|s| *s == state) {
-            self.chunk_attempts[i].fetch_add(1, Ordering::Relaxed);
+        if CHUNK_ENDS.contains(&state) {
+            self.chunk_attempts.get_or_create(&vec![("result", state.to_string())]).inc();
         }
     }
 
     pub(crate) fn reissued(&self) {
-        self.reissues.fetch_add(1, Ordering::Relaxed);
+        self.reissues.inc();
     }
 
     pub(crate) fn input_bytes(&self, n: usize) {
-        self.input_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.input_bytes.inc_by(n as u64);
     }
 
-    pub(crate) fn output_bytes(&self, mode: JobMode, n: usize) {
-        self.output_bytes[mode_index(mode)].fetch_add(n as u64, Ordering::Relaxed);
+    pub(crate) fn output_bytes(&self, m: JobMode, n: usize) {
+        self.output_bytes.get_or_create(&mode(m)).inc_by(n as u64);
     }
 
     /// The first output of a whole job, `after` its shim connected; `seen` is
     /// the job's own flag, so that only the first counts.
     pub(crate) fn first_output(&self, seen: &AtomicBool, after: Duration) {
         if !seen.swap(true, Ordering::Relaxed) {
-            self.first_output.observe(after);
+            self.first_output.observe(after.as_secs_f64());
         }
     }
 
     pub(crate) fn first_chunk(&self, after: Duration) {
-        self.first_chunk.observe(after);
+        self.first_chunk.observe(after.as_secs_f64());
     }
 
     /// The exposition: these counters, and gauges from `status`. `known` are
     /// names of nodes seen since start, so that a node that went away reads
-    /// `ffcluster_node_connected 0` instead of vanishing.
+    /// `ffcluster_node_connected 0` instead of vanishing. A registry per
+    /// scrape: the counters are shared handles, the gauges are made here.
     pub(crate) fn render(&self, status: &Status, known: &[String]) -> String {
-        let mut o = String::new();
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        help(&mut o, "ffcluster_build_info", "gauge", "The controller's version (always 1).");
-        let _ = writeln!(
-            o,
-            "ffcluster_build_info{{version=\"{}\",protocol=\"{}\"}} 1",
-            escape(&status.version),
-            status.protocol
-        );
-        help(&mut o, "ffcluster_uptime_seconds", "gauge", "Seconds since the controller started.");
-        let _ = writeln!(o, "ffcluster_uptime_seconds {}", status.uptime_ms as f64 / 1000.0);
+        let mut r = Registry::default();
+        let build = vec![("version", status.version.clone()), ("protocol", status.protocol.to_string())];
+        reg(&mut r, "ffcluster_build_info", "The controller's version (always 1).", gauges([(build, 1)]));
+        let uptime = Gauge::<f64, AtomicU64>::default();
+        uptime.set(status.uptime_ms as f64 / 1000.0);
+        reg(&mut r, "ffcluster_uptime_seconds", "Seconds since the controller started.", uptime);
 
-        help(&mut o, "ffcluster_jobs_total", "counter", "Jobs that ended, by mode and result.");
-        for m in MODES {
-            for (r, result) in JobResult::ALL.iter().enumerate() {
-                let v = load(&self.jobs[mode_index(m)][r]);
-                let _ = writeln!(o, "ffcluster_jobs_total{{mode=\"{m}\",result=\"{}\"}} {v}", result.as_str());
-            }
-        }
-        help(&mut o, "ffcluster_jobs_running", "gauge", "Jobs running now, by mode.");
-        for m in MODES {
-            let n = status.jobs.iter().filter(|j| j.mode == m && j.state == JobState::Running).count();
-            let _ = writeln!(o, "ffcluster_jobs_running{{mode=\"{m}\"}} {n}");
-        }
-        help(
-            &mut o,
+        reg(&mut r, "ffcluster_jobs_total", "Jobs that ended, by mode and result.", self.jobs.clone());
+        let running = |m| status.jobs.iter().filter(|j| j.mode == m && j.state == JobState::Running).count();
+        let running = gauges(MODES.map(|m| (mode(m), running(m) as i64)));
+        reg(&mut r, "ffcluster_jobs_running", "Jobs running now, by mode.", running);
+        reg(
+            &mut r,
             "ffcluster_jobs_rejected_total",
-            "counter",
             "Submissions the controller refused (no capable node, bad plan): the shim ran them locally.",
+            self.rejected.clone(),
         );
-        for m in MODES {
-            let _ =
-                writeln!(o, "ffcluster_jobs_rejected_total{{mode=\"{m}\"}} {}", load(&self.rejected[mode_index(m)]));
-        }
-        help(
-            &mut o,
+        reg(
+            &mut r,
             "ffcluster_jobs_not_split_total",
-            "counter",
             "Accepted jobs the shim would split that run whole, by reason code (nosplit.*).",
+            self.not_split.counts.clone(),
         );
-        self.not_split.write(&mut o, "ffcluster_jobs_not_split_total");
-        help(
-            &mut o,
+        reg(
+            &mut r,
             "ffcluster_jobs_resumed_total",
-            "counter",
             "Accepted runs that resume a job the cluster lost, by reason code (resumed.*).",
+            self.resumed.counts.clone(),
         );
-        self.resumed.write(&mut o, "ffcluster_jobs_resumed_total");
-        help(
-            &mut o,
+        reg(
+            &mut r,
             "ffcluster_jobs_fallback_total",
-            "counter",
             "Accepted jobs the shim ran locally after all, by reason code (fallback.*).",
+            self.fallback.counts.clone(),
         );
-        self.fallback.write(&mut o, "ffcluster_jobs_fallback_total");
 
-        help(&mut o, "ffcluster_chunk_attempts_total", "counter", "Ended chunk attempts of split jobs, by result.");
-        for (i, s) in CHUNK_ENDS.iter().enumerate() {
-            let _ = writeln!(o, "ffcluster_chunk_attempts_total{{result=\"{s}\"}} {}", load(&self.chunk_attempts[i]));
-        }
-        help(&mut o, "ffcluster_chunks_running", "gauge", "Chunk attempts running now.");
-        let running: u64 =
-            status.jobs.iter().flat_map(|j| &j.chunks).filter(|c| c.state == ChunkState::Running).count() as u64;
-        let _ = writeln!(o, "ffcluster_chunks_running {running}");
-        help(&mut o, "ffcluster_chunk_reissues_total", "counter", "Late chunks given a second attempt.");
-        let _ = writeln!(o, "ffcluster_chunk_reissues_total {}", load(&self.reissues));
+        reg(
+            &mut r,
+            "ffcluster_chunk_attempts_total",
+            "Ended chunk attempts of split jobs, by result.",
+            self.chunk_attempts.clone(),
+        );
+        let chunks_running =
+            status.jobs.iter().flat_map(|j| &j.chunks).filter(|c| c.state == ChunkState::Running).count();
+        let chunks = Gauge::<i64>::default();
+        chunks.set(chunks_running as i64);
+        reg(&mut r, "ffcluster_chunks_running", "Chunk attempts running now.", chunks);
+        reg(&mut r, "ffcluster_chunk_reissues_total", "Late chunks given a second attempt.", self.reissues.clone());
 
-        help(&mut o, "ffcluster_relay_input_bytes_total", "counter", "Input file bytes served to nodes.");
-        let _ = writeln!(o, "ffcluster_relay_input_bytes_total {}", load(&self.input_bytes));
-        help(&mut o, "ffcluster_relay_output_bytes_total", "counter", "Output bytes relayed from nodes to shims.");
-        for m in MODES {
-            let v = load(&self.output_bytes[mode_index(m)]);
-            let _ = writeln!(o, "ffcluster_relay_output_bytes_total{{mode=\"{m}\"}} {v}");
-        }
+        reg(&mut r, "ffcluster_relay_input_bytes_total", "Input file bytes served to nodes.", self.input_bytes.clone());
+        reg(
+            &mut r,
+            "ffcluster_relay_output_bytes_total",
+            "Output bytes relayed from nodes to shims.",
+            self.output_bytes.clone(),
+        );
 
-        help(
-            &mut o,
+        reg(
+            &mut r,
             "ffcluster_first_output_seconds",
-            "histogram",
             "Whole jobs: from the shim's connection to the first output bytes relayed.",
+            self.first_output.clone(),
         );
-        self.first_output.write(&mut o, "ffcluster_first_output_seconds", "");
-        help(
-            &mut o,
+        reg(
+            &mut r,
             "ffcluster_first_chunk_seconds",
-            "histogram",
             "Split jobs: from submission to the first chunk finished.",
+            self.first_chunk.clone(),
         );
-        self.first_chunk.write(&mut o, "ffcluster_first_chunk_seconds", "");
 
-        help(&mut o, "ffcluster_nodes", "gauge", "Connected nodes.");
-        let _ = writeln!(o, "ffcluster_nodes {}", status.nodes.len());
-        help(&mut o, "ffcluster_node_connected", "gauge", "1 while the node is connected, 0 after it went away.");
-        for name in known {
+        let nodes = Gauge::<i64>::default();
+        nodes.set(status.nodes.len() as i64);
+        reg(&mut r, "ffcluster_nodes", "Connected nodes.", nodes);
+        let connected = known.iter().map(|name| {
             let up = status.nodes.iter().any(|n| &n.name == name);
-            let _ = writeln!(o, "ffcluster_node_connected{{node=\"{}\"}} {}", escape(name), u8::from(up));
+            (node(name), i64::from(up))
+        });
+        reg(
+            &mut r,
+            "ffcluster_node_connected",
+            "1 while the node is connected, 0 after it went away.",
+            gauges(connected),
+        );
+        let per_node = |f: fn(&NodeStatus) -> i64| gauges(status.nodes.iter().map(|n| (node(&n.name), f(n))));
+        reg(&mut r, "ffcluster_node_running", "Jobs and chunk attempts the node runs.", per_node(|n| n.running.into()));
+        reg(&mut r, "ffcluster_node_slots", "Jobs the node runs at once.", per_node(|n| n.slots.into()));
+        let speed = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let seen = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        for n in &status.nodes {
+            speed.get_or_create(&node(&n.name)).set(n.speed);
+            seen.get_or_create(&node(&n.name)).set(n.last_seen_ms_ago as f64 / 1000.0);
         }
-        type Gauge = fn(&super::status::NodeStatus) -> f64;
-        let gauges: [(&str, &str, Gauge); 5] = [
-            ("ffcluster_node_running", "Jobs and chunk attempts the node runs.", |n| f64::from(n.running)),
-            ("ffcluster_node_slots", "Jobs the node runs at once.", |n| f64::from(n.slots)),
-            ("ffcluster_node_speed", "The node's benchmark score (frames per second).", |n| n.speed),
-            ("ffcluster_node_draining", "1 when drained: no new work.", |n| {
-                f64::from(u8::from(n.state == NodeState::Draining))
-            }),
-            ("ffcluster_node_last_seen_seconds", "Seconds since the node's last message.", |n| {
-                n.last_seen_ms_ago as f64 / 1000.0
-            }),
-        ];
-        for (name, what, get) in gauges {
-            help(&mut o, name, "gauge", what);
-            for n in &status.nodes {
-                let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", escape(&n.name), get(n));
-            }
-        }
+        reg(&mut r, "ffcluster_node_speed", "The node's benchmark score (frames per second).", speed);
+        let draining = per_node(|n| i64::from(n.state == NodeState::Draining));
+        reg(&mut r, "ffcluster_node_draining", "1 when drained: no new work.", draining);
+        reg(&mut r, "ffcluster_node_last_seen_seconds", "Seconds since the node's last message.", seen);
+
+        let mut o = String::new();
+        encode(&mut o, &r).expect("writing to a String cannot fail");
         o
     }
 }
 
-fn help(out: &mut String, name: &str, kind: &str, text: &str) {
-    let _ = writeln!(out, "# HELP {name} {text}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+fn node(name: &str) -> Labels {
+    vec![("node", name.to_owned())]
 }
 
-/// A label value as the text format quotes it.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// A gauge family with these values.
+fn gauges(values: impl IntoIterator<Item = (Labels, i64)>) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    for (labels, v) in values {
+        family.get_or_create(&labels).set(v);
+    }
+    family
+}
+
+/// Registers `metric` as `name` with `help` as the docs write it. The crate adds
+/// `_total` to a counter's samples and a full stop to the help text itself.
+fn reg(r: &mut Registry, name: &str, help: &str, metric: impl Metric) {
+    let name = name.strip_suffix("_total").unwrap_or(name);
+    r.register(name, help.strip_suffix('.').unwrap_or(help), Declared(metric));
+}
+
+/// A metric whose `# HELP` and `# TYPE` are written even before its first
+/// series (no reason code counted yet, no node connected): the crate leaves
+/// an empty family out, and a scrape would not show that the series exists.
+#[derive(Debug)]
+struct Declared<M>(M);
+
+impl<M: Metric> EncodeMetric for Declared<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
 }
 
 #[cfg(test)]
@@ -404,11 +426,11 @@ mod tests {
         assert_eq!(value(&t, "ffcluster_relay_output_bytes_total{mode=\"split\"}"), "7");
         // Only the first output counts; buckets are cumulative.
         assert_eq!(value(&t, "ffcluster_first_output_seconds_bucket{le=\"0.5\"}"), "0");
-        assert_eq!(value(&t, "ffcluster_first_output_seconds_bucket{le=\"1\"}"), "1");
+        assert_eq!(value(&t, "ffcluster_first_output_seconds_bucket{le=\"1.0\"}"), "1");
         assert_eq!(value(&t, "ffcluster_first_output_seconds_bucket{le=\"+Inf\"}"), "1");
         assert_eq!(value(&t, "ffcluster_first_output_seconds_count"), "1");
         assert_eq!(value(&t, "ffcluster_first_output_seconds_sum"), "0.7");
-        assert_eq!(value(&t, "ffcluster_first_chunk_seconds_bucket{le=\"60\"}"), "0");
+        assert_eq!(value(&t, "ffcluster_first_chunk_seconds_bucket{le=\"60.0\"}"), "0");
         assert_eq!(value(&t, "ffcluster_first_chunk_seconds_bucket{le=\"+Inf\"}"), "1");
         assert_eq!(value(&t, "ffcluster_node_connected{node=\"a \\\"quoted\\\" box\"}"), "1");
         assert_eq!(value(&t, "ffcluster_node_connected{node=\"gone\"}"), "0");
@@ -419,13 +441,18 @@ mod tests {
         assert_eq!(value(&t, "ffcluster_jobs_not_split_total{reason=\"nosplit.too_short\"}"), "1");
         assert_eq!(value(&t, "ffcluster_jobs_not_split_total{reason=\"other\"}"), "1");
         assert_eq!(value(&t, "ffcluster_jobs_fallback_total{reason=\"fallback.exit\"}"), "1");
-        assert!(t.contains("# TYPE ffcluster_jobs_resumed_total counter\n"), "{t}");
+        // OpenMetrics names a counter's family without `_total`; its samples
+        // carry it.
+        assert!(t.contains("# TYPE ffcluster_jobs_resumed counter\n"), "{t}");
+        assert!(t.contains("# HELP ffcluster_jobs Jobs that ended, by mode and result.\n"), "{t}");
+        assert!(t.ends_with("\n# EOF\n"), "{t}");
         assert!(!t.contains("ffcluster_jobs_resumed_total{"), "nothing resumed yet: {t}");
         // Every sample line belongs to a declared family.
         let families: Vec<&str> = t.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
         for l in t.lines().filter(|l| !l.starts_with('#')) {
             let name = l.split(['{', ' ']).next().unwrap();
-            let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+            let family =
+                ["_bucket", "_sum", "_count", "_total"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
             assert!(families.contains(&name) || families.contains(&family), "undeclared {l}");
         }
     }

@@ -13,8 +13,8 @@
 //! * `node_link` / `shim_link`: one task per WebSocket, with its writer task.
 //! * `outbox`: each peer's single ordered outgoing queue, with backpressure.
 //! * `relay`: the input file route.
-//! * [`status`]: the status document; [`http_client`]: how `ffcluster status`
-//!   fetches it.
+//! * [`status`]: the status document; [`http_client`]: the admin commands' requests
+//!   (`ffcluster status`, `nodes`, drain…) over [`crate::http`].
 //! * [`admin`] (draining nodes, `/metrics`), `metrics` (the counters) and
 //!   `dashboard` (the web page at `/`).
 //! * [`joblog`]: each job's log, which reads like ffmpeg's, at

@@ -324,8 +324,12 @@ impl Cluster {
         let trust = ffcluster::tls::Trust::new(self.ca());
         let r = ffcluster::controller::http_client::get(&url, &[("Authorization", &auth)], &trust).unwrap();
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        assert!(r.header("content-type").is_some_and(|t| t.starts_with("text/plain; version=0.0.4")));
-        String::from_utf8(r.body).unwrap()
+        // OpenMetrics 1.0, which prometheus-client writes: its content type
+        // and its end marker, so that a scrape knows it got the whole text.
+        assert!(r.header("content-type").is_some_and(|t| t.starts_with("application/openmetrics-text; version=1.0.0")));
+        let text = String::from_utf8(r.body).unwrap();
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        text
     }
 
     pub fn node_names(&self) -> Vec<String> {
