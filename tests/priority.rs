@@ -101,6 +101,10 @@ fn a_playback_takes_a_node_back_from_a_batch_encode() {
     let log = c.admin_ok(&["log", &id]);
     let by = format!("preempted by job {} (interactive)", p["id"]);
     assert!(log.contains(&by), "{log}");
+    let scrape = c.metrics();
+    let series = "ffcluster_chunk_preemptions_total{priority=\"interactive\"} ";
+    let counted = scrape.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(counted, Some(preempted), "{scrape}");
 
     for (what, d, s, playlist) in [("batch", bd, bs, ""), ("playback", pd, ps, &format!("{MD5}.m3u8")[..])] {
         let compared = compare::outputs(d, s, scratch, playlist);

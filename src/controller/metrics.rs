@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
 use super::status::{ChunkState, JobMode, JobState, NodeState, NodeStatus, Reasons, Status};
+use crate::priority::Priority;
 
 /// What `GET /metrics` answers with: OpenMetrics 1.0, which the crate writes
 /// and Prometheus asks for first.
@@ -114,6 +115,9 @@ pub(crate) struct Metrics {
     /// Ended chunk attempts by result.
     chunk_attempts: Family<Labels, Counter>,
     reissues: Counter,
+    /// Chunk attempts stopped to give their node to more urgent work, by the
+    /// priority they made room for.
+    preemptions: Family<Labels, Counter>,
     /// Input bytes served to nodes through the relay.
     input_bytes: Counter,
     /// Encoded bytes relayed from nodes to shims, by mode.
@@ -137,6 +141,7 @@ impl Default for Metrics {
             rejected: Family::default(),
             chunk_attempts: Family::default(),
             reissues: Counter::default(),
+            preemptions: Family::default(),
             input_bytes: Counter::default(),
             output_bytes: Family::default(),
             first_output: Histogram::new(BUCKETS),
@@ -153,6 +158,9 @@ impl Default for Metrics {
             }
             let _ = m.rejected.get_or_create(&mode(m_));
             let _ = m.output_bytes.get_or_create(&mode(m_));
+        }
+        for p in [Priority::Interactive, Priority::Streaming] {
+            let _ = m.preemptions.get_or_create(&vec![("priority", p.to_string())]);
         }
         for s in CHUNK_ENDS {
             let _ = m.chunk_attempts.get_or_create(&vec![("result", s.to_string())]);
@@ -192,6 +200,11 @@ impl Metrics {
 
     pub(crate) fn reissued(&self) {
         self.reissues.inc();
+    }
+
+    /// A chunk attempt was stopped for work of priority `p`.
+    pub(crate) fn preempted(&self, p: Priority) {
+        self.preemptions.get_or_create(&vec![("priority", p.to_string())]).inc();
     }
 
     pub(crate) fn input_bytes(&self, n: usize) {
@@ -267,6 +280,12 @@ impl Metrics {
         chunks.set(chunks_running as i64);
         reg(&mut r, "ffcluster_chunks_running", "Chunk attempts running now.", chunks);
         reg(&mut r, "ffcluster_chunk_reissues_total", "Late chunks given a second attempt.", self.reissues.clone());
+        reg(
+            &mut r,
+            "ffcluster_chunk_preemptions_total",
+            "Chunk attempts stopped to give their node to more urgent work, by the priority it was for.",
+            self.preemptions.clone(),
+        );
 
         reg(&mut r, "ffcluster_relay_input_bytes_total", "Input file bytes served to nodes.", self.input_bytes.clone());
         reg(

@@ -929,6 +929,7 @@ impl Registry {
         }
         let why = format!("preempted by job {for_job} ({priority})");
         self.logs.note(job, now, &format!("attempt {victim} {why}"));
+        self.metrics.preempted(priority);
         self.end_attempt(victim, AttemptEnd::Preempted(why), now);
     }
 
