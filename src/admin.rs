@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ffcluster::controller::http_client::{fetch_log, fetch_status, set_drain};
+use ffcluster::controller::http_client::{fetch_log, fetch_status, set_drain, set_priority};
 use ffcluster::controller::status::{JobState, Status};
 use ffcluster::tls::Trust;
 
@@ -74,6 +74,16 @@ pub struct DrainArgs {
     /// Undrain instead: the node gets work again.
     #[arg(long)]
     undo: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PriorityArgs {
+    /// The job's id, as `ffcluster jobs` shows it.
+    job: u64,
+    /// `interactive`, `streaming` or `batch`.
+    level: ffcluster::priority::Priority,
     #[command(flatten)]
     conn: Conn,
 }
@@ -165,6 +175,13 @@ pub fn drain(a: DrainArgs) -> anyhow::Result<ExitCode> {
 
 pub fn undrain(a: UndrainArgs) -> anyhow::Result<ExitCode> {
     set(&a.conn, &a.node, false)
+}
+
+pub fn priority(a: PriorityArgs) -> anyhow::Result<ExitCode> {
+    let reply = set_priority(&a.conn.controller, a.conn.token()?, &a.conn.trust(), a.job, a.level)
+        .with_context(|| format!("controller at {}", a.conn.controller))?;
+    println!("job {}: priority {} (was {})", reply.job, reply.priority, reply.was);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn set(conn: &Conn, node: &str, draining: bool) -> anyhow::Result<ExitCode> {

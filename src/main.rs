@@ -39,6 +39,8 @@ enum Command {
     Drain(admin::DrainArgs),
     /// Give a drained node work again (same as `drain --undo`).
     Undrain(admin::UndrainArgs),
+    /// Set a running job's priority: interactive, streaming or batch.
+    Priority(admin::PriorityArgs),
     /// Show how an ffmpeg command line is parsed and where the shim would run it.
     Explain(explain::Args),
     /// Measure the cluster on this machine (see README, Benchmarks).
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Log(args) => admin::log(args),
         Command::Drain(args) => admin::drain(args),
         Command::Undrain(args) => admin::undrain(args),
+        Command::Priority(args) => admin::priority(args),
         Command::Explain(args) => explain::run(args),
         Command::Bench(args) => bench::run(args),
         Command::TlsInit(args) => tls_init::run(args),

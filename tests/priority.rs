@@ -118,3 +118,48 @@ fn a_playback_takes_a_node_back_from_a_batch_encode() {
         job(&during, "film-src.mkv")["chunks_done"]
     );
 }
+
+/// `ffcluster priority JOB LEVEL` changes a running job's priority, which the
+/// status document and the job's log then show; a job that is not running and
+/// a level that is not one are refused with a clear error.
+#[test]
+fn the_admin_sets_a_running_jobs_priority() {
+    let c = Cluster::start(1);
+    let film = c.work.join("film-src.mkv");
+    make_clip(&film, 60, "640x360", &[]);
+    let out = c.work.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut batch = c
+        .shim()
+        .env("FFCLUSTER_MODE", "split")
+        .args(batch_args(&film, &out))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let id = loop {
+        let s = c.status();
+        if let Some(j) = s["jobs"].as_array().and_then(|j| j.first()).filter(|j| j["state"] == "running") {
+            assert_eq!(j["priority"], "batch", "{j:#}");
+            break j["id"].to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the job never ran: {s:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = c.admin_ok(&["priority", &id, "streaming"]);
+    assert_eq!(said.trim(), format!("job {id}: priority streaming (was batch)"));
+    assert_eq!(job(&c.status(), "film-src.mkv")["priority"], "streaming");
+    assert!(c.admin_ok(&["log", &id]).contains("priority batch -> streaming (admin)"));
+
+    let missing = c.admin(&["priority", "999999", "batch"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no job 999999 is running"), "{missing:?}");
+    let bad = c.admin(&["priority", &id, "urgent"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown priority \"urgent\""), "{bad:?}");
+
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(batch.id() as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = batch.wait();
+    c.wait_no_remote_ffmpeg(Duration::from_secs(10));
+}

@@ -13,9 +13,38 @@ use serde::{Deserialize, Serialize};
 
 use super::Shared;
 use super::state::unix_ms_now;
+use crate::priority::Priority;
 
 /// `POST {NODES_PATH}/{name}/drain` drains a node, `DELETE` undrains it.
 pub const NODES_PATH: &str = "/api/v1/nodes";
+/// `PUT /api/v1/jobs/{id}/priority/{level}` sets a running job's priority.
+pub const PRIORITY_SUFFIX: &str = "priority";
+
+/// The answer to a priority change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorityReply {
+    pub job: u64,
+    pub priority: Priority,
+    /// The priority it had.
+    pub was: Priority,
+}
+
+/// Sets a running job's priority (`interactive`, `streaming`, `batch`). 404
+/// for a job that is not running.
+pub(crate) async fn set_priority(
+    State(shared): State<Arc<Shared>>,
+    Path((job, level)): Path<(u64, String)>,
+) -> Response {
+    let priority = match level.parse::<Priority>() {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match shared.registry().set_priority(job, priority, Instant::now()) {
+        Some(was) => Json(PriorityReply { job, priority, was }).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no job {job} is running\n")).into_response(),
+    }
+}
+
 /// Prometheus text format.
 pub const METRICS_PATH: &str = "/metrics";
 

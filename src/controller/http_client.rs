@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::admin::{DrainReply, NODES_PATH};
+use super::admin::{DrainReply, NODES_PATH, PRIORITY_SUFFIX, PriorityReply};
 use super::joblog::{JOBS_PATH, LogText, NEXT_HEADER, STATE_HEADER};
 use super::status::JobState;
 use super::status::Status;
@@ -46,37 +46,63 @@ pub fn fetch_status(base: &str, token: &str, trust: &Trust) -> Result<Status, St
     }
 }
 
-/// Why a node could not be drained or undrained.
+/// Why an admin change (drain, priority) was not made.
 #[derive(Debug, thiserror::Error)]
-pub enum DrainError {
+pub enum AdminError {
     #[error(transparent)]
     Http(#[from] HttpError),
     #[error("the controller refused the token (401): check --token / FFCLUSTER_TOKEN")]
     Unauthorized,
-    #[error("no node named {0:?} is connected (see `ffcluster nodes`)")]
-    NoSuchNode(String),
+    /// What was not there: "no node named … is connected", "no job … is running".
+    #[error("{0}")]
+    NotFound(String),
     #[error("the controller answered {status}: {body}")]
     Status { status: u16, body: String },
     #[error("the controller's answer is unreadable: {0}")]
     Json(serde_json::Error),
 }
 
-/// Drains (`draining`) or undrains the nodes named `node` on the controller at
-/// `base`.
-pub fn set_drain(base: &str, token: &str, trust: &Trust, node: &str, draining: bool) -> Result<DrainReply, DrainError> {
+/// Sends an admin change (`method` to `path`) and reads its JSON answer; a 404
+/// means `missing`.
+fn change<T: serde::de::DeserializeOwned>(
+    base: &str,
+    token: &str,
+    trust: &Trust,
+    method: &str,
+    path: &str,
+    missing: impl FnOnce() -> String,
+) -> Result<T, AdminError> {
     let auth = format!("Bearer {token}");
-    let url = http_url(base, &format!("{NODES_PATH}/{}/drain", percent_encode(node)));
-    let method = if draining { "POST" } else { "DELETE" };
-    let r = request(method, &url, &[("Authorization", &auth)], trust)?;
+    let r = request(method, &http_url(base, path), &[("Authorization", &auth)], trust)?;
     match r.status {
-        200 => serde_json::from_slice(&r.body).map_err(DrainError::Json),
-        401 => Err(DrainError::Unauthorized),
-        404 => Err(DrainError::NoSuchNode(node.to_owned())),
+        200 => serde_json::from_slice(&r.body).map_err(AdminError::Json),
+        401 => Err(AdminError::Unauthorized),
+        404 => Err(AdminError::NotFound(missing())),
         status => {
             let body = String::from_utf8_lossy(&r.body).trim().chars().take(200).collect();
-            Err(DrainError::Status { status, body })
+            Err(AdminError::Status { status, body })
         }
     }
+}
+
+/// Drains (`draining`) or undrains the nodes named `node` on the controller at
+/// `base`.
+pub fn set_drain(base: &str, token: &str, trust: &Trust, node: &str, draining: bool) -> Result<DrainReply, AdminError> {
+    let path = format!("{NODES_PATH}/{}/drain", percent_encode(node));
+    let method = if draining { "POST" } else { "DELETE" };
+    change(base, token, trust, method, &path, || format!("no node named {node:?} is connected (see `ffcluster nodes`)"))
+}
+
+/// Sets running job `job`'s priority on the controller at `base`.
+pub fn set_priority(
+    base: &str,
+    token: &str,
+    trust: &Trust,
+    job: u64,
+    priority: crate::priority::Priority,
+) -> Result<PriorityReply, AdminError> {
+    let path = format!("{JOBS_PATH}/{job}/{PRIORITY_SUFFIX}/{priority}");
+    change(base, token, trust, "PUT", &path, || format!("no job {job} is running (see `ffcluster jobs`)"))
 }
 
 /// Why a job's log could not be fetched.

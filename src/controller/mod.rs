@@ -250,6 +250,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(admin::METRICS_PATH, get(admin::metrics))
         .route(&format!("{}/{{name}}/drain", admin::NODES_PATH), post(admin::drain).delete(admin::undrain))
         .route(&format!("{}/{{id}}/log", joblog::JOBS_PATH), get(joblog::serve))
+        .route(
+            &format!("{}/{{id}}/{}/{{level}}", joblog::JOBS_PATH, admin::PRIORITY_SUFFIX),
+            axum::routing::put(admin::set_priority),
+        )
         .route_layer(middleware::from_fn_with_state(shared.clone(), require_token));
     let open = Router::new()
         .route(&format!("{FILES_PATH}/{{access}}/{{file}}"), get(relay::serve_file))

@@ -889,6 +889,20 @@ impl Registry {
             .map(|o| o.attempt)
     }
 
+    /// Sets running job `job`'s priority (the admin CLI); the one it had, or
+    /// None when no such job runs. Dispatch follows at once: a job made more
+    /// urgent may take nodes back now.
+    pub(crate) fn set_priority(&mut self, job: JobId, priority: Priority, now: Instant) -> Option<Priority> {
+        let was = if let Some(s) = self.splits.get_mut(&job) {
+            std::mem::replace(&mut s.priority, priority)
+        } else {
+            std::mem::replace(&mut self.running.get_mut(&job)?.priority, priority)
+        };
+        self.logs.note(job, now, &format!("priority {was} -> {priority} (admin)"));
+        self.dispatch(now);
+        Some(was)
+    }
+
     /// The connected nodes as dispatch sees them.
     fn node_views(&self, rates: &BTreeMap<u64, Option<f64>>) -> Vec<NodeView<'_>> {
         self.nodes
