@@ -1,27 +1,48 @@
-//! The README is the front door: it must document every reason code the classifier
-//! can give, and every command, flag and environment variable of the three programs.
+//! The documentation (README.md and every `contrib/docs/*.md`, read as one text) must
+//! document every reason code the classifier can give, and every command, flag and
+//! environment variable of the three programs.
 
 use ffcluster::ffmpeg::Reason;
+use std::path::{Path, PathBuf};
 
 fn read(path: &str) -> String {
-    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// README.md and every Markdown file under `contrib/docs/`, in name order.
+fn pages() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages: Vec<_> = std::fs::read_dir(root.join("contrib/docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    assert!(!pages.is_empty(), "no documentation under contrib/docs");
+    pages.insert(0, root.join("README.md"));
+    pages
+}
+
+/// The documentation set as one text: README.md, then every `contrib/docs/*.md`.
+fn documentation() -> String {
+    pages().iter().map(|p| std::fs::read_to_string(p).unwrap()).collect::<Vec<_>>().join("\n")
 }
 
 #[test]
-fn readme_lists_every_reason_code() {
-    let readme = read("README.md");
+fn docs_list_every_reason_code() {
+    let docs = documentation();
     for r in Reason::ALL {
         assert!(
-            readme.contains(&format!("| `{}` | {} |", r.as_str(), r.decision().as_str())),
-            "README lacks {}",
+            docs.contains(&format!("| `{}` | {} |", r.as_str(), r.decision().as_str())),
+            "the docs lack {}",
             r.as_str()
         );
     }
 }
 
 #[test]
-fn readme_lists_every_variable() {
-    let readme = read("README.md");
+fn docs_list_every_variable() {
+    let docs = documentation();
     for file in ["shim/src/config.rs", "node/src/config.rs", "src/serve.rs", "src/admin.rs"] {
         let source = read(file);
         let vars: Vec<&str> = source
@@ -30,16 +51,16 @@ fn readme_lists_every_variable() {
             .collect();
         assert!(!vars.is_empty(), "no variables found in {file}");
         for v in vars {
-            assert!(readme.contains(&format!("`{v}`")), "README lacks {v} (read in {file})");
+            assert!(docs.contains(&format!("`{v}`")), "the docs lack {v} (read in {file})");
         }
     }
 }
 
 #[test]
-fn readme_lists_every_command_and_flag() {
-    let readme = read("README.md");
+fn docs_list_every_command_and_flag() {
+    let docs = documentation();
     for cmd in ["ffcluster serve", "ffcluster status", "ffcluster demo", "ffcluster explain", "ffcluster-node"] {
-        assert!(readme.contains(&format!("`{cmd}")), "README lacks {cmd}");
+        assert!(docs.contains(&format!("`{cmd}")), "the docs lack {cmd}");
     }
     for cmd in [
         "ffcluster tls-init",
@@ -58,7 +79,7 @@ fn readme_lists_every_command_and_flag() {
         "ffcluster bench soak",
         "FFCLUSTER_LIVE_PIECE",
     ] {
-        assert!(readme.contains(cmd), "README lacks {cmd}");
+        assert!(docs.contains(cmd), "the docs lack {cmd}");
     }
     for flag in [
         "--listen",
@@ -82,6 +103,6 @@ fn readme_lists_every_command_and_flag() {
         "--tls-key",
         "--tls-ca",
     ] {
-        assert!(readme.contains(&format!("`{flag}")), "README lacks {flag}");
+        assert!(docs.contains(&format!("`{flag}")), "the docs lack {flag}");
     }
 }
