@@ -43,7 +43,7 @@ enum Command {
     Priority(admin::PriorityArgs),
     /// Show how an ffmpeg command line is parsed and where the shim would run it.
     Explain(explain::Args),
-    /// Measure the cluster on this machine (see README, Benchmarks).
+    /// Measure the cluster on this machine (see contrib/docs/benchmarks.md).
     Bench(bench::Args),
     /// Write a private CA and a controller certificate it signs, for TLS.
     TlsInit(tls_init::Args),

@@ -121,7 +121,7 @@ pub enum NodeMsg {
 }
 
 /// What a node's ffmpeg printed for one capability probe, edited only to match
-/// what the node advertises (README, Hardware).
+/// what the node advertises (contrib/docs/hardware.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeAnswer {
     /// Arguments after the program name, e.g. `["-h", "filter=scale_cuda"]`.

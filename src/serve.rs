@@ -34,7 +34,7 @@ const LOG_LEVEL: Key = Key { name: "log_level", env: "FFCLUSTER_LOG_LEVEL", flag
 pub const KEYS: [Key; 9] = [LISTEN, TOKEN, TOKEN_FILE, HEARTBEAT, DEAD, HELLO, TLS_CERT, TLS_KEY, LOG_LEVEL];
 
 /// Each setting is taken from its flag, else its environment variable, else the
-/// config file, else the default (README, Configuration).
+/// config file, else the default (contrib/docs/configuration.md).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// TOML config file (env FFCLUSTER_CONFIG) [default: /etc/ffcluster/controller.toml, if it exists].

@@ -1,4 +1,4 @@
-//! TLS for every connection to the controller (README, TLS), with rustls.
+//! TLS for every connection to the controller (contrib/docs/running-a-cluster.md, TLS), with rustls.
 //!
 //! One place builds what the controller serves with ([`server_config`]) and what
 //! every client trusts ([`Trust`]): the system's roots plus an optional CA file

@@ -1,5 +1,5 @@
 //! `ffcluster tls-init`: a private CA and a server certificate it signs, so a
-//! home cluster can turn TLS on without running a CA (README, TLS).
+//! home cluster can turn TLS on without running a CA (contrib/docs/running-a-cluster.md, TLS).
 //!
 //! The CA's key stays in the directory: it can sign again (with `openssl`) and
 //! must be guarded like the token. Nothing is overwritten.

@@ -224,7 +224,7 @@ fn missing_truncated_and_corrupt_files() {
     // AC-3 rather than AAC: AAC's priming delays the video's first timestamp in
     // matroska, and then a direct run to mp4 duplicates the first frame where a
     // split job does not, whatever the input's state (a split-engine matter
-    // outside this test; see the README's split section).
+    // outside this test; see contrib/docs/how-it-works.md, split jobs).
     let mkv = c.work.join("movie.mkv");
     make_clip(&mkv, 4, "320x240", &["-c:a", "ac3"]);
     let mp4 = c.work.join("movie.mp4");

@@ -1,5 +1,5 @@
 //! Never fail where ffmpeg succeeds: every way a split job can fail before
-//! anything of it is visible (README, "When something fails"), injected by
+//! anything of it is visible (contrib/docs/how-it-works.md, "When something fails"), injected by
 //! real means into a real controller, real nodes, the real shim and real
 //! ffmpeg. Each job must end as the direct ffmpeg run does (the same files,
 //! decoding to the same frames, exit 0, one run's banner on stderr and none of

@@ -1,4 +1,4 @@
-//! Hardware-aware routing on a real controller and real nodes (README, Hardware).
+//! Hardware-aware routing on a real controller and real nodes (contrib/docs/hardware.md).
 //! This machine has no GPU, so the hardware is played by a software encoder: a
 //! node translating `h264_qsv` to `libx264` advertises `h264_qsv`, and a job
 //! naming it must run there, never on a node without the translation, never

@@ -126,7 +126,8 @@ fn first_difference(a: &Playback, b: &Playback) -> Option<String> {
     // `time=` got: a split job's finisher copies both streams, and stock 5.1
     // measures `time=` under -copyts from the first report, which a finisher fed
     // in bursts makes late, so its `time=` lags the published segments (a known
-    // gap, in the README's split section). The values are kept for the message.
+    // gap, in contrib/docs/how-it-works.md, split jobs). The values are kept for
+    // the message.
     for (i, (x, y)) in a.progress.iter().zip(&b.progress).enumerate() {
         if (x.0, x.1) != (y.0, y.1) {
             return Some(format!(
@@ -260,8 +261,9 @@ fn encoder_validator_conclusions_are_equal() {
         assert_eq!(d, s, "EncoderValidator conclusion `{name}` differs (direct vs shim)\n{}", c.all_logs());
     }
     // With the cluster answering (`FFCLUSTER_PROBES=cluster`), the hardware
-    // codecs, filters and hwaccels the nodes cannot use are hidden on purpose (README, tests/hardware.rs);
-    // everything else Jellyfin concludes must stay the same.
+    // codecs, filters and hwaccels the nodes cannot use are hidden on purpose
+    // (contrib/docs/hardware.md, tests/hardware.rs); everything else Jellyfin
+    // concludes must stay the same.
     let by_cluster = validate(&shim(&c, None).env("FFCLUSTER_PROBES", Some("cluster")));
     for (name, d, s) in
         [("decoders", &direct.decoders, &by_cluster.decoders), ("encoders", &direct.encoders, &by_cluster.encoders)]

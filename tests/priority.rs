@@ -1,8 +1,8 @@
 //! Playback first on a shared cluster: a Jellyfin playback that starts while
 //! a batch encode holds every node takes a node back (the batch chunk's
 //! attempt is stopped and runs again later), and both jobs' outputs still
-//! equal direct ffmpeg's. Timings are the benchmark's business (README,
-//! "Benchmarks"); this checks the behaviour: who waited, who was stopped, and
+//! equal direct ffmpeg's. Timings are the benchmark's business
+//! (contrib/docs/benchmarks.md); this checks the behaviour: who waited, who was stopped, and
 //! that nothing was lost.
 
 mod support;

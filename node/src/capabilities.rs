@@ -1,7 +1,7 @@
 //! What this node's ffmpeg can do, measured once at start-up: version, encoders,
 //! decoders, filters, hwaccels, CPUs, and a speed score from a standard encode.
 //!
-//! Hardware is advertised only when it works here (README, Hardware): a build
+//! Hardware is advertised only when it works here (contrib/docs/hardware.md): a build
 //! lists NVENC, QSV or VAAPI whether or not the machine has the device, so each
 //! family's device is opened once, or the configuration names the families.
 //! Argument translations add the names they stand in for.

@@ -25,7 +25,7 @@ pub struct Config {
     pub scratch: PathBuf,
     pub ffmpeg: PathBuf,
     pub path_maps: Vec<PathMap>,
-    /// Which hardware families to advertise (README, Hardware).
+    /// Which hardware families to advertise (contrib/docs/hardware.md).
     pub hardware: Hardware,
     /// Argument translations; kinds are resolved against the probed ffmpeg.
     pub translations: Vec<Translation>,
@@ -103,7 +103,7 @@ pub const KEYS: [Key; 12] =
     [CONTROLLER, TOKEN, TOKEN_FILE, TLS_CA, NAME, SLOTS, SCRATCH, FFMPEG, PATH_MAP, HARDWARE, TRANSLATE, LOG_LEVEL];
 
 /// Each setting is taken from its flag, else its environment variable, else the
-/// config file, else the default (README, Configuration).
+/// config file, else the default (contrib/docs/configuration.md).
 #[derive(Debug, Default, clap::Args)]
 pub struct Flags {
     /// TOML config file (env FFCLUSTER_NODE_CONFIG) [default: /etc/ffcluster/node.toml, if it exists].

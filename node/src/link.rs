@@ -203,7 +203,7 @@ async fn session(
     };
     *welcomed_at = Some(Instant::now());
     if !probes.is_empty() {
-        // For shims answering Jellyfin's probes from the cluster (README, Hardware).
+        // For shims answering Jellyfin's probes from the cluster (contrib/docs/hardware.md).
         let _ = out.msg(&NodeMsg::Probes { answers: probes.to_vec() }).await;
     }
 

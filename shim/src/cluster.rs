@@ -58,8 +58,8 @@ pub enum Outcome {
     Lost(Why),
 }
 
-/// The fallback for a `cause` (`unreachable`, `rejected`, `exit`, … README,
-/// "Why a job was not split"): code `fallback.<cause>`.
+/// The fallback for a `cause` (`unreachable`, `rejected`, `exit`, …
+/// contrib/docs/how-it-works.md, "Why a job was not split"): code `fallback.<cause>`.
 pub(crate) fn fallback(cause: Why) -> Outcome {
     Outcome::Fallback(Why::new(format!("fallback.{}", cause.code), cause.detail))
 }
@@ -333,7 +333,7 @@ impl<'a> Session<'a> {
 enum Step {
     Continue,
     Exit(u8),
-    /// The cluster lost the job; the cause (README, "Why a job was not split").
+    /// The cluster lost the job; the cause (contrib/docs/how-it-works.md, "Why a job was not split").
     Lost(Why),
 }
 

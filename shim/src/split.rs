@@ -293,7 +293,7 @@ struct Session<'a> {
 enum End {
     Finished(ExitStatus),
     /// The cluster lost the job; the cause (`controller_gone`, `job_failed`,
-    /// `chunk`, …: README, "Why a job was not split").
+    /// `chunk`, …: contrib/docs/how-it-works.md, "Why a job was not split").
     Lost(Why),
 }
 

@@ -1,5 +1,5 @@
 //! What of a split job's finisher the user can see, which decides whether a
-//! failure may still fall back (README, "When something fails").
+//! failure may still fall back (contrib/docs/how-it-works.md, "When something fails").
 //!
 //! A split job is *visible* once the finisher has
 //!

@@ -92,7 +92,7 @@ pub struct ControllerConfig {
     /// Time a new connection has to send its first message (and, with TLS, to
     /// complete its handshake).
     pub hello_timeout: Duration,
-    /// Serve HTTPS and WSS only, with this certificate (README, TLS).
+    /// Serve HTTPS and WSS only, with this certificate (contrib/docs/running-a-cluster.md, TLS).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -142,7 +142,7 @@ pub(crate) struct Shared {
     /// Every job's log; the registry writes it too.
     logs: Arc<joblog::JobLogs>,
     shutdown: shutdown::Signal,
-    /// Nodes' capability probe answers (README, Hardware), apart from the
+    /// Nodes' capability probe answers (contrib/docs/hardware.md), apart from the
     /// registry: large, and never needed under its lock.
     probes: Mutex<probes::ProbeStore>,
     /// Dropped with the last `Shared`: `run` knows every link has finished.

@@ -125,7 +125,7 @@ pub struct JobStatus {
 }
 
 /// Why a job ran the way it did beyond the shim's offload reason, each a
-/// stable code and its detail (README, "Why a job was not split").
+/// stable code and its detail (contrib/docs/how-it-works.md, "Why a job was not split").
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reasons {
     /// The classifier would split it, but it ran whole (`nosplit.*`).
