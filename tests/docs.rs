@@ -111,6 +111,9 @@ fn docs_list_every_command_and_flag() {
         "ffcluster bench split",
         "ffcluster bench live",
         "ffcluster bench soak",
+        "ffcluster bench priority",
+        "ffcluster priority",
+        "FFCLUSTER_PRIORITY",
         "FFCLUSTER_LIVE_PIECE",
     ] {
         assert!(docs.contains(cmd), "the docs lack {cmd}");
