@@ -97,14 +97,9 @@ fn jellyfin_transcode_name(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ffmpeg::CommandLine;
-    use crate::ffmpeg::decision::classify_cmdline;
 
     fn of(args: &str) -> Priority {
-        let a: Vec<&str> = args.split(' ').collect();
-        let cl = CommandLine::parse(&a).unwrap();
-        let paths: Vec<&str> = cl.outputs.iter().map(|o| o.url.raw.as_str()).collect();
-        Priority::of_job(&classify_cmdline(&cl).outputs, &paths)
+        Priority::of_args(&args.split(' ').map(str::to_owned).collect::<Vec<_>>())
     }
 
     #[test]

@@ -1064,13 +1064,26 @@ pub(crate) struct Occupant {
 /// priority: equals share nodes as they come free.
 pub(crate) fn preemption(work: &[Work<'_>], nodes: &[NodeView<'_>], occupants: &[Occupant]) -> Option<(JobId, JobId)> {
     serving_order(work).into_iter().map(|i| &work[i]).filter(|w| w.kind != WorkKind::Reissue).find_map(|w| {
-        occupants
-            .iter()
-            .filter(|o| o.priority > w.priority && o.job != w.job)
-            .filter(|o| nodes.iter().any(|n| n.id == o.node && w.capable(n)))
-            .max_by_key(|o| (o.started, o.attempt))
-            .map(|o| (o.attempt, w.job))
+        let others = occupants.iter().filter(|o| o.job != w.job);
+        let victim = victim(others, w.priority, |node| nodes.iter().any(|n| n.id == node && w.capable(n)))?;
+        Some((victim, w.job))
     })
+}
+
+/// The attempt among `occupants` to stop for work of `priority`: of less
+/// urgent work, on a node where `runs_there` says that work could run, the one
+/// started last (it loses the least). Whole jobs placed on a busy cluster use
+/// it too.
+pub(crate) fn victim<'a>(
+    occupants: impl IntoIterator<Item = &'a Occupant>,
+    priority: Priority,
+    runs_there: impl Fn(u64) -> bool,
+) -> Option<JobId> {
+    occupants
+        .into_iter()
+        .filter(|o| o.priority > priority && runs_there(o.node))
+        .max_by_key(|o| (o.started, o.attempt))
+        .map(|o| o.attempt)
 }
 
 fn better(a: &NodeView<'_>, b: &NodeView<'_>) -> std::cmp::Ordering {

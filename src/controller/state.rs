@@ -24,7 +24,7 @@ use super::scheduler::{self, Candidate};
 use super::shim_link::ShimConn;
 use super::split::{
     AUDIO, AttemptEnd, Fate, NodeView, Occupant, Pace, Progress, SplitJob, SplitRefused, Taker, WorkKind, check_plan,
-    ewma, pick, preemption, relative_speed, throughputs,
+    ewma, pick, preemption, relative_speed, throughputs, victim,
 };
 use super::status::{ChunkRecord, ChunkState, JobMode, JobState, JobStatus, NodeState, NodeStatus, Reasons, Status};
 use crate::ffmpeg::cmdline::shell_join;
@@ -881,12 +881,8 @@ impl Registry {
     fn victim_for(&self, needs: &crate::ffmpeg::decision::Needs, priority: Priority) -> Option<JobId> {
         let eligible =
             |node: u64| self.nodes.get(&node).is_some_and(|n| n.slots() > 0 && n.info.caps.missing(needs).is_empty());
-        self.splits
-            .values()
-            .flat_map(SplitJob::occupants)
-            .filter(|o| o.priority > priority && eligible(o.node))
-            .max_by_key(|o| (o.started, o.attempt))
-            .map(|o| o.attempt)
+        let occupants: Vec<Occupant> = self.splits.values().flat_map(SplitJob::occupants).collect();
+        victim(&occupants, priority, eligible)
     }
 
     /// Sets running job `job`'s priority (the admin CLI); the one it had, or
